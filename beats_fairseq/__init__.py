@@ -1,0 +1,11 @@
+"""beats-fairseq: BEATs pre-training, tokenizers and fine-tuning as a fairseq user dir.
+
+Importing the package registers its tasks, models and criterions with fairseq (all
+names start with ``beats``). ``beats_fairseq.load(path)`` loads any checkpoint of this
+project or any official BEATs checkpoint.
+"""
+
+__version__ = "0.1.0"
+
+from . import criterions, models, tasks  # noqa: E402,F401  (registration)
+from .checkpoint import load  # noqa: E402,F401

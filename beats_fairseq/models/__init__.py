@@ -1,0 +1,12 @@
+"""Registered fairseq models of beats-fairseq (every name starts with ``beats``).
+
+Every module in this folder is imported here, so importing the package registers them
+all, whether fairseq's ``common.user_dir`` or a plain ``import beats_fairseq`` comes first.
+"""
+
+import importlib
+import os
+
+for _file in sorted(os.listdir(os.path.dirname(__file__))):
+    if _file.endswith(".py") and not _file.startswith("_"):
+        importlib.import_module(f"{__name__}.{_file[:-3]}")

@@ -1,0 +1,125 @@
+"""The BEATs backbone: fbank front end, patch embedding and Transformer encoder.
+
+:class:`BeatsBackbone` is the official ``BEATs`` module without the fine-tuning
+predictor; its parameter names are the official ones (``patch_embedding``,
+``layer_norm``, ``post_extract_proj``, ``encoder.*``). Every model of this project holds
+one under the attribute ``backbone``, so an official key ``k`` is ``backbone.k`` here
+(see ``beats_fairseq/checkpoint.py``).
+"""
+
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from fairseq.dataclass import FairseqDataclass
+
+from .encoder import TransformerEncoder, init_encoder_weights
+from .fbank import FBANK_MEAN, FBANK_STD, compute_fbank, downsample_padding_mask
+
+
+@dataclass
+class BeatsEncoderConfig(FairseqDataclass):
+    """Backbone settings. Field names and meanings equal the official ``BEATsConfig``;
+    the defaults are those of the released checkpoints (not the official code defaults)."""
+
+    input_patch_size: int = field(default=16, metadata={"help": "side of the square fbank patches (frames x mel bins)"})
+    embed_dim: int = field(default=512, metadata={"help": "channels of the patch-embedding convolution"})
+    conv_bias: bool = field(default=False, metadata={"help": "bias in the patch-embedding convolution"})
+    encoder_layers: int = field(default=12, metadata={"help": "number of Transformer layers"})
+    encoder_embed_dim: int = field(default=768, metadata={"help": "Transformer width"})
+    encoder_ffn_embed_dim: int = field(default=3072, metadata={"help": "Transformer feed-forward width"})
+    encoder_attention_heads: int = field(default=12, metadata={"help": "attention heads"})
+    activation_fn: str = field(default="gelu", metadata={"help": "feed-forward activation (only 'gelu' is supported)"})
+    layer_wise_gradient_decay_ratio: float = field(
+        default=1.0, metadata={"help": "gradient of layer k scaled by ratio**(layers-1-k), front end by ratio**layers (0.6 for fine-tuning)"}
+    )
+    layer_norm_first: bool = field(default=False, metadata={"help": "pre-LN; only False (post-LN) is supported, as in every release"})
+    deep_norm: bool = field(default=True, metadata={"help": "DeepNorm residual scaling alpha=(2*layers)**0.25"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout in the Transformer"})
+    attention_dropout: float = field(default=0.1, metadata={"help": "dropout on attention weights"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the feed-forward activation"})
+    encoder_layerdrop: float = field(default=0.0, metadata={"help": "probability of skipping a layer in training (LayerDrop)"})
+    dropout_input: float = field(default=0.0, metadata={"help": "dropout on the projected patch embeddings"})
+    conv_pos: int = field(default=128, metadata={"help": "kernel of the convolutional positional embedding"})
+    conv_pos_groups: int = field(default=16, metadata={"help": "groups of the convolutional positional embedding"})
+    relative_position_embedding: bool = field(default=True, metadata={"help": "T5-style relative position bias"})
+    num_buckets: int = field(default=320, metadata={"help": "relative-position buckets"})
+    max_distance: int = field(default=800, metadata={"help": "largest distinguished relative distance"})
+    gru_rel_pos: bool = field(default=True, metadata={"help": "gated relative position bias (WavLM)"})
+    fbank_mean: float = field(default=FBANK_MEAN, metadata={"help": "fbank normalisation mean (AudioSet: 15.41663)"})
+    fbank_std: float = field(default=FBANK_STD, metadata={"help": "fbank normalisation std; features are (x-mean)/(2*std)"})
+
+
+ENCODER_FIELDS = [f.name for f in fields(BeatsEncoderConfig)]
+# Fields of the official cfg dict that describe the backbone (fbank stats are call arguments there).
+OFFICIAL_ENCODER_FIELDS = [n for n in ENCODER_FIELDS if n not in ("fbank_mean", "fbank_std")]
+
+
+def check_supported(cfg) -> None:
+    if cfg.layer_norm_first:
+        raise ValueError("layer_norm_first=True (pre-LN) is not supported: every BEATs release is post-LN")
+    if cfg.activation_fn != "gelu":
+        raise ValueError(f"activation_fn={cfg.activation_fn!r} is not supported; use 'gelu'")
+
+
+class BeatsBackbone(nn.Module):
+    """Waveform -> fbank -> 16x16 patches -> Transformer features, as the official ``BEATs``."""
+
+    def __init__(self, cfg: BeatsEncoderConfig):
+        super().__init__()
+        check_supported(cfg)
+        self.cfg = cfg
+        self.patch_size = cfg.input_patch_size
+        self.patch_embedding = nn.Conv2d(
+            1, cfg.embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=cfg.conv_bias
+        )
+        self.layer_norm = nn.LayerNorm(cfg.embed_dim)
+        self.post_extract_proj = (
+            nn.Linear(cfg.embed_dim, cfg.encoder_embed_dim) if cfg.embed_dim != cfg.encoder_embed_dim else None
+        )
+        self.dropout_input = nn.Dropout(cfg.dropout_input)
+        self.encoder = TransformerEncoder(cfg, gradient_decay=cfg.layer_wise_gradient_decay_ratio)
+        init_encoder_weights(self.encoder, cfg.deep_norm)
+
+    def fbank(self, source: torch.Tensor, fbank_mean=None, fbank_std=None) -> torch.Tensor:
+        mean = self.cfg.fbank_mean if fbank_mean is None else fbank_mean
+        std = self.cfg.fbank_std if fbank_std is None else fbank_std
+        return compute_fbank(source, mean, std)
+
+    def embed_patches(self, fbank: torch.Tensor) -> torch.Tensor:
+        """fbank ``(B, T, F)`` -> patch features ``(B, N, embed_dim)`` after the patch LayerNorm."""
+        x = self.patch_embedding(fbank.unsqueeze(1).to(self.patch_embedding.weight.dtype))
+        x = x.flatten(2).transpose(1, 2)  # time-major: n = t * (F // p) + f
+        return self.layer_norm(x)
+
+    def project(self, patches: torch.Tensor) -> torch.Tensor:
+        if self.post_extract_proj is not None:
+            patches = self.post_extract_proj(patches)
+        return self.dropout_input(patches)
+
+    def frontend(self, source: torch.Tensor, padding_mask=None, fbank_mean=None, fbank_std=None):
+        """Waveform -> (fbank, LayerNormed patch features ``(B, N, embed_dim)``, patch padding mask)."""
+        fbank = self.fbank(source, fbank_mean, fbank_std)
+        patches = self.embed_patches(fbank)
+        if padding_mask is not None:
+            frame_mask = downsample_padding_mask(padding_mask, fbank.size(1))
+            padding_mask = downsample_padding_mask(frame_mask, patches.size(1))
+        return fbank, patches, padding_mask
+
+    def extract_features(
+        self,
+        source: torch.Tensor,
+        padding_mask: Optional[torch.Tensor] = None,
+        fbank_mean: Optional[float] = None,
+        fbank_std: Optional[float] = None,
+        layer: Optional[int] = None,
+    ):
+        """Official API: waveform ``(B, L)`` -> (features ``(B, N, C)``, patch padding mask or None).
+
+        ``fbank_mean``/``fbank_std`` default to the config's; ``layer`` (0-based) returns that
+        layer's output instead of the last one.
+        """
+        _, patches, padding_mask = self.frontend(source, padding_mask, fbank_mean, fbank_std)
+        x, _ = self.encoder(self.project(patches), padding_mask, layer=layer)
+        return x, padding_mask

@@ -1,0 +1,250 @@
+"""The BEATs Transformer encoder (official ``backbone.TransformerEncoder``), re-implemented.
+
+Post-LN layers with DeepNorm residual scaling, a weight-normed grouped convolutional
+positional embedding, T5-style relative-position buckets shared by all layers, the
+WavLM gated relative position bias, layer-wise gradient decay and LayerDrop. Parameter
+names equal the official ones, so official state dicts load without renaming.
+
+Attention runs through ``F.scaled_dot_product_attention`` with the gated bias (and the
+key padding mask) as one float mask. The official "q / 32, subtract the row max, x 32"
+trick is a numerical-range device that cancels inside the softmax, so it is omitted.
+
+Positions: ``forward`` takes optional ``positions (B, L)``, the index of every input
+token in the full patch sequence. Masked pre-training feeds only the visible patches;
+with ``positions`` they keep their true positions: the relative bias uses
+``positions[k] - positions[q]`` and the conv positional embedding is computed on the
+full-length sequence (visible patches scattered to their places, zeros elsewhere) and
+gathered back. Without ``positions`` the sequence is taken as contiguous, as officially.
+"""
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class GradMultiply(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by ``scale`` backward."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int, max_distance: int):
+    """Bidirectional T5 buckets: half the buckets per sign, exact below num_buckets/4, log above."""
+    num_buckets = num_buckets // 2
+    buckets = (relative_position > 0).long() * num_buckets
+    distance = relative_position.abs()
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    large = max_exact + (
+        torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    ).long()
+    large = large.clamp_max(num_buckets - 1)
+    return buckets + torch.where(is_small, distance, large)
+
+
+class WeightNormConv1d(nn.Module):
+    """Grouped Conv1d with weight normalisation over dim 2 (``weight_g (1, 1, K)``, ``weight_v``).
+
+    Same parameters and maths as ``torch.nn.utils.weight_norm(conv, dim=2)`` (the official
+    layout), without the deprecated hook.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, groups: int):
+        super().__init__()
+        self.padding = kernel_size // 2
+        self.groups = groups
+        std = math.sqrt(4.0 / (kernel_size * channels))
+        weight_v = torch.randn(channels, channels // groups, kernel_size) * std
+        self.weight_g = nn.Parameter(weight_v.norm(dim=(0, 1), keepdim=True))
+        self.weight_v = nn.Parameter(weight_v)
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        weight = self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
+        return F.conv1d(x, weight, self.bias, padding=self.padding, groups=self.groups)
+
+
+class SamePad(nn.Module):
+    """Drops the last output step of an even-kernel convolution so lengths match."""
+
+    def __init__(self, kernel_size: int):
+        super().__init__()
+        self.remove = 1 if kernel_size % 2 == 0 else 0
+
+    def forward(self, x):
+        return x[:, :, : -self.remove] if self.remove else x
+
+
+class MultiheadAttention(nn.Module):
+    """Self-attention with the gated relative position bias (``gru_rel_pos``)."""
+
+    def __init__(self, embed_dim, num_heads, dropout, has_relative_attention_bias, num_buckets,
+                 max_distance, gru_rel_pos):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = dropout
+        self.num_buckets = num_buckets
+        self.max_distance = max_distance
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        if has_relative_attention_bias:
+            self.relative_attention_bias = nn.Embedding(num_buckets, num_heads)
+        self.gru_rel_pos = gru_rel_pos
+        if gru_rel_pos:
+            self.grep_linear = nn.Linear(self.head_dim, 8)
+            self.grep_a = nn.Parameter(torch.ones(1, num_heads, 1, 1))
+
+    def compute_bias(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions ``(B or 1, L)`` -> bias ``(B or 1, H, L, L)`` (row = query, column = key)."""
+        relative = positions[:, None, :] - positions[:, :, None]
+        buckets = relative_position_bucket(relative, self.num_buckets, self.max_distance)
+        return self.relative_attention_bias(buckets).permute(0, 3, 1, 2)
+
+    def forward(self, x, key_padding_mask=None, position_bias=None):
+        """x ``(B, L, C)``; key_padding_mask ``(B, L)`` bool; position_bias ``(B|1, H, L, L)``."""
+        batch, length, channels = x.shape
+        q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        mask = None
+        if position_bias is not None:
+            mask = position_bias.to(q.dtype)
+            if self.gru_rel_pos:
+                gates = torch.sigmoid(self.grep_linear(q).view(batch, self.num_heads, length, 2, 4).sum(-1))
+                gate_a, gate_b = gates.unbind(-1)
+                gate = gate_a * (gate_b * self.grep_a.squeeze(-1) - 1.0) + 2.0
+                mask = gate.unsqueeze(-1) * mask
+        if key_padding_mask is not None:
+            pad = torch.zeros(batch, 1, 1, length, dtype=q.dtype, device=q.device)
+            pad = pad.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+            mask = pad if mask is None else mask + pad
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, channels))
+
+
+class TransformerLayer(nn.Module):
+    """Post-LN layer with DeepNorm residual scaling (official ``TransformerSentenceEncoderLayer``)."""
+
+    def __init__(self, cfg, has_relative_attention_bias: bool, num_layers: int):
+        super().__init__()
+        dim = cfg.encoder_embed_dim
+        self.self_attn = MultiheadAttention(
+            dim, cfg.encoder_attention_heads, cfg.attention_dropout, has_relative_attention_bias,
+            cfg.num_buckets, cfg.max_distance, cfg.gru_rel_pos,
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.activation_dropout = nn.Dropout(cfg.activation_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, cfg.encoder_ffn_embed_dim)
+        self.fc2 = nn.Linear(cfg.encoder_ffn_embed_dim, dim)
+        self.final_layer_norm = nn.LayerNorm(dim)
+        self.alpha = math.pow(2.0 * num_layers, 0.25) if cfg.deep_norm else 1.0
+
+    def forward(self, x, padding_mask=None, position_bias=None):
+        attn = self.self_attn(x, padding_mask, position_bias)
+        x = self.self_attn_layer_norm(x * self.alpha + self.dropout(attn))
+        hidden = F.gelu(self.fc1(x).float()).type_as(x)
+        hidden = self.dropout(self.fc2(self.activation_dropout(hidden)))
+        return self.final_layer_norm(x * self.alpha + hidden)
+
+
+class TransformerEncoder(nn.Module):
+    """Conv positional embedding + LayerNorm + a stack of :class:`TransformerLayer`.
+
+    ``cfg`` needs the official encoder fields (``encoder_layers``, ``encoder_embed_dim``,
+    ``conv_pos``, ``relative_position_embedding``, ...); ``num_layers`` overrides the depth
+    (used by the label predictor and the tokenizer estimator).
+    """
+
+    def __init__(self, cfg, num_layers: Optional[int] = None, gradient_decay: float = 1.0):
+        super().__init__()
+        dim = cfg.encoder_embed_dim
+        layers = cfg.encoder_layers if num_layers is None else num_layers
+        self.pos_conv = nn.Sequential(
+            WeightNormConv1d(dim, cfg.conv_pos, cfg.conv_pos_groups), SamePad(cfg.conv_pos), nn.GELU()
+        )
+        self.layer_norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layerdrop = cfg.encoder_layerdrop
+        self.gradient_decay = gradient_decay
+        self.relative_position_embedding = cfg.relative_position_embedding
+        self.layers = nn.ModuleList(
+            [TransformerLayer(cfg, cfg.relative_position_embedding, layers) for _ in range(layers)]
+        )
+        if cfg.relative_position_embedding:
+            shared = self.layers[0].self_attn.relative_attention_bias
+            for layer in self.layers[1:]:  # one table, listed under every layer's key (official layout)
+                layer.self_attn.relative_attention_bias = shared
+
+    def positional_embedding(self, x, positions=None, full_length=None):
+        """Conv positional embedding of x ``(B, L, C)``, on the full sequence when ``positions`` is given."""
+        if positions is None:
+            return self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+        full = x.new_zeros(x.size(0), full_length, x.size(2))
+        full.scatter_(1, positions.unsqueeze(-1).expand_as(x), x)
+        full = self.pos_conv(full.transpose(1, 2)).transpose(1, 2)
+        return full.gather(1, positions.unsqueeze(-1).expand_as(x))
+
+    def forward(self, x, padding_mask=None, positions=None, full_length=None, layer: Optional[int] = None):
+        """x ``(B, L, C)`` -> (output ``(B, L, C)``, list of every layer's output).
+
+        ``layer`` stops after that layer (0-based) and returns its output, like the
+        official ``forward(..., layer=k)``.
+        """
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        x = x + self.positional_embedding(x, positions, full_length)
+        x = self.dropout(self.layer_norm(x))
+        position_bias = None
+        if self.relative_position_embedding:
+            if positions is None:
+                positions = torch.arange(x.size(1), device=x.device).unsqueeze(0)
+            position_bias = self.layers[0].self_attn.compute_bias(positions)
+        layer_results = []
+        for i, block in enumerate(self.layers):
+            if self.gradient_decay != 1.0:
+                x = GradMultiply.apply(x, self.gradient_decay)
+            if self.training and self.layerdrop > 0 and torch.rand(()).item() < self.layerdrop:
+                layer_results.append(x)
+                continue
+            x = block(x, padding_mask, position_bias)
+            layer_results.append(x)
+            if layer is not None and i == layer:
+                break
+        return x, layer_results
+
+
+def init_encoder_weights(encoder: TransformerEncoder, deep_norm: bool) -> None:
+    """Official initialisation (``init_bert_params`` then the DeepNorm re-scaling).
+
+    Linear and Embedding weights ~ N(0, 0.02) with zero biases; with DeepNorm, q/k get
+    xavier_normal(gain 1) and v/out/fc1/fc2 xavier_normal(gain (8 * layers) ** -0.25).
+    """
+    for module in encoder.layers.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(0.0, 0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.data.zero_()
+    if deep_norm:
+        beta = math.pow(8.0 * len(encoder.layers), -0.25)
+        for layer in encoder.layers:
+            attn = layer.self_attn
+            nn.init.xavier_normal_(attn.q_proj.weight, gain=1)
+            nn.init.xavier_normal_(attn.k_proj.weight, gain=1)
+            for linear in (attn.v_proj, attn.out_proj, layer.fc1, layer.fc2):
+                nn.init.xavier_normal_(linear.weight, gain=beta)
