@@ -123,3 +123,28 @@ class BeatsBackbone(nn.Module):
         _, patches, padding_mask = self.frontend(source, padding_mask, fbank_mean, fbank_std)
         x, _ = self.encoder(self.project(patches), padding_mask, layer=layer)
         return x, padding_mask
+
+
+# Defaults of the official ``BEATsConfig`` code (not of the released checkpoints): an official
+# cfg dict that omits a field gets these from the official code, so a faithful import must too.
+OFFICIAL_CODE_DEFAULTS = dict(
+    input_patch_size=-1, embed_dim=512, conv_bias=False, encoder_layers=12, encoder_embed_dim=768,
+    encoder_ffn_embed_dim=3072, encoder_attention_heads=12, activation_fn="gelu",
+    layer_wise_gradient_decay_ratio=1.0, layer_norm_first=False, deep_norm=False, dropout=0.1,
+    attention_dropout=0.1, activation_dropout=0.0, encoder_layerdrop=0.0, dropout_input=0.0,
+    conv_pos=128, conv_pos_groups=16, relative_position_embedding=False, num_buckets=320,
+    max_distance=1280, gru_rel_pos=False,
+)
+
+
+def encoder_cfg_from_official(cfg: dict, source: str = "official cfg") -> dict:
+    """Backbone fields of an official cfg dict, official-code defaults for absent ones."""
+    out = {name: cfg.get(name, default) for name, default in OFFICIAL_CODE_DEFAULTS.items()}
+    if out["input_patch_size"] <= 0:
+        raise ValueError(f"{source}: input_patch_size is {out['input_patch_size']}; official checkpoints use 16")
+    return out
+
+
+def encoder_cfg_to_official(cfg) -> dict:
+    """Official cfg fields of a backbone config (fbank statistics are call arguments officially)."""
+    return {name: getattr(cfg, name) for name in OFFICIAL_ENCODER_FIELDS}

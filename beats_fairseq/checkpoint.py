@@ -1,0 +1,134 @@
+"""Checkpoint I/O: ``load`` for every checkpoint kind, and the official-format mapping.
+
+Official BEATs checkpoints are ``{'cfg': dict, 'model': state_dict[, 'label_dict']}``.
+The one key mapping (documented in the README) between them and this project:
+
+* every model here keeps the official backbone under ``backbone``: official ``k`` <->
+  ``backbone.k`` for ``patch_embedding``, ``layer_norm``, ``post_extract_proj``, ``encoder.*``;
+* fine-tuned classifiers: official ``predictor.*`` <-> ``head.*``;
+* tokenizers: official ``quantize_layer.*`` and ``quantize.*`` keep their names.
+
+Key sets are compared strictly in both directions: a mismatch raises
+:class:`CheckpointKeyError` listing the missing and unexpected keys.
+"""
+
+import logging
+import os
+from typing import Dict, Iterable, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointKeyError(RuntimeError):
+    """The state dict of a checkpoint does not match the model built from its config."""
+
+
+def read_checkpoint(path: str) -> dict:
+    """``torch.load`` with weights-only loading; errors name the file and what to do."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+        raise RuntimeError(
+            f"could not read checkpoint {path!r} with torch.load(weights_only=True): {exc}. "
+            "If you trust the file, convert it with torch.load(weights_only=False) and save it again."
+        ) from exc
+
+
+def is_official(state: dict) -> bool:
+    """Official checkpoints have a plain ``cfg`` dict of model fields and no fairseq ``task`` section."""
+    cfg = state.get("cfg")
+    return isinstance(cfg, dict) and "model" in state and "encoder_layers" in cfg and "task" not in cfg
+
+
+def official_kind(cfg: dict) -> str:
+    """``tokenizer``, ``classifier`` (fine-tuned) or ``encoder`` (pre-trained)."""
+    if "quant_n" in cfg:
+        return "tokenizer"
+    return "classifier" if cfg.get("finetuned_model", False) else "encoder"
+
+
+def check_keys(expected: Iterable[str], found: Iterable[str], source: str) -> None:
+    expected, found = set(expected), set(found)
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        raise CheckpointKeyError(
+            f"state dict of {source} does not match the model built from its config:\n"
+            f"  missing keys ({len(missing)}): {missing}\n  unexpected keys ({len(unexpected)}): {unexpected}\n"
+            "Check that the checkpoint and the config describe the same architecture."
+        )
+
+
+def load_strict(module: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> None:
+    check_keys(module.state_dict().keys(), state_dict.keys(), source)
+    module.load_state_dict(state_dict, strict=True)
+
+
+def rename(state_dict: Dict[str, torch.Tensor], mapping: Dict[str, str]) -> Dict[str, torch.Tensor]:
+    """Rename key prefixes: ``mapping = {old_prefix: new_prefix}``; other keys are kept."""
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in mapping.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out
+
+
+def backbone_from_official(state_dict):
+    return {"backbone." + k: v for k, v in state_dict.items()}
+
+
+def backbone_to_official(state_dict):
+    return {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+
+
+def official_model_class(kind: str):
+    from .models.beats_classifier import BeatsClassifierModel
+    from .models.beats_encoder import BeatsEncoderModel
+
+    classes = {"encoder": BeatsEncoderModel, "classifier": BeatsClassifierModel}
+    if kind == "tokenizer":
+        from .models.beats_tokenizer import BeatsTokenizerModel
+
+        classes["tokenizer"] = BeatsTokenizerModel
+    return classes[kind]
+
+
+def from_official(state: dict, source: str = "official checkpoint"):
+    """Build this project's model from an official ``{'cfg', 'model'[, 'label_dict']}`` dict."""
+    cls = official_model_class(official_kind(state["cfg"]))
+    return cls.from_official(state, source)
+
+
+def load(path: str, device: str = "cpu", arg_overrides: Optional[dict] = None):
+    """Load any checkpoint of this project or any official BEATs checkpoint, in eval mode.
+
+    The architecture always comes from the checkpoint's own config. Returns a model with
+    ``extract_features(source, padding_mask=None)`` (tokenizers: ``extract_labels``).
+    """
+    state = read_checkpoint(path)
+    if is_official(state):
+        model = from_official(state, source=path)
+    else:
+        from fairseq import checkpoint_utils
+
+        if "cfg" not in state or state["cfg"] is None or "model" not in state:
+            raise RuntimeError(f"{path!r} is neither a fairseq checkpoint nor an official BEATs checkpoint")
+        models, _, _ = checkpoint_utils.load_model_ensemble_and_task(
+            [path], arg_overrides=arg_overrides, state=state
+        )
+        model = models[0]
+    return model.to(device).eval()
+
+
+def save_official(path: str, cfg: dict, state_dict: Dict[str, torch.Tensor], label_dict=None) -> None:
+    state = {"cfg": dict(cfg), "model": {k: v.detach().cpu() for k, v in state_dict.items()}}
+    if label_dict is not None:
+        state["label_dict"] = dict(label_dict)
+    torch.save(state, path)
+    logger.info("wrote official-format checkpoint %s", path)
