@@ -119,9 +119,7 @@ def load(path: str, device: str = "cpu", arg_overrides: Optional[dict] = None):
 
         if "cfg" not in state or state["cfg"] is None or "model" not in state:
             raise RuntimeError(f"{path!r} is neither a fairseq checkpoint nor an official BEATs checkpoint")
-        models, _, _ = checkpoint_utils.load_model_ensemble_and_task(
-            [path], arg_overrides=arg_overrides, state=state
-        )
+        models, _, _ = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=arg_overrides)
         model = models[0]
     return model.to(device).eval()
 

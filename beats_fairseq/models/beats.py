@@ -1,0 +1,142 @@
+"""``beats``: masked audio modelling (paper sections 3.2.1 and 3.3.2).
+
+Per update: waveform -> fbank -> patch embeddings; discrete labels for every patch from
+the acoustic tokenizer (iter1: frozen random projection; iter2+: a trained tokenizer
+named by ``tokenizer_path``; or labels precomputed to disk, passed in the batch);
+``mask_prob`` (75%) of the patches are masked at random and **only the visible patches
+enter the encoder**. They keep their true positions: the relative position bias is
+computed from the patches' indices in the full sequence, and the convolutional
+positional embedding runs over the full-length sequence with the visible patches in
+place and zeros elsewhere (see ``modules/encoder.py``). The encoder output is scattered
+back to full length with zero vectors at the masked positions, a small Transformer
+label predictor (same layer type) runs over it, and a linear layer gives logits over
+the codebook at the masked, non-padded positions.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from fairseq.models import BaseFairseqModel, register_model
+
+from ..checkpoint import backbone_to_official
+from ..modules.backbone import ENCODER_FIELDS, BeatsBackbone, BeatsEncoderConfig, encoder_cfg_to_official
+from ..modules.encoder import TransformerEncoder, init_encoder_weights
+from ..modules.fbank import downsample_padding_mask
+from ..tokenizers.random_projection import RandomProjectionTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BeatsConfig(BeatsEncoderConfig):
+    mask_prob: float = field(default=0.75, metadata={"help": "share of patches masked (hidden from the encoder)"})
+    label_predictor_layers: int = field(default=3, metadata={"help": "Transformer layers of the label predictor"})
+    tokenizer_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "trained tokenizer checkpoint (iter2+; this project's or official); "
+                  "empty: the iter1 random-projection tokenizer"},
+    )
+    codebook_size: int = field(default=1024, metadata={"help": "random-projection tokenizer: number of codes K"})
+    codebook_dim: int = field(default=256, metadata={"help": "random-projection tokenizer: projection dimension"})
+    tokenizer_seed: int = field(default=1337, metadata={"help": "random-projection tokenizer: seed of W and the codebook"})
+
+
+def predictor_config(cfg, layers: int):
+    """Encoder fields of ``cfg`` for a small stack without LayerDrop or gradient decay."""
+    values = {name: getattr(cfg, name) for name in ENCODER_FIELDS}
+    values.update(encoder_layers=layers, encoder_layerdrop=0.0)
+    return SimpleNamespace(**values)
+
+
+@register_model("beats", dataclass=BeatsConfig)
+class BeatsModel(BaseFairseqModel):
+    def __init__(self, cfg: BeatsConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = BeatsBackbone(cfg)
+        self.label_predictor = TransformerEncoder(predictor_config(cfg, cfg.label_predictor_layers))
+        init_encoder_weights(self.label_predictor, cfg.deep_norm)
+        if cfg.tokenizer_path:
+            from ..tokenizers import load_frozen_tokenizer
+
+            # Kept out of the state dict: the tokenizer is a separate, frozen checkpoint.
+            self.__dict__["tokenizer"] = load_frozen_tokenizer(cfg.tokenizer_path)
+            num_codes = self.tokenizer.codebook_size
+        else:
+            self.tokenizer = RandomProjectionTokenizer(
+                cfg.codebook_size, cfg.codebook_dim, cfg.input_patch_size, cfg.tokenizer_seed
+            )
+            num_codes = cfg.codebook_size
+        self.label_head = nn.Linear(cfg.encoder_embed_dim, num_codes)
+
+    @classmethod
+    def build_model(cls, cfg, task=None):
+        return cls(cfg)
+
+    @property
+    def num_codes(self) -> int:
+        return self.label_head.out_features
+
+    def _apply(self, fn, *args, **kwargs):
+        # A trained tokenizer lives outside the module tree; move it with the model.
+        tokenizer = self.__dict__.get("tokenizer")
+        if tokenizer is not None and not isinstance(tokenizer, RandomProjectionTokenizer):
+            tokenizer._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+    @torch.no_grad()
+    def compute_labels(self, source, padding_mask, fbank):
+        if isinstance(self.tokenizer, RandomProjectionTokenizer):
+            return self.tokenizer.labels_from_fbank(fbank)
+        return self.tokenizer.extract_labels(source, padding_mask)
+
+    def sample_visible(self, padding_mask, batch: int, length: int, device):
+        """Indices ``(B, V)`` (sorted) of the visible patches; padded patches are masked first."""
+        num_visible = max(1, int(round(length * (1.0 - self.cfg.mask_prob))))
+        noise = torch.rand(batch, length, device=device)
+        if padding_mask is not None:
+            noise = noise.masked_fill(padding_mask, 2.0)
+        return noise.argsort(dim=1)[:, :num_visible].sort(dim=1).values
+
+    def forward(self, source, padding_mask=None, target=None, **kwargs):
+        """Returns logits at the masked valid patches, their labels, and all labels (for usage stats)."""
+        fbank = self.backbone.fbank(source)
+        patches = self.backbone.embed_patches(fbank)
+        batch, length, _ = patches.shape
+        patch_mask = None
+        if padding_mask is not None:
+            patch_mask = downsample_padding_mask(downsample_padding_mask(padding_mask, fbank.size(1)), length)
+        labels = target if target is not None else self.compute_labels(source, padding_mask, fbank)
+        if labels.shape != (batch, length):
+            raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {(batch, length)} patches")
+
+        x = self.backbone.project(patches)
+        visible = self.sample_visible(patch_mask, batch, length, x.device)
+        index = visible.unsqueeze(-1).expand(-1, -1, x.size(-1))
+        visible_pad = patch_mask.gather(1, visible) if patch_mask is not None else None
+        encoded, _ = self.backbone.encoder(x.gather(1, index), visible_pad, positions=visible, full_length=length)
+
+        full = encoded.new_zeros(batch, length, encoded.size(-1)).scatter(1, index, encoded)
+        predicted, _ = self.label_predictor(full, patch_mask)
+        masked = torch.ones(batch, length, dtype=torch.bool, device=x.device).scatter(1, visible, False)
+        if patch_mask is not None:
+            masked &= ~patch_mask
+        return {
+            "logits": self.label_head(predicted[masked]),
+            "targets": labels[masked],
+            "labels": labels if patch_mask is None else labels[~patch_mask],
+            "num_codes": self.num_codes,
+        }
+
+    def extract_features(self, source, padding_mask=None, **kwargs):
+        """Unmasked encoder features, as the official ``BEATs.extract_features``."""
+        return self.backbone.extract_features(source, padding_mask, **kwargs)
+
+    def to_official(self):
+        """The encoder in the official pre-trained format (the label predictor is not part of it)."""
+        cfg = dict(encoder_cfg_to_official(self.cfg), finetuned_model=False)
+        return {"cfg": cfg, "model": backbone_to_official(self.state_dict())}

@@ -1,0 +1,30 @@
+"""beats-fairseq: BEATs pre-training, acoustic tokenizers and fine-tuning for fairseq."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="beats-fairseq",
+    version="0.1.0",
+    description="BEATs (audio pre-training with acoustic tokenizers) as a fairseq user-dir plugin",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["beats_fairseq", "beats_fairseq.*"])
+    + ["hydra_plugins.beats_fairseq_resolver"],
+    install_requires=[
+        "torch==2.11.0",
+        "torchaudio==2.11.0",
+        "ve-fairseq==0.12.3",
+        "soundfile",
+        "numpy",
+        "scikit-learn",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "console_scripts": [
+            "beats-make-demo-data=beats_fairseq.data.demo:main",
+        ]
+    },
+)
