@@ -1,0 +1,91 @@
+"""Frozen teachers for tokenizer training (paper section 3.2.2).
+
+A teacher maps a waveform batch to per-patch targets ``(B, N, D)``:
+
+* ``features``: the last-layer output of a pre-trained model, via its
+  ``extract_features(source, padding_mask) -> (x, padding_mask)`` (this project's ``beats``
+  and ``beats_encoder`` models, official pre-trained BEATs checkpoints);
+* ``logits``: the per-patch logits of a fine-tuned classifier, via
+  ``patch_logits(source, padding_mask)`` (``beats_classifier``, official fine-tuned
+  checkpoints; the iter3+ supervised teacher).
+
+``auto`` picks ``logits`` for models with ``patch_logits`` and ``features`` otherwise. The
+teacher is loaded with :func:`beats_fairseq.checkpoint.load`, frozen (no gradients, eval
+mode for good) and kept outside the student's modules, so it is never saved in tokenizer
+checkpoints and never seen by the optimizer or DDP; it follows the input's device lazily.
+"""
+
+import logging
+import types
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+TEACHER_TARGETS = ("auto", "features", "logits")
+
+
+def _stay_in_eval(self, mode=True):
+    return nn.Module.train(self, False)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """No gradients, and eval mode that a parent's ``.train()`` cannot undo."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.train = types.MethodType(_stay_in_eval, module)  # survives copy.deepcopy
+    return module.eval()
+
+
+class Teacher:
+    """A frozen model and the way to get per-patch targets from it."""
+
+    def __init__(self, model: nn.Module, target: str = "auto", source: str = "teacher"):
+        if target not in TEACHER_TARGETS:
+            raise ValueError(f"teacher target must be one of {TEACHER_TARGETS}, got {target!r}")
+        if target == "auto":
+            target = "logits" if hasattr(model, "patch_logits") else "features"
+        needed = "patch_logits" if target == "logits" else "extract_features"
+        if not hasattr(model, needed):
+            raise ValueError(
+                f"{source}: teacher target {target!r} needs a model with {needed}(), "
+                f"got {type(model).__name__}; use a pre-trained (features) or fine-tuned classifier (logits) checkpoint"
+            )
+        self.model = freeze(model)
+        self.target = target
+        self.source = source
+        self.dim = self.probe_dim()
+
+    @torch.no_grad()
+    def probe_dim(self) -> int:
+        device = next(self.model.parameters()).device
+        out, _ = self(torch.zeros(1, 16000, device=device))
+        return int(out.size(-1))
+
+    @torch.no_grad()
+    def __call__(self, source: torch.Tensor, padding_mask=None):
+        """(targets ``(B, N, D)`` float32, patch padding mask or None)."""
+        param = next(self.model.parameters())
+        if param.device != source.device:
+            self.model.to(source.device)
+        source = source.to(param.dtype)
+        if self.target == "logits":
+            out, mask = self.model.patch_logits(source, padding_mask)
+        else:
+            out, mask = self.model.extract_features(source, padding_mask)[:2]
+        return out.float(), mask
+
+
+def load_teacher(path: str, target: str = "auto") -> Teacher:
+    """Load ``path`` (any checkpoint :func:`beats_fairseq.load` reads) as a frozen teacher."""
+    from ..checkpoint import load
+
+    if not path:
+        raise ValueError("no teacher checkpoint given: set model.teacher_path to a pre-trained or fine-tuned model")
+    model = load(path)
+    if getattr(model, "is_tokenizer", False):
+        raise ValueError(f"teacher {path!r} is a tokenizer; use a pre-trained or fine-tuned BEATs checkpoint")
+    teacher = Teacher(model, target, source=path)
+    logger.info("teacher %s: %s, target %s of size %d", path, type(model).__name__, teacher.target, teacher.dim)
+    return teacher
