@@ -10,10 +10,6 @@ REPO = Path(__file__).resolve().parents[1]
 ORACLE = Path(os.environ.get("BEATS_ORACLE_DIR", REPO.parent / "shared" / "oracle"))
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end runs (fairseq-hydra-train, subprocesses)")
-
-
 @pytest.fixture(scope="session")
 def oracle():
     """Loader for the oracle files: ``oracle('inputs')`` -> dict."""
@@ -25,3 +21,40 @@ def oracle():
 
     load.dir = ORACLE
     return load
+
+
+def run_train(config_dir, config_name, *overrides, cwd=None, timeout=900):
+    """Run ``fairseq-hydra-train`` in a subprocess; return its combined log (fails with the log)."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("fairseq-hydra-train")
+    cmd = [str(exe), "--config-dir", str(config_dir), "--config-name", config_name, *overrides]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{log[-6000:]}")
+    return log
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    """The bundled demo corpus (small default size), generated once per test session."""
+    from beats_fairseq.data.demo import generate_corpus
+
+    out = tmp_path_factory.mktemp("demo_data")
+    generate_corpus(str(out), num_train=120, num_valid=36, num_test=36, seconds=3.0, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def iter1_run(demo_data, tmp_path_factory):
+    """A tiny iter1 pre-training run on the demo corpus: (save_dir, log)."""
+    save_dir = tmp_path_factory.mktemp("iter1") / "checkpoints"
+    log = run_train(
+        REPO / "examples" / "beats_iter1", "tiny",
+        f"task.data={demo_data}", f"checkpoint.save_dir={save_dir}",
+        "optimization.max_update=160", "dataset.validate_interval_updates=80",
+        "checkpoint.save_interval_updates=80", "common.log_interval=20",
+    )
+    return save_dir, log
