@@ -1,0 +1,179 @@
+"""beats-evaluate: mAP (multi-label) or accuracy (single-label) of a classifier on a manifest.
+
+    beats-evaluate CHECKPOINT test.tsv test.mlbl --class-map labels.csv --csv per_class.csv
+
+Label ids in the label file are class-map indices when ``--class-map`` is given (the model's
+outputs are matched to them by MID if it has an official ``label_dict``, whose order is not
+the AudioSet csv order), otherwise model output indices.
+
+The metric functions live here until a shared ``beats_fairseq/metrics.py`` exists.
+"""
+
+import argparse
+import csv
+import logging
+import sys
+
+import numpy as np
+import torch
+
+from .common import (
+    BatchReader,
+    CliError,
+    add_inference_args,
+    class_table,
+    clips_from_manifest,
+    load_model,
+    model_kind,
+    resolve_device,
+    run_main,
+)
+from ..data.manifest import read_class_map, read_label_file
+
+logger = logging.getLogger("beats_fairseq.cli.evaluate")
+
+
+# ---------------------------------------------------------------------------- metrics
+def average_precision_per_class(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AP of every class (``targets`` (M, K) 0/1, ``scores`` (M, K)); NaN for classes without positives."""
+    from sklearn.metrics import average_precision_score
+
+    targets = np.asarray(targets).astype(bool)
+    ap = np.full(targets.shape[1], np.nan)
+    for c in np.flatnonzero(targets.any(axis=0)):
+        ap[c] = average_precision_score(targets[:, c], scores[:, c])
+    return ap
+
+
+def mean_average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
+    """Macro mean of the per-class AP over the classes with at least one positive."""
+    ap = average_precision_per_class(targets, scores)
+    if np.isnan(ap).all():
+        raise ValueError("no class has a positive clip: mAP is undefined")
+    return float(np.nanmean(ap))
+
+
+def accuracy_per_class(labels: np.ndarray, predictions: np.ndarray, num_classes: int):
+    """(per-class accuracy (recall) with NaN for absent classes, clips per class)."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    counts = np.bincount(labels, minlength=num_classes)
+    correct = np.bincount(labels[labels == predictions], minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.where(counts > 0, correct / np.maximum(counts, 1), np.nan)
+    return accuracy, counts
+
+
+def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
+    return float(np.mean(np.asarray(labels) == np.asarray(predictions)))
+
+
+# ---------------------------------------------------------------------------- tool
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="beats-evaluate",
+        description="Evaluate a fine-tuned classifier (this project's or official) on a labelled manifest: mAP "
+                    "(macro over classes with >= 1 positive) for multi-label data, accuracy for single-label data, "
+                    "plus a per-class csv.",
+    )
+    parser.add_argument("checkpoint", help="fine-tuned checkpoint (fairseq beats_classifier or official BEATs)")
+    parser.add_argument("manifest", help="fairseq .tsv manifest")
+    parser.add_argument("labels", help="label file aligned with the manifest (.lbl / .mlbl: comma-separated class ids)")
+    parser.add_argument("--class-map",
+                        help="index,mid,display_name csv that the label ids refer to (default: ids are model output "
+                             "indices); a model with an official label_dict is matched to it by MID")
+    parser.add_argument("--metric", choices=("auto", "map", "accuracy"), default="auto",
+                        help="auto: map if the label file is .mlbl or any clip has several labels, else accuracy "
+                             "(default: auto)")
+    parser.add_argument("--csv", default="per_class.csv",
+                        help="per-class results (index, mid, display_name, ap or accuracy, num_positives); "
+                             "default: per_class.csv")
+    parser.add_argument("--scores", help="also save the (clips x classes) score matrix as .npy (rows: evaluated "
+                                         "clips in manifest order, columns: --class-map / output order)")
+    add_inference_args(parser)
+    return parser
+
+
+def align_to_class_map(mids, class_map: str):
+    """Model output column for each class-map row (the model's official label_dict MIDs)."""
+    rows = read_class_map(class_map)
+    column = {m: i for i, m in enumerate(mids)}
+    missing = [r["mid"] for r in rows if r["mid"] not in column]
+    if missing:
+        raise CliError(f"{len(missing)} classes of {class_map} are not outputs of the model "
+                       f"(first: {missing[:5]}): the label_dict and the class map do not match")
+    return np.asarray([column[r["mid"]] for r in rows]), [r["mid"] for r in rows], [r["display_name"] for r in rows]
+
+
+def score_clips(model, clips, args, device):
+    """(positions of the evaluated clips, probabilities (M, K)), and the reader."""
+    reader = BatchReader(clips, args, device, desc="evaluate")
+    positions, blocks = [], []
+    with torch.inference_mode():
+        for batch in reader:
+            probs, _ = model.extract_features(batch.source, batch.padding_mask)
+            blocks.append(probs.float().cpu().numpy())
+            positions.extend(batch.positions)
+    reader.report()
+    if not positions:
+        raise CliError("no clip could be read: nothing to evaluate")
+    return np.asarray(positions), np.concatenate(blocks), reader
+
+
+def run(args) -> int:
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, device)
+    kind = model_kind(model)
+    if kind != "classifier":
+        raise CliError(f"{args.checkpoint} is a {kind} checkpoint, not a fine-tuned classifier")
+    mids, names = class_table(model, None if getattr(model, "label_dict", None) else args.class_map)
+    columns = None
+    if args.class_map and getattr(model, "label_dict", None):
+        columns, mids, names = align_to_class_map(mids, args.class_map)
+    num_classes = len(names)
+    clips = clips_from_manifest(args.manifest)
+    labels = read_label_file(args.labels, len(clips), num_classes=num_classes)
+    multilabel = args.labels.endswith(".mlbl") or any(len(ids) > 1 for ids in labels)
+    metric = args.metric if args.metric != "auto" else ("map" if multilabel else "accuracy")
+    if metric == "accuracy" and any(len(ids) > 1 for ids in labels):
+        raise CliError(f"{args.labels} has clips with several labels: use --metric map")
+
+    positions, scores, reader = score_clips(model, clips, args, device)
+    if columns is not None:
+        scores = scores[:, columns]
+    if args.scores:
+        np.save(args.scores, scores)
+    kept = [labels[p] for p in positions]
+
+    if metric == "map":
+        targets = np.zeros((len(kept), num_classes), dtype=bool)
+        for row, ids in enumerate(kept):
+            targets[row, ids] = True
+        values, counts = average_precision_per_class(targets, scores), targets.sum(axis=0)
+        if np.isnan(values).all():
+            raise CliError(f"no class of {args.labels} has a positive clip: mAP is undefined")
+        summary = float(np.nanmean(values))
+        text = f"mAP = {summary:.4f} over {int((counts > 0).sum())} classes with positives"
+    else:
+        truth = np.asarray([ids[0] for ids in kept])
+        predictions = scores.argmax(axis=1)
+        values, counts = accuracy_per_class(truth, predictions, num_classes)
+        summary = accuracy(truth, predictions)
+        text = f"accuracy = {summary:.4f}"
+    column = "ap" if metric == "map" else "accuracy"
+    with open(args.csv, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["index", "mid", "display_name", column, "num_positives"])
+        for c in range(num_classes):
+            value = "" if np.isnan(values[c]) else f"{values[c]:.6f}"
+            writer.writerow([c, mids[c], names[c], value, int(counts[c])])
+    skipped = f", {len(reader.skipped)} skipped" if reader.skipped else ""
+    print(f"{text} ({len(kept)} clips{skipped}); per-class {column} in {args.csv}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main("beats-evaluate", build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""beats-extract: clip- and patch-level BEATs features and tokenizer labels for a manifest.
+
+Output folder (formats in docs/cli.md):
+
+* ``clip_features.npy``  float32 ``(M, C)``: mean of each clip's patch features;
+* ``patch_features.npy`` float32 ``(sum N_i, C)``: clip i's patches are rows
+  ``patch_offsets[i]:patch_offsets[i+1]``, time-major (patch n = 8 * t + f for 16x16 patches);
+* ``labels.npy``         int64 ``(sum N_i,)``: tokenizer labels, rows aligned with the patches;
+* ``patch_offsets.npy``  int64 ``(M + 1,)``;
+* ``index.tsv``          one line per written clip: row, manifest entry, relpath, samples, offset, patches;
+* ``info.json``          checkpoint, layer, sizes, skipped clips.
+
+``N_i`` is the number of patches of clip i processed alone (complete 16-frame rows), so
+the rows of a clip do not depend on the clips it was batched with.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import numpy as np
+import torch
+
+from .common import (
+    BatchReader,
+    CliError,
+    add_inference_args,
+    clips_from_manifest,
+    load_model,
+    model_kind,
+    num_patches,
+    resolve_device,
+    run_main,
+)
+
+logger = logging.getLogger("beats_fairseq.cli.extract")
+
+OUTPUTS = ("clip", "patch", "labels")
+FILES = ("clip_features.npy", "patch_features.npy", "labels.npy", "patch_offsets.npy", "index.tsv", "info.json")
+_HEADER_BYTES = 128  # fixed .npy header size (a multiple of 64), rewritten once the row count is known
+
+
+class NpyRowWriter:
+    """Write a 2-D (or 1-D) ``.npy`` file row block by row block without holding it in memory."""
+
+    def __init__(self, path: str, dtype, row_shape=()):
+        self.path, self.dtype, self.row_shape, self.rows = path, np.dtype(dtype), tuple(row_shape), 0
+        self.file = open(path, "wb")
+        self.file.write(self._header())
+
+    def _header(self) -> bytes:
+        shape = (self.rows, *self.row_shape)
+        text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (self.dtype.str, shape)
+        body = text.ljust(_HEADER_BYTES - 10 - 1) + "\n"
+        return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body.encode("latin1")
+
+    def append(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.row_shape:
+            raise ValueError(f"{self.path}: rows of shape {block.shape[1:]}, expected {self.row_shape}")
+        self.file.write(block.tobytes())
+        self.rows += block.shape[0]
+
+    def close(self) -> None:
+        self.file.seek(0)
+        self.file.write(self._header())
+        self.file.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="beats-extract",
+        description="Extract clip-level (mean over the clip's patches) and patch-level features from a chosen "
+                    "encoder layer, and tokenizer labels, for every clip of a manifest. Any checkpoint of this "
+                    "project or official BEATs checkpoint works; fine-tuned classifiers give their encoder "
+                    "features. Outputs are .npy files with an index (see docs/cli.md).",
+    )
+    parser.add_argument("checkpoint", help="model checkpoint (pre-trained, fine-tuned or tokenizer; fairseq or official)")
+    parser.add_argument("manifest", help="fairseq .tsv manifest of the clips")
+    parser.add_argument("--out", required=True, help="output folder (created if needed)")
+    parser.add_argument("--layer", type=int, default=None,
+                        help="encoder layer whose output is written: 0-based, negative counts from the end "
+                             "(-1 = last); default: the last layer, as the official extract_features")
+    parser.add_argument("--outputs", default="auto",
+                        help="comma-separated subset of clip,patch,labels; auto = clip,patch plus labels when the "
+                             "checkpoint is a tokenizer or --tokenizer is given (default: auto)")
+    parser.add_argument("--tokenizer",
+                        help="tokenizer checkpoint for labels (default: the checkpoint itself if it is a tokenizer, "
+                             "or the tokenizer of a beats pre-training checkpoint)")
+    parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    add_inference_args(parser)
+    return parser
+
+
+def parse_outputs(value: str, has_tokenizer: bool):
+    if value == "auto":
+        return ["clip", "patch"] + (["labels"] if has_tokenizer else [])
+    outputs = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in outputs if v not in OUTPUTS]
+    if unknown or not outputs:
+        raise CliError(f"--outputs {value!r}: choose a comma-separated subset of {','.join(OUTPUTS)} (or auto)")
+    return outputs
+
+
+def resolve_layer(layer, num_layers: int):
+    if layer is None:
+        return None
+    if not -num_layers <= layer < num_layers:
+        raise CliError(f"--layer {layer}: the encoder has {num_layers} layers (0..{num_layers - 1}, or negative)")
+    return layer % num_layers
+
+
+def find_labeller(model, kind, tokenizer_path, device):
+    """Callable ``(source, padding_mask) -> (B, N) labels`` and its patch size, or (None, None)."""
+    if tokenizer_path:
+        tokenizer = load_model(tokenizer_path, device)
+        if not hasattr(tokenizer, "extract_labels"):
+            raise CliError(f"--tokenizer {tokenizer_path} is a {model_kind(tokenizer)} checkpoint, not a tokenizer")
+        return tokenizer.extract_labels, tokenizer.backbone.patch_size
+    if kind == "tokenizer":
+        return model.extract_labels, model.backbone.patch_size
+    tokenizer = getattr(model, "tokenizer", None)
+    if kind == "pretraining" and hasattr(tokenizer, "extract_labels"):
+        return tokenizer.extract_labels, getattr(tokenizer, "patch_size", model.backbone.patch_size)
+    return None, None
+
+
+def prepare_out(folder: str, overwrite: bool) -> None:
+    os.makedirs(folder, exist_ok=True)
+    existing = [f for f in FILES if os.path.exists(os.path.join(folder, f))]
+    if existing and not overwrite:
+        raise CliError(f"{folder} already holds {', '.join(existing)}: pass --overwrite or choose another --out")
+    for name in existing:
+        os.remove(os.path.join(folder, name))
+
+
+def run(args) -> int:
+    device = resolve_device(args.device)
+    clips = clips_from_manifest(args.manifest)
+    model = load_model(args.checkpoint, device)
+    kind = model_kind(model)
+    backbone = model.backbone
+    labeller, label_patch = find_labeller(model, kind, args.tokenizer, device)
+    outputs = parse_outputs(args.outputs, labeller is not None)
+    if "labels" in outputs and labeller is None:
+        raise CliError(f"{args.checkpoint} is a {kind} checkpoint without a tokenizer: pass --tokenizer for labels")
+    if "labels" in outputs and label_patch != backbone.patch_size:
+        raise CliError(f"the tokenizer uses {label_patch}x{label_patch} patches but the model "
+                       f"{backbone.patch_size}x{backbone.patch_size}: their rows would not align")
+    layer = resolve_layer(args.layer, backbone.cfg.encoder_layers)
+    need_features = "clip" in outputs or "patch" in outputs
+    prepare_out(args.out, args.overwrite)
+
+    dim = backbone.cfg.encoder_embed_dim
+    writers = {}
+    if "clip" in outputs:
+        writers["clip"] = NpyRowWriter(os.path.join(args.out, "clip_features.npy"), np.float32, (dim,))
+    if "patch" in outputs:
+        writers["patch"] = NpyRowWriter(os.path.join(args.out, "patch_features.npy"), np.float32, (dim,))
+    if "labels" in outputs:
+        writers["labels"] = NpyRowWriter(os.path.join(args.out, "labels.npy"), np.int64)
+    offsets, index_lines = [0], ["row\tentry\tpath\tnum_samples\tpatch_offset\tnum_patches"]
+
+    reader = BatchReader(clips, args, device, desc="extract")
+    try:
+        with torch.inference_mode():
+            for batch in reader:
+                feats = labels = None
+                if need_features:
+                    feats, _ = backbone.extract_features(batch.source, batch.padding_mask, layer=layer)
+                    feats = feats.float().cpu().numpy()
+                if "labels" in outputs:
+                    labels = labeller(batch.source, batch.padding_mask).reshape(len(batch.lengths), -1).cpu().numpy()
+                for row, (pos, length) in enumerate(zip(batch.positions, batch.lengths)):
+                    n = num_patches(length, backbone.patch_size)
+                    if feats is not None:
+                        if "clip" in writers:
+                            writers["clip"].append(feats[row, :n].mean(axis=0, keepdims=True))
+                        if "patch" in writers:
+                            writers["patch"].append(feats[row, :n])
+                    if labels is not None:
+                        writers["labels"].append(labels[row, :n])
+                    clip = clips[pos]
+                    index_lines.append(f"{len(offsets) - 1}\t{clip.entry}\t{clip.key}\t{length}\t{offsets[-1]}\t{n}")
+                    offsets.append(offsets[-1] + n)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    reader.report()
+
+    np.save(os.path.join(args.out, "patch_offsets.npy"), np.asarray(offsets, dtype=np.int64))
+    with open(os.path.join(args.out, "index.tsv"), "w", encoding="utf-8") as f:
+        f.write("\n".join(index_lines) + "\n")
+    info = {
+        "checkpoint": os.path.abspath(args.checkpoint),
+        "model_kind": kind,
+        "manifest": os.path.abspath(args.manifest),
+        "layer": "last" if layer is None else layer,
+        "num_layers": backbone.cfg.encoder_layers,
+        "feature_dim": dim,
+        "patch_size": backbone.patch_size,
+        "freq_patches": 128 // backbone.patch_size,
+        "outputs": outputs,
+        "tokenizer": os.path.abspath(args.tokenizer) if args.tokenizer else None,
+        "num_clips": len(offsets) - 1,
+        "num_patches": offsets[-1],
+        "max_seconds": args.max_seconds,
+        "skipped": [{"entry": c.entry, "path": c.key, "error": e} for c, e in reader.skipped],
+    }
+    with open(os.path.join(args.out, "info.json"), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
+    logger.info("wrote %s for %d clips (%d patches) to %s", ", ".join(outputs), len(offsets) - 1, offsets[-1], args.out)
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main("beats-extract", build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""beats-manifest: build fairseq ``.tsv`` manifests, label files and a class map.
+
+Subcommands (formats and layouts in manifests/README.md):
+
+* ``folder``   a folder of audio with one sub-folder per class;
+* ``audioset`` AudioSet segment csvs + ``class_labels_indices.csv`` (``.mlbl`` labels);
+* ``esc50``    ESC-50 (``meta/esc50.csv``), one train/valid pair per fold;
+* ``spcv2``    Speech Commands v2 (``validation_list.txt`` / ``testing_list.txt``), 35 words.
+
+Audio at other sample rates or with several channels is used as is and resampled to 16 kHz
+/ averaged to mono when read (``num_samples`` is the length after resampling), or, with
+``--resample-dir``, converted once to 16 kHz mono 16-bit wav copies that the manifests
+point to.
+"""
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from ..data.manifest import read_class_map, write_class_map, write_manifest
+from .common import SAMPLE_RATE, CliError, run_main
+
+logger = logging.getLogger("beats_fairseq.cli.manifest")
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".snd", ".caf")
+
+
+@dataclass
+class Item:
+    path: str  # absolute path of the source audio file
+    labels: List[int] = field(default_factory=list)
+
+
+def find_audio(folder: str) -> List[str]:
+    """Audio files under ``folder`` (recursive, sorted, hidden entries skipped)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.join(root, f) for f in sorted(files)
+                     if not f.startswith(".") and f.lower().endswith(AUDIO_EXTENSIONS))
+    return found
+
+
+def resampled_length(frames: int, sample_rate: int) -> int:
+    """Samples after resampling to 16 kHz (= ``torchaudio.functional.resample``'s output length)."""
+    if sample_rate == SAMPLE_RATE:
+        return frames
+    return -(-frames * SAMPLE_RATE // sample_rate)
+
+
+class ManifestWriter:
+    """Probes audio, optionally writes 16 kHz copies, and writes split manifests + label files."""
+
+    def __init__(self, args, audio_root: str):
+        self.out = os.path.abspath(args.out)
+        self.audio_root = os.path.abspath(audio_root)
+        self.resample_dir = os.path.abspath(args.resample_dir) if args.resample_dir else None
+        self.relative_root = args.relative_root
+        self.skip_bad = args.skip_bad
+        self.progress = not args.no_progress
+        self.cache: Dict[str, Optional[int]] = {}
+        self.skipped: Dict[str, str] = {}
+        self.copies: Dict[str, str] = {}  # 16 kHz copy -> source file
+        self.converted = 0  # files that are not 16 kHz mono
+        os.makedirs(self.out, exist_ok=True)
+
+    def relpath(self, path: str) -> str:
+        rel = os.path.relpath(path, self.audio_root)
+        if rel.startswith(".."):
+            raise CliError(f"{path} is outside the audio root {self.audio_root}")
+        return rel
+
+    def _bad(self, path: str, reason: str) -> None:
+        message = f"cannot use audio file '{path}': {reason}"
+        if not self.skip_bad:
+            raise CliError(f"{message} (or pass --skip-bad to leave such files out)")
+        logger.warning("skipping: %s", message)
+        self.skipped[path] = reason
+
+    def prepare(self, path: str) -> Optional[int]:
+        """16 kHz length of ``path`` (writing its copy if asked), or None for a skipped file."""
+        if path in self.cache:
+            return self.cache[path]
+        length = None
+        try:
+            info = sf.info(path)
+        except Exception as exc:  # soundfile raises several types
+            self._bad(path, f"soundfile could not open it ({type(exc).__name__}: {exc})")
+        else:
+            if info.frames <= 0:
+                self._bad(path, "no samples")
+            else:
+                native = info.samplerate == SAMPLE_RATE and info.channels == 1
+                self.converted += not native
+                length = resampled_length(info.frames, info.samplerate)
+                if self.resample_dir:
+                    length = self._copy(path, native and path.lower().endswith(".wav"))
+        self.cache[path] = length
+        return length
+
+    def copy_path(self, path: str) -> str:
+        return os.path.join(self.resample_dir, os.path.splitext(self.relpath(path))[0] + ".wav")
+
+    def _copy(self, path: str, byte_copy: bool) -> Optional[int]:
+        from ..data.audio import AudioReadError, read_audio
+
+        dst = self.copy_path(path)
+        other = self.copies.setdefault(dst, path)
+        if other != path:
+            raise CliError(f"{path} and {other} would both be copied to {dst}: rename one of them")
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if byte_copy:
+            shutil.copyfile(path, dst)
+            return sf.info(dst).frames
+        try:
+            wav = read_audio(path, SAMPLE_RATE).numpy()
+        except AudioReadError as exc:
+            self._bad(path, exc.reason)
+            return None
+        sf.write(dst, np.clip(wav, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
+        return len(wav)
+
+    def write_split(self, name: str, items: List[Item], multilabel: bool = False, folder: str = "") -> int:
+        """Write ``{folder}/{name}.tsv`` and ``.lbl`` (``.mlbl`` if ``multilabel``); returns the clip count."""
+        rows, label_lines = [], []
+        for item in tqdm(items, desc=f"{folder + '/' if folder else ''}{name}", unit="file",
+                         disable=not self.progress, file=sys.stderr, dynamic_ncols=True):
+            length = self.prepare(item.path)
+            if length is None:
+                continue
+            if self.resample_dir:
+                rel = os.path.relpath(self.copy_path(item.path), self.resample_dir)
+            else:
+                rel = self.relpath(item.path)
+            rows.append((rel, length))
+            label_lines.append(",".join(str(c) for c in item.labels))
+        target = os.path.join(self.out, folder)
+        root = self.resample_dir or self.audio_root
+        if self.relative_root:
+            root = os.path.relpath(root, target)
+        write_manifest(os.path.join(target, f"{name}.tsv"), root, rows)
+        with open(os.path.join(target, f"{name}.{'mlbl' if multilabel else 'lbl'}"), "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in label_lines))
+        logger.info("%s: %d clips", os.path.join(target, f"{name}.tsv"), len(rows))
+        return len(rows)
+
+    def write_class_map(self, names, mids, folder: str = "") -> None:
+        write_class_map(os.path.join(self.out, folder, "labels.csv"), names, mids)
+
+    def finish(self) -> None:
+        if self.converted and not self.resample_dir:
+            logger.info("%d files are not 16 kHz mono: they are resampled / downmixed when read "
+                        "(num_samples is the 16 kHz length); --resample-dir writes 16 kHz copies once", self.converted)
+        elif self.converted:
+            logger.info("wrote 16 kHz mono copies under %s (%d converted)", self.resample_dir, self.converted)
+        if self.skipped:
+            path = os.path.join(self.out, "skipped.tsv")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("".join(f"{p}\t{r}\n" for p, r in sorted(self.skipped.items())))
+            logger.warning("skipped %d unusable audio files (listed in %s)", len(self.skipped), path)
+
+
+# ---------------------------------------------------------------------------- folder of classes
+def class_folders(audio_dir: str):
+    if not os.path.isdir(audio_dir):
+        raise CliError(f"{audio_dir} is not a folder")
+    names = sorted(d for d in os.listdir(audio_dir) if not d.startswith(".") and os.path.isdir(os.path.join(audio_dir, d)))
+    loose = [f for f in os.listdir(audio_dir) if f.lower().endswith(AUDIO_EXTENSIONS)]
+    if loose:
+        logger.warning("%d audio files directly in %s have no class folder and are ignored", len(loose), audio_dir)
+    return names
+
+
+def split_items(items: List[Item], fractions, seed: int):
+    """Per class, a seeded shuffle then the first ``round(f * n)`` clips to each extra split."""
+    rng = np.random.default_rng(seed)
+    splits = [[] for _ in range(len(fractions) + 1)]
+    by_class: Dict[int, List[Item]] = {}
+    for item in items:
+        by_class.setdefault(item.labels[0], []).append(item)
+    for cls in sorted(by_class):
+        group = [by_class[cls][i] for i in rng.permutation(len(by_class[cls]))]
+        start = 0
+        for k, fraction in enumerate(fractions):
+            count = int(round(fraction * len(group)))
+            splits[k + 1].extend(group[start:start + count])
+            start += count
+        splits[0].extend(group[start:])
+    return [sorted(s, key=lambda it: it.path) for s in splits]
+
+
+def run_folder(args) -> int:
+    names = class_folders(args.audio_dir)
+    if args.classes_from:
+        rows = read_class_map(args.classes_from)
+        lookup = {r["mid"]: r["index"] for r in rows}
+        lookup.update({r["display_name"]: r["index"] for r in rows})
+        unknown = [n for n in names if n not in lookup]
+        if unknown:
+            raise CliError(f"class folders {unknown} are not in {args.classes_from} (matched by mid or display_name)")
+        index, mids, display = {n: lookup[n] for n in names}, [r["mid"] for r in rows], [r["display_name"] for r in rows]
+    else:
+        index, mids, display = {n: i for i, n in enumerate(names)}, names, names
+    items = [Item(p, [index[n]]) for n in names for p in find_audio(os.path.join(args.audio_dir, n))]
+    if not items:
+        raise CliError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in class sub-folders of {args.audio_dir}")
+    if args.valid_fraction < 0 or args.test_fraction < 0 or args.valid_fraction + args.test_fraction >= 1:
+        raise CliError("--valid-fraction and --test-fraction must be >= 0 and sum to less than 1")
+    fractions = {"valid": args.valid_fraction, "test": args.test_fraction}
+    if fractions.get(args.split_name, 0) > 0:
+        raise CliError(f"--split-name {args.split_name} clashes with the held-out split of the same name")
+    writer = ManifestWriter(args, args.audio_dir)
+    splits = split_items(items, list(fractions.values()), args.seed)
+    writer.write_split(args.split_name, splits[0])
+    for (name, fraction), part in zip(fractions.items(), splits[1:]):
+        if fraction > 0:
+            writer.write_split(name, part)
+    writer.write_class_map(display, mids)
+    writer.finish()
+    print(f"{len(names)} classes, {len(items) - len(writer.skipped)} clips -> {writer.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output folder for the .tsv, label files and labels.csv")
+    parser.add_argument("--resample-dir",
+                        help="write 16 kHz mono 16-bit wav copies of every file here and point the manifests at "
+                             "them (default: use the originals; other rates/channels are converted when read)")
+    parser.add_argument("--relative-root", action="store_true",
+                        help="write the manifest root line relative to the manifest's folder (portable data "
+                             "folders); default: absolute path")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out files soundfile cannot open (listed in OUT/skipped.tsv) instead of stopping")
+    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import manifest_sources
+
+    parser = argparse.ArgumentParser(
+        prog="beats-manifest",
+        description="Build fairseq .tsv manifests (root line, then relpath<TAB>num_samples at 16 kHz), aligned label "
+                    "files (.lbl single-label, .mlbl multi-label: comma-separated class ids) and a class map "
+                    "labels.csv (index,mid,display_name). See manifests/README.md.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{folder,audioset,esc50,spcv2}")
+    folder = sub.add_parser("folder", help="a folder with one sub-folder of audio per class",
+                            description="Class = first-level sub-folder of AUDIO_DIR (files found recursively).")
+    folder.add_argument("audio_dir", help="folder whose sub-folders are the classes")
+    folder.add_argument("--split-name", default="train", help="name of the main split (default: train)")
+    folder.add_argument("--valid-fraction", type=float, default=0.0,
+                        help="share of every class held out as valid.tsv (default: 0, no valid split)")
+    folder.add_argument("--test-fraction", type=float, default=0.0,
+                        help="share of every class held out as test.tsv (default: 0, no test split)")
+    folder.add_argument("--seed", type=int, default=0, help="seed of the per-class shuffle for the splits (default: 0)")
+    folder.add_argument("--classes-from",
+                        help="existing labels.csv to take class indices from (folders matched by mid or display_name), "
+                             "e.g. to build a test split with the training split's classes")
+    add_common(folder)
+    folder.set_defaults(func=run_folder)
+    manifest_sources.add_parsers(sub, add_common)
+    return parser
+
+
+def main(argv=None) -> int:
+    return run_main("beats-manifest", build_parser(), lambda args: args.func(args), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
