@@ -25,6 +25,11 @@ setup(
     entry_points={
         "console_scripts": [
             "beats-make-demo-data=beats_fairseq.data.demo:main",
+            "beats-predict=beats_fairseq.cli.predict:main",
+            "beats-extract=beats_fairseq.cli.extract:main",
+            "beats-evaluate=beats_fairseq.cli.evaluate:main",
+            "beats-convert=beats_fairseq.cli.convert:main",
+            "beats-manifest=beats_fairseq.cli.manifest:main",
         ]
     },
 )
