@@ -51,7 +51,7 @@ class BeatsEncoderConfig(FairseqDataclass):
     fbank_std: float = field(default=FBANK_STD, metadata={"help": "fbank normalisation std; features are (x-mean)/(2*std)"})
 
 
-ENCODER_FIELDS = [f.name for f in fields(BeatsEncoderConfig)]
+ENCODER_FIELDS = [f.name for f in fields(BeatsEncoderConfig) if not f.name.startswith("_")]
 # Fields of the official cfg dict that describe the backbone (fbank stats are call arguments there).
 OFFICIAL_ENCODER_FIELDS = [n for n in ENCODER_FIELDS if n not in ("fbank_mean", "fbank_std")]
 
