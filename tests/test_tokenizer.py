@@ -169,13 +169,13 @@ def test_dead_code_reseeding_raises_usage():
         bad = l2norm(centers[0] + 0.3 * torch.randn(32, 16))  # every code near one cluster
         q.embedding.weight.copy_(bad)
         q.embedding.embed_avg.copy_(bad)
-        for _ in range(150):
-            _, _, _, stats = q(centers[torch.randint(0, 32, (512,))] + 0.05 * torch.randn(512, 16))
+        for _ in range(60):
+            _, _, _, stats = q(centers[torch.randint(0, 32, (256,))] + 0.05 * torch.randn(256, 16))
         return float(stats["usage"]), float(stats["perplexity"])
 
     usage_off, ppl_off = run(0.0)
     usage_on, ppl_on = run(0.1)
-    assert usage_on >= 0.9 and usage_on > usage_off + 0.2 and ppl_on > ppl_off
+    assert usage_on >= 0.95 and usage_on > usage_off + 0.2 and ppl_on > ppl_off
 
 
 def test_float32_under_autocast_and_straight_through():

@@ -12,9 +12,10 @@ Official layout and maths (paper section 3.2.2, official ``quantizer.py``):
 
 Differences from the official code, all deliberate:
 
-* the codebook and its statistics are **buffers** (officially frozen ``nn.Parameter``): no
-  optimizer, ``.half()`` by fp16 training or DDP parameter logic ever touches them, and every
-  update below runs in float32 with autocast disabled;
+* the codebook and its statistics are **float32 buffers** (officially frozen ``nn.Parameter``):
+  no optimizer or DDP parameter logic touches them, ``.half()``/``.bfloat16()`` of the model
+  (fairseq ``fp16``/``bf16``) leaves them in float32, and distances and updates run in float32
+  with autocast disabled;
 * **eval mode never mutates a buffer** (the official quantizer updates ``cluster_size`` on
   every call, even in eval mode, so inference changed the state dict); an uninitialised
   codebook in eval mode is an error instead of a silent k-means run;
@@ -29,9 +30,11 @@ Differences from the official code, all deliberate:
 * with ``torch.distributed`` initialised *at call time*, counts and sums are all-reduced and the
   k-means result and re-seeded codes are broadcast from rank 0, so every worker holds the same
   codebook (officially the k-means init differed per rank);
-* dead codes: every ``dead_code_interval`` training updates, codes whose usage EMA is below
-  ``dead_code_threshold`` times the mean usage are re-seeded with random inputs of the current
-  batch (0 disables it). Not in the official code.
+* dead codes: every ``dead_code_interval`` training updates, codes assigned to no input (on any
+  worker) during the last ``dead_code_interval`` updates, or whose usage EMA is below
+  ``dead_code_threshold`` times the mean usage, are re-seeded with random valid inputs of the
+  current batch (rank 0's, broadcast); ``dead_code_threshold = 0`` disables re-seeding. Not in
+  the official code.
 """
 
 import logging
@@ -146,6 +149,25 @@ class NormEMAVectorQuantizer(nn.Module):
         # each code was last assigned, for "share of codes used over the last N updates".
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("last_used", torch.full((n_embed,), -(2**62), dtype=torch.long), persistent=False)
+        # Update count at which this process started tracking usage (-1: not yet).
+        self.register_buffer("tracking_from", torch.full((), -1, dtype=torch.long), persistent=False)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Device moves apply; dtype casts (``.half()``, ``.bfloat16()``) leave the float32 buffers
+        untouched (restored from a copy made before the cast, so without rounding)."""
+        keep = {(m, n): b for m in (self, self.embedding) for n, b in m._buffers.items()
+                if b is not None and b.dtype == torch.float32}
+        super()._apply(fn, *args, **kwargs)
+        for (module, name), old in keep.items():
+            new = module._buffers[name]
+            if new is not None and new.dtype != torch.float32:
+                module._buffers[name] = old.to(device=new.device)
+        return self
+
+    def set_num_updates(self, num_updates: int) -> None:
+        """Follow the trainer's update count (fairseq calls this every update and after loading a
+        checkpoint), so dead-code re-seeding happens at the same updates in a resumed run."""
+        self.num_updates.fill_(int(num_updates))
 
     @property
     def initialised(self) -> bool:
@@ -241,17 +263,23 @@ class NormEMAVectorQuantizer(nn.Module):
         norm = emb.embed_avg.norm(dim=-1, keepdim=True)
         update = (counts > 0).unsqueeze(-1) & (norm > self.eps)
         emb.weight.copy_(torch.where(update, emb.embed_avg / norm.clamp(min=self.eps), emb.weight))
+        if int(self.tracking_from) < 0:
+            self.tracking_from.fill_(int(self.num_updates))
         self.num_updates += 1
-        self.last_used.masked_fill_(counts > 0, int(self.num_updates))
-        if self.dead_code_threshold > 0 and int(self.num_updates) % self.dead_code_interval == 0:
+        step = int(self.num_updates)
+        self.last_used.masked_fill_(counts > 0, step)
+        interval = self.dead_code_interval
+        if self.dead_code_threshold > 0 and step % interval == 0 and step - int(self.tracking_from) >= interval:
             self.reseed_dead_codes_(data)
         return counts
 
     @torch.no_grad()
     def reseed_dead_codes_(self, data: torch.Tensor) -> int:
-        """Replace codes with usage EMA < threshold * mean usage by random inputs (rank 0's)."""
+        """Replace codes unused for ``dead_code_interval`` updates or with usage EMA below
+        ``dead_code_threshold`` x mean usage by random inputs (rank 0's)."""
         usage = self.cluster_size
-        dead = (usage < self.dead_code_threshold * usage.mean()).float()
+        unused = self.last_used <= self.num_updates - self.dead_code_interval
+        dead = (unused | (usage < self.dead_code_threshold * usage.mean())).float()
         _broadcast(dead)
         dead = dead.bool()
         num = int(dead.sum())
@@ -269,6 +297,7 @@ class NormEMAVectorQuantizer(nn.Module):
         emb.embed_avg[dead] = new * emb.cluster_size.mean().clamp(min=1.0)
         emb.cluster_size[dead] = emb.cluster_size.mean()
         self.cluster_size[dead] = level
-        logger.info("re-seeded %d dead codes (usage EMA < %.3g x mean usage %.3g)", num, self.dead_code_threshold,
-                    float(level))
+        self.last_used[dead] = self.num_updates
+        logger.info("re-seeded %d dead codes (unused for %d updates or usage EMA < %.3g x mean usage %.3g)", num,
+                    self.dead_code_interval, self.dead_code_threshold, float(level))
         return num
