@@ -86,7 +86,7 @@ def test_criterion_with_padding_and_logged_metrics(oracle):
     assert size == 144 + 125 == log["count"]  # patches 125..143 of clip 1 are padding
     assert -size <= log["cosine"] <= size and log["commitment"] >= 0
     torch.testing.assert_close(torch.tensor(log["loss"]), torch.tensor(size - log["cosine"] + log["commitment"]))
-    assert 0 < log["usage"] <= 1 and 1 <= log["perplexity"] <= 32
+    assert log["code_counts"].shape == (32,) and log["code_counts"].sum() == size
     loss.backward()
     assert model.backbone.patch_embedding.weight.grad.abs().sum() > 0
 
@@ -114,7 +114,7 @@ def test_tiny_distillation_learns_and_keeps_the_codebook_used(oracle, demo_data)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         cosines.append(log["cosine"] / size)
-        usages.append(log["usage"])
+        usages.append(float(model.quantize.statistics(log["code_counts"])["usage"]))  # last usage_window updates
     print("cosine", [round(c, 3) for c in cosines], "usage", usages)
     assert sum(cosines[-5:]) / 5 > sum(cosines[:3]) / 3 + 0.3, cosines
     assert sum(cosines[-5:]) / 5 > 0.7, cosines

@@ -16,11 +16,12 @@ The estimator sees the straight-through quantized vectors, so the distillation g
 reaches the encoder through ``l2(z)``. Weights come from the model config.
 
 Logged: ``loss`` (per patch), ``cosine`` (mean teacher/estimator cosine over valid patches),
-``commitment`` (per patch), ``code_usage`` (training: share of codes assigned in the last
-``model.usage_window`` updates, over all workers; validation: share of codes used over the
-whole validation set) and ``code_perplexity`` (exp of the entropy of the code histogram:
-training, of the update's batch on all workers; validation, of the whole validation set, so
-the value does not depend on the batch size or the number of processes).
+``commitment`` (per patch), and, from the code histogram of the valid patches summed over the
+logged span and over all workers (training: the last ``common.log_interval`` updates, or the
+epoch in the epoch summary; validation: the whole validation set), ``code_usage`` (share of the
+``quant_n`` codes used at least once) and ``code_perplexity`` (exp of the histogram's entropy;
+``quant_n`` for perfectly uniform use). Both are therefore independent of the batch size and
+of the number of processes.
 """
 
 from dataclasses import dataclass
@@ -30,7 +31,21 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
-from .beats_mam import log_code_usage
+
+
+def histogram_usage(counts) -> float:
+    """Share of codes with a non-zero count."""
+    counts = torch.as_tensor(counts).float()
+    return float((counts > 0).float().mean()) if counts.sum() > 0 else 0.0
+
+
+def histogram_perplexity(counts) -> float:
+    """exp(entropy) of the code distribution given by ``counts``."""
+    counts = torch.as_tensor(counts).float()
+    if counts.sum() <= 0:
+        return 0.0
+    probs = counts[counts > 0] / counts.sum()
+    return float(torch.exp(-(probs * probs.log()).sum()))
 
 
 @dataclass
@@ -61,10 +76,7 @@ class BeatsTokenizerDistillationCriterion(FairseqCriterion):
             "ntokens": sample_size,
             "nsentences": sample["id"].numel(),
         }
-        if model.training:  # usage over the last updates; perplexity of the (all-reduced) batch histogram
-            logging_output.update(nforward=1, usage=float(out["usage"]), perplexity=float(out["perplexity"]))
-        else:  # validation: histogram summed over all batches and ranks (batching-independent)
-            logging_output["code_counts"] = out["counts"].detach().float().cpu()
+        logging_output["code_counts"] = out["local_counts"].detach().float().cpu()  # this worker's patches
         return loss, sample_size, logging_output
 
     @staticmethod
@@ -72,15 +84,18 @@ class BeatsTokenizerDistillationCriterion(FairseqCriterion):
         def total(key):
             return sum(float(log.get(key, 0)) for log in logging_outputs)
 
-        count, calls = total("count"), total("nforward")
+        count = total("count")
         if count > 0:
             metrics.log_scalar("loss", total("loss") / count, count, round=4)
             metrics.log_scalar("cosine", total("cosine") / count, count, round=4)
             metrics.log_scalar("commitment", total("commitment") / count, count, round=5)
-        if calls > 0:
-            metrics.log_scalar("code_usage", total("usage") / calls, calls, round=3)
-            metrics.log_scalar("code_perplexity", total("perplexity") / calls, calls, round=1)
-        log_code_usage(logging_outputs)
+        histograms = [torch.as_tensor(log["code_counts"]).float().cpu() for log in logging_outputs
+                      if "code_counts" in log]
+        if histograms:  # summed over the span by the meter; "_" keeps it out of the printed stats
+            metrics.log_scalar_sum("_code_counts", torch.stack(histograms).sum(0))
+            metrics.log_derived("code_usage", lambda meters: round(histogram_usage(meters["_code_counts"].sum), 3))
+            metrics.log_derived(
+                "code_perplexity", lambda meters: round(histogram_perplexity(meters["_code_counts"].sum), 1))
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

@@ -180,7 +180,10 @@ class BeatsTokenizerModel(BaseFairseqModel):
 
         ``targets`` ``(B, N, teacher_dim)`` may be given; otherwise the attached teacher computes them.
         Keys: ``cosine`` ``(B, N)`` (estimator vs target), ``valid`` ``(B, N)`` bool, ``commitment``
-        (scalar, mean over valid patches), ``codes`` ``(B, N)``, ``counts``, ``perplexity``, ``usage``.
+        (scalar, mean over valid patches), ``codes`` ``(B, N)``, ``local_counts`` (per-code counts of
+        this worker's valid patches), and the quantizer's ``counts`` (training: all workers),
+        ``perplexity`` (of ``counts``) and ``usage`` (training: share of codes used in the last
+        ``usage_window`` updates).
         """
         if self.estimator is None:
             raise RuntimeError("this tokenizer has no estimator (estimator_layers=0), e.g. an official checkpoint: "
@@ -201,7 +204,8 @@ class BeatsTokenizerModel(BaseFairseqModel):
                 f"{tuple(estimate.shape)}: teacher and tokenizer need the same input_patch_size"
             )
         cosine = F.cosine_similarity(estimate.float(), targets.float(), dim=-1)
-        return dict(cosine=cosine, valid=valid, commitment=commitment, codes=codes, **stats)
+        local_counts = torch.bincount(codes[valid], minlength=self.cfg.quant_n)
+        return dict(cosine=cosine, valid=valid, commitment=commitment, codes=codes, local_counts=local_counts, **stats)
 
     # ------------------------------------------------------------------ official format
     @classmethod
