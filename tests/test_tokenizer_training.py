@@ -58,6 +58,10 @@ def test_teachers_features_and_logits(oracle):
         assert not any(p.requires_grad for p in teacher.model.parameters())
     with pytest.raises(ValueError, match="tokenizer_small.pt"):
         load_teacher(str(oracle.dir / "tokenizer_small.pt"))
+    encoder = load_teacher(str(oracle.dir / "beats_small_finetuned.pt"), target="features")  # its encoder output
+    assert encoder.target == "features" and encoder.dim == 64
+    with pytest.raises(ValueError, match="patch_logits"):
+        load_teacher(str(oracle.dir / "beats_small.pt"), target="logits")
 
 
 def test_task_takes_teacher_dim_from_the_teacher(oracle, tmp_path):
@@ -175,3 +179,32 @@ def test_fairseq_tokenizer_run_and_reload(iter1_run, demo_data, tmp_path):
     proc = subprocess.run([sys.executable, "-c", RELOAD, str(save_dir / "checkpoint_last.pt")],
                           capture_output=True, text=True, cwd="/")
     assert "RELOAD-OK" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["tiny", "tokenizer_as2m", "tokenizer_as2m_supervised_teacher"])
+def test_recipes_list_every_tunable_and_follow_the_paper(name):
+    import dataclasses
+
+    from beats_fairseq.criterions.beats_tokenizer_distillation import BeatsTokenizerDistillationConfig
+
+    cfg = OmegaConf.load(REPO / "examples" / "beats_tokenizer" / f"{name}.yaml")
+    for section, schema in (("task", BeatsTokenizerTrainingTaskConfig), ("model", BeatsTokenizerConfig),
+                            ("criterion", BeatsTokenizerDistillationConfig)):
+        fixed = {"_name", "seed", "activation_fn", "layer_norm_first"}  # one supported value, not tunables
+        fields = {f.name for f in dataclasses.fields(schema) if f.name not in fixed}
+        keys = set(cfg[section]) - {"_name"}
+        assert keys == fields, (section, sorted(fields - keys), sorted(keys - fields))
+        OmegaConf.merge(OmegaConf.structured(schema), cfg[section])  # types check
+    assert cfg.task._name == "beats_tokenizer_training" and cfg.model._name == "beats_tokenizer"
+    assert cfg.criterion._name == "beats_tokenizer_distillation"
+    if name == "tiny":
+        return
+    world = cfg.distributed_training.distributed_world_size
+    seconds = cfg.dataset.max_tokens * world * cfg.optimization.update_freq[0] / 16000
+    assert seconds == 1400 and cfg.optimization.max_update == 400000
+    assert cfg.lr_scheduler.warmup_updates == 32000 and cfg.lr_scheduler.power == 1.0
+    assert cfg.optimizer.adam_betas == "(0.9,0.98)" and cfg.optimizer.weight_decay == 0.01
+    assert (cfg.model.quant_n, cfg.model.quant_dim, cfg.model.estimator_layers) == (1024, 256, 3)
+    supervised = name.endswith("supervised_teacher")
+    assert cfg.optimization.lr == [5e-4 if supervised else 5e-5]
+    assert cfg.model.teacher_target == ("logits" if supervised else "features")

@@ -6,8 +6,8 @@ Modules (official names, so official tokenizer checkpoints load strictly):
 * ``quantize_layer``: ``Linear(C, C) -> Tanh -> Linear(C, quant_dim)``;
 * ``quantize``: :class:`NormEMAVectorQuantizer` (``quant_n x quant_dim`` cosine codebook, EMA);
 * ``estimator`` (training only, not in official checkpoints): ``proj_in`` (quant_dim -> C), a
-  ``estimator_layers``-layer Transformer with the backbone's settings, ``proj_out`` (C -> the
-  teacher's target size ``teacher_dim``).
+  ``estimator_layers``-layer Transformer with the backbone's layer settings (no LayerDrop),
+  ``proj_out`` (C -> the teacher's target size ``teacher_dim``).
 
 Training (``forward``) quantizes the encoder output and asks the estimator to predict the
 frozen teacher's per-patch targets from the quantized vectors; the criterion
@@ -22,6 +22,7 @@ tokenizer (``estimator_layers = 0``) that can label audio but not be trained fur
 
 import logging
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -29,7 +30,13 @@ import torch.nn.functional as F
 from fairseq.models import BaseFairseqModel, register_model
 
 from ..checkpoint import backbone_from_official, backbone_to_official, load_strict
-from ..modules.backbone import BeatsBackbone, BeatsEncoderConfig, encoder_cfg_from_official, encoder_cfg_to_official
+from ..modules.backbone import (
+    ENCODER_FIELDS,
+    BeatsBackbone,
+    BeatsEncoderConfig,
+    encoder_cfg_from_official,
+    encoder_cfg_to_official,
+)
 from ..modules.encoder import TransformerEncoder, init_encoder_weights
 from ..tokenizers.quantizer import NormEMAVectorQuantizer
 from ..tokenizers.teacher import TEACHER_TARGETS
@@ -78,7 +85,10 @@ class Estimator(nn.Module):
     def __init__(self, cfg: BeatsTokenizerConfig):
         super().__init__()
         self.proj_in = nn.Linear(cfg.quant_dim, cfg.encoder_embed_dim)
-        self.encoder = TransformerEncoder(cfg, num_layers=cfg.estimator_layers)
+        # the backbone's layer settings, without LayerDrop (3 layers) or gradient decay
+        layer_cfg = SimpleNamespace(**{name: getattr(cfg, name) for name in ENCODER_FIELDS})
+        layer_cfg.encoder_layerdrop = 0.0
+        self.encoder = TransformerEncoder(layer_cfg, num_layers=cfg.estimator_layers)
         init_encoder_weights(self.encoder, cfg.deep_norm)
         self.proj_out = nn.Linear(cfg.encoder_embed_dim, cfg.teacher_dim)
 

@@ -2,9 +2,9 @@
 
 A teacher maps a waveform batch to per-patch targets ``(B, N, D)``:
 
-* ``features``: the last-layer output of a pre-trained model, via its
-  ``extract_features(source, padding_mask) -> (x, padding_mask)`` (this project's ``beats``
-  and ``beats_encoder`` models, official pre-trained BEATs checkpoints);
+* ``features``: the last-layer encoder output ``(B, N, C)`` (``backbone.extract_features``) of
+  any model of this project: ``beats`` and ``beats_encoder`` (official pre-trained BEATs
+  checkpoints load as these), or the encoder of a fine-tuned classifier;
 * ``logits``: the per-patch logits of a fine-tuned classifier, via
   ``patch_logits(source, padding_mask)`` (``beats_classifier``, official fine-tuned
   checkpoints; the iter3+ supervised teacher).
@@ -44,12 +44,14 @@ class Teacher:
     def __init__(self, model: nn.Module, target: str = "auto", source: str = "teacher"):
         if target not in TEACHER_TARGETS:
             raise ValueError(f"teacher target must be one of {TEACHER_TARGETS}, got {target!r}")
+        if getattr(model, "is_tokenizer", False):
+            raise ValueError(f"teacher {source!r} is a tokenizer; use a pre-trained or fine-tuned BEATs checkpoint")
         if target == "auto":
             target = "logits" if hasattr(model, "patch_logits") else "features"
-        needed = "patch_logits" if target == "logits" else "extract_features"
+        needed = "patch_logits" if target == "logits" else "backbone"
         if not hasattr(model, needed):
             raise ValueError(
-                f"{source}: teacher target {target!r} needs a model with {needed}(), "
+                f"{source}: teacher target {target!r} needs a model with {needed!r}, "
                 f"got {type(model).__name__}; use a pre-trained (features) or fine-tuned classifier (logits) checkpoint"
             )
         self.model = freeze(model)
@@ -73,7 +75,9 @@ class Teacher:
         if self.target == "logits":
             out, mask = self.model.patch_logits(source, padding_mask)
         else:
-            out, mask = self.model.extract_features(source, padding_mask)[:2]
+            out, mask = self.model.backbone.extract_features(source, padding_mask)
+        if out.dim() != 3:
+            raise RuntimeError(f"teacher {self.source!r} gave {tuple(out.shape)}, expected per-patch (B, N, D) targets")
         return out.float(), mask
 
 
@@ -84,8 +88,6 @@ def load_teacher(path: str, target: str = "auto") -> Teacher:
     if not path:
         raise ValueError("no teacher checkpoint given: set model.teacher_path to a pre-trained or fine-tuned model")
     model = load(path)
-    if getattr(model, "is_tokenizer", False):
-        raise ValueError(f"teacher {path!r} is a tokenizer; use a pre-trained or fine-tuned BEATs checkpoint")
     teacher = Teacher(model, target, source=path)
     logger.info("teacher %s: %s, target %s of size %d", path, type(model).__name__, teacher.target, teacher.dim)
     return teacher
