@@ -15,6 +15,12 @@ with ``positions`` they keep their true positions: the relative bias uses
 ``positions[k] - positions[q]`` and the conv positional embedding is computed on the
 full-length sequence (visible patches scattered to their places, zeros elsewhere) and
 gathered back. Without ``positions`` the sequence is taken as contiguous, as officially.
+
+Speed (see ``benchmarks/encoder_mfu.py``): the relative bias is made contiguous once per
+forward; each layer writes its gated mask (``gate * bias`` plus the padding ``-inf``) with a
+single fused ``addcmul``/``mul``, and without autograd into one buffer shared by all layers
+(fresh 4-D allocations cost page faults on CPU). The gate is computed from the projection
+output without transposed copies, and the residual ``x * alpha + y`` is one ``add``.
 """
 
 import math
@@ -70,8 +76,20 @@ class WeightNormConv1d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x):
+        """x ``(B, C, L)`` -> ``(B, C, L + 1 - kernel_size % 2)``.
+
+        On CPU the convolution runs as a 1 x K conv2d in channels-last layout: oneDNN's NHWC
+        grouped kernel is much faster than the NCW one here, and the encoder's ``(B, L, C)``
+        activations already are channels-last, so neither the input nor the output (whose
+        memory is ``(B, L, C)``) is copied.
+        """
         weight = self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
-        return F.conv1d(x, weight, self.bias, padding=self.padding, groups=self.groups)
+        if x.device.type != "cpu":
+            return F.conv1d(x, weight, self.bias, padding=self.padding, groups=self.groups)
+        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # a view when x is (B, L, C)^T
+        weight = weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        out = F.conv2d(x, weight, self.bias, padding=(0, self.padding), groups=self.groups)
+        return out.squeeze(2)
 
 
 class SamePad(nn.Module):
@@ -111,29 +129,53 @@ class MultiheadAttention(nn.Module):
         """positions ``(B or 1, L)`` -> bias ``(B or 1, H, L, L)`` (row = query, column = key)."""
         relative = positions[:, None, :] - positions[:, :, None]
         buckets = relative_position_bucket(relative, self.num_buckets, self.max_distance)
-        return self.relative_attention_bias(buckets).permute(0, 3, 1, 2)
+        # contiguous (B|1, H, L, L): every layer reads it row-wise when building its mask
+        return self.relative_attention_bias(buckets).permute(0, 3, 1, 2).contiguous()
 
-    def forward(self, x, key_padding_mask=None, position_bias=None):
-        """x ``(B, L, C)``; key_padding_mask ``(B, L)`` bool; position_bias ``(B|1, H, L, L)``."""
+    def _gate(self, q: torch.Tensor) -> torch.Tensor:
+        """Per-query gate of the relative bias from q ``(B, L, H, D/H)``, returned as ``(B, H, L, 1)``."""
+        batch, length = q.shape[:2]
+        logits = self.grep_linear(q).view(batch, length, self.num_heads, 2, 4).sum(-1)
+        gate_a, gate_b = torch.sigmoid(logits).permute(0, 2, 1, 3).unsqueeze(-1).unbind(-2)
+        return gate_a * (gate_b * self.grep_a - 1.0) + 2.0
+
+    def forward(self, x, key_padding_mask=None, position_bias=None, workspace: Optional[dict] = None):
+        """x ``(B, L, C)``; key_padding_mask ``(B, L)`` bool; position_bias ``(B|1, H, L, L)``.
+
+        ``workspace``: a dict shared by the layers of one no-grad forward; the float attention
+        mask is then written into a buffer kept there instead of a fresh tensor per layer.
+        """
         batch, length, channels = x.shape
-        q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-        mask = None
-        if position_bias is not None:
-            mask = position_bias.to(q.dtype)
-            if self.gru_rel_pos:
-                gates = torch.sigmoid(self.grep_linear(q).view(batch, self.num_heads, length, 2, 4).sum(-1))
-                gate_a, gate_b = gates.unbind(-1)
-                gate = gate_a * (gate_b * self.grep_a.squeeze(-1) - 1.0) + 2.0
-                mask = gate.unsqueeze(-1) * mask
+        shape = (batch, length, self.num_heads, self.head_dim)
+        q = self.q_proj(x).view(shape)
+        k = self.k_proj(x).view(shape)
+        v = self.v_proj(x).view(shape)
+        pad = None
         if key_padding_mask is not None:
             pad = torch.zeros(batch, 1, 1, length, dtype=q.dtype, device=q.device)
-            pad = pad.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-            mask = pad if mask is None else mask + pad
+            pad.masked_fill_(key_padding_mask.view(batch, 1, 1, length), float("-inf"))
+        mask = pad
+        if position_bias is not None:
+            bias = position_bias.to(q.dtype)
+            if self.gru_rel_pos:
+                gate = self._gate(q)
+                out = None
+                if workspace is not None:
+                    full = (batch, self.num_heads, length, length)
+                    out = workspace.get("attn_mask")
+                    if out is None or out.shape != full or out.dtype != q.dtype or out.device != q.device:
+                        out = workspace["attn_mask"] = q.new_empty(full)
+                if pad is None:
+                    mask = torch.mul(gate, bias, out=out) if out is not None else gate * bias
+                else:
+                    mask = torch.addcmul(pad, gate, bias, out=out) if out is not None else torch.addcmul(pad, gate, bias)
+            else:
+                mask = bias if pad is None else bias + pad
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
         )
+        # the CPU and CUDA kernels return a (B, L, H, D/H) layout: this reshape is free
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, channels))
 
 
@@ -155,12 +197,17 @@ class TransformerLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(dim)
         self.alpha = math.pow(2.0 * num_layers, 0.25) if cfg.deep_norm else 1.0
 
-    def forward(self, x, padding_mask=None, position_bias=None):
-        attn = self.self_attn(x, padding_mask, position_bias)
-        x = self.self_attn_layer_norm(x * self.alpha + self.dropout(attn))
-        hidden = F.gelu(self.fc1(x).float()).type_as(x)
+    def forward(self, x, padding_mask=None, position_bias=None, workspace: Optional[dict] = None):
+        attn = self.self_attn(x, padding_mask, position_bias, workspace=workspace)
+        x = self.self_attn_layer_norm(torch.add(self.dropout(attn), x, alpha=self.alpha))  # x * alpha + attn
+        hidden = self.fc1(x).float()
+        if torch.is_grad_enabled():
+            hidden = F.gelu(hidden)  # exact (erf) GELU in fp32, as officially
+        else:  # no autograd: in place, saving a (B, L, ffn) temporary
+            hidden = torch.ops.aten.gelu_(hidden)
+        hidden = hidden.type_as(x)
         hidden = self.dropout(self.fc2(self.activation_dropout(hidden)))
-        return self.final_layer_norm(x * self.alpha + hidden)
+        return self.final_layer_norm(torch.add(hidden, x, alpha=self.alpha))
 
 
 class TransformerEncoder(nn.Module):
@@ -215,6 +262,8 @@ class TransformerEncoder(nn.Module):
             if positions is None:
                 positions = torch.arange(x.size(1), device=x.device).unsqueeze(0)
             position_bias = self.layers[0].self_attn.compute_bias(positions)
+        # without autograd the layers share one attention-mask buffer (see MultiheadAttention)
+        workspace = None if torch.is_grad_enabled() else {}
         layer_results = []
         for i, block in enumerate(self.layers):
             if self.gradient_decay != 1.0:
@@ -222,7 +271,7 @@ class TransformerEncoder(nn.Module):
             if self.training and self.layerdrop > 0 and torch.rand(()).item() < self.layerdrop:
                 layer_results.append(x)
                 continue
-            x = block(x, padding_mask, position_bias)
+            x = block(x, padding_mask, position_bias, workspace=workspace)
             layer_results.append(x)
             if layer is not None and i == layer:
                 break

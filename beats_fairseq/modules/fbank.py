@@ -40,6 +40,14 @@ def _mel_matrix(device: torch.device) -> torch.Tensor:
     return _mel_cache[key]
 
 
+def _povey_window(device: torch.device) -> torch.Tensor:
+    """Kaldi's "povey" window: a symmetric Hann window to the power 0.85."""
+    key = "povey:" + str(device)
+    if key not in _mel_cache:
+        _mel_cache[key] = torch.hann_window(FRAME_LENGTH, periodic=False, device=device).pow(0.85)
+    return _mel_cache[key]
+
+
 def num_frames(num_samples: int) -> int:
     """Frames Kaldi produces for a waveform of ``num_samples`` (snip_edges=True)."""
     if num_samples < FRAME_LENGTH:
@@ -70,9 +78,9 @@ def compute_fbank(
         frames = frames - frames.mean(dim=-1, keepdim=True)  # remove_dc_offset
         previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
         frames = frames - PREEMPHASIS * previous
-        window = torch.hann_window(FRAME_LENGTH, periodic=False, device=wav.device).pow(0.85)
-        frames = F.pad(frames * window, (0, FFT_SIZE - FRAME_LENGTH))
-        power = torch.fft.rfft(frames, dim=-1).abs().pow(2)
+        frames.mul_(_povey_window(wav.device))
+        spectrum = torch.fft.rfft(frames, n=FFT_SIZE, dim=-1)  # zero-padded to 512 by rfft
+        power = spectrum.abs().pow(2)
         mel = torch.matmul(power, _mel_matrix(wav.device))
         eps = torch.finfo(torch.float32).eps
         logmel = mel.clamp_min(eps).log()

@@ -1,0 +1,58 @@
+"""Smoke test of benchmarks/encoder_mfu.py (tiny model, one repeat; nothing is timed here)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "encoder_mfu.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("encoder_mfu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_writes_json(bench, tmp_path):
+    path = tmp_path / "result.json"
+    args = ["--tiny", "--batch", "2", "--seconds", "1", "--repeats", "1", "--warmup", "0",
+            "--threads", "1", "--matmul-size", "64", "--json", str(path)]
+    result = bench.main(args)
+    data = json.loads(path.read_text())
+    for key in ("date", "device", "dtype", "torch_version", "threads", "cpu_model", "batch", "seconds", "params",
+                "gflop_per_clip", "seconds_per_batch", "clips_per_s", "achieved_gflops", "matmul_gflops", "mfu",
+                "breakdown_s", "history"):
+        assert key in data, key
+    assert data["device"] == "cpu" and data["dtype"] == "float32" and data["threads"] == 1
+    assert data["batch"] == 2 and data["tiny"] is True
+    assert data["params"] == result["params"] > 0
+    assert data["mfu"] > 0 and data["seconds_per_batch"] > 0
+    assert set(data["breakdown_s"]) >= {"fbank", "pos_conv", "attention", "ffn_norm_residual"}
+    assert len(data["history"]) == 1
+    bench.main(args + ["--label", "second", "--no-breakdown"])  # a second run is appended to the history
+    data = json.loads(path.read_text())
+    assert [h["label"] for h in data["history"]] == ["", "second"]
+    assert "breakdown_s" not in data
+
+
+def test_flop_count_of_base_config(bench):
+    from beats_fairseq.modules.backbone import BeatsEncoderConfig
+
+    flops = bench.model_flops(BeatsEncoderConfig(), 160000)
+    assert flops["patches"] == 496
+    assert 98e9 < flops["total"] < 99.5e9  # about 99 GFLOP per 10 s clip
+    macs_per_layer = 4 * 496 * 768**2 + 2 * 496**2 * 768 + 2 * 496 * 768 * 3072 + 496 * 768 * 8
+    expected = 2 * (496 * 256 * 512 + 496 * 512 * 768 + 496 * 768 * 48 * 128 + 12 * macs_per_layer)
+    assert flops["total"] == expected
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(bench, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(SystemExit, match="CUDA is not available"):
+        bench.main(["--tiny", "--device", "cuda", "--dtype", "bfloat16", "--json", str(tmp_path / "x.json")])
