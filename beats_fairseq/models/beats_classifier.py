@@ -3,23 +3,90 @@
 Logits are ``head(x_n)`` averaged over the valid patches n, which equals a linear head on
 the mean-pooled output (paper section 3.3.3) and is exactly what the official fine-tuned
 ``extract_features`` computes before its sigmoid.
+
+Fine-tuning (task ``beats_audio_classification``):
+
+* ``pretrained_path``: a ``beats``/``beats_encoder``/``beats_classifier`` checkpoint of this
+  project or an official BEATs checkpoint. It is read only when the model is first built:
+  the task copies its architecture fields into this config and loads its backbone weights
+  strictly; a fine-tuned checkpoint then holds everything (reloading never reads it).
+* ``class_names``/``class_mids``: the class map, stored in the config (``model.class_names``).
+* Augmentations, in training mode only, with torch's RNG: roll and mixup on the waveform,
+  SpecAugment on the normalised fbank (see ``beats_fairseq/augment.py``).
+* ``layer_decay``: layer-wise learning-rate decay through fairseq's ``composite`` optimizer
+  (``p.optim_overrides``): head x1, layer k of L x ``decay**(L - k)``, front end x ``decay**(L+1)``.
 """
 
+import logging
 from dataclasses import dataclass, field
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
 from fairseq.models import BaseFairseqModel, register_model
 
-from ..checkpoint import backbone_from_official, backbone_to_official, load_strict, rename
+from .. import augment
+from ..checkpoint import (
+    backbone_from_official,
+    backbone_to_official,
+    is_official,
+    load_strict,
+    official_kind,
+    read_checkpoint,
+    rename,
+)
 from ..modules.backbone import BeatsBackbone, BeatsEncoderConfig, encoder_cfg_from_official, encoder_cfg_to_official
+from ..modules.fbank import downsample_padding_mask
+
+logger = logging.getLogger(__name__)
+
+# Backbone fields that describe the architecture: taken from the pre-trained checkpoint.
+# Dropouts, LayerDrop, gradient decay and fbank statistics are fine-tuning settings.
+ARCH_FIELDS = (
+    "input_patch_size", "embed_dim", "conv_bias", "encoder_layers", "encoder_embed_dim",
+    "encoder_ffn_embed_dim", "encoder_attention_heads", "activation_fn", "layer_norm_first",
+    "deep_norm", "conv_pos", "conv_pos_groups", "relative_position_embedding", "num_buckets",
+    "max_distance", "gru_rel_pos",
+)
+PRETRAINED_MODELS = ("beats", "beats_encoder", "beats_classifier")
 
 
 @dataclass
 class BeatsClassifierConfig(BeatsEncoderConfig):
-    num_classes: int = field(default=527, metadata={"help": "number of output classes"})
-    multilabel: bool = field(default=True, metadata={"help": "sigmoid outputs (multi-label); False: softmax"})
+    num_classes: int = field(
+        default=527, metadata={"help": "number of output classes (the task sets it from the class map; 0 = from it)"}
+    )
+    multilabel: bool = field(default=True, metadata={"help": "sigmoid outputs and BCE (multi-label); False: softmax"})
     predictor_dropout: float = field(default=0.0, metadata={"help": "dropout on the encoder output before the head"})
+    pretrained_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "beats/beats_encoder checkpoint of this project or an official BEATs checkpoint to start "
+                  "from; read only at the first build (empty: random initialisation)"},
+    )
+    class_names: Optional[List[str]] = field(
+        default=None, metadata={"help": "display name of every class (written by the task from the class map)"}
+    )
+    class_mids: Optional[List[str]] = field(
+        default=None, metadata={"help": "mid (AudioSet id) of every class (written by the task from the class map)"}
+    )
+    layer_decay: float = field(
+        default=1.0,
+        metadata={"help": "layer-wise LR decay: lr scale decay**(L-k) for layer k of L, decay**(L+1) for the front "
+                  "end, 1 for the head; < 1 needs optimizer._name=composite with dynamic_groups=true"},
+    )
+    specaug_time_ratio: float = field(
+        default=0.0, metadata={"help": "SpecAugment: average share of fbank frames masked in training"}
+    )
+    specaug_freq_ratio: float = field(
+        default=0.0, metadata={"help": "SpecAugment: average share of mel bins masked in training"}
+    )
+    specaug_num_masks: int = field(default=2, metadata={"help": "SpecAugment: masks per axis and clip"})
+    mixup_alpha: float = field(
+        default=0.0, metadata={"help": "mixup of waveforms and targets, lam ~ Beta(alpha, alpha); 0 = off; "
+                               "on: the loss is BCE also for single-label data"}
+    )
+    mixup_prob: float = field(default=1.0, metadata={"help": "share of training clips that get mixed (when on)"})
+    roll: bool = field(default=False, metadata={"help": "roll augmentation: rotate waveforms by a random offset"})
 
 
 def masked_mean(x: torch.Tensor, padding_mask) -> torch.Tensor:
@@ -30,6 +97,41 @@ def masked_mean(x: torch.Tensor, padding_mask) -> torch.Tensor:
     return (x * valid).sum(dim=1) / valid.sum(dim=1)
 
 
+def read_pretrained(path: str):
+    """(architecture fields, backbone state dict with official key names) of a checkpoint."""
+    state = read_checkpoint(path)
+    if is_official(state):
+        kind = official_kind(state["cfg"])
+        if kind == "tokenizer":
+            raise ValueError(f"{path} is an official tokenizer checkpoint; pretrained_path needs a BEATs model")
+        arch = encoder_cfg_from_official(state["cfg"], path)
+        backbone = {k: v for k, v in state["model"].items() if not k.startswith("predictor.")}
+    else:
+        cfg = (state.get("cfg") or {}).get("model") or {}
+        name = cfg.get("_name")
+        if name not in PRETRAINED_MODELS:
+            raise ValueError(f"{path}: model {name!r} cannot initialise a classifier; expected one of "
+                             f"{PRETRAINED_MODELS} or an official BEATs checkpoint")
+        arch = {k: cfg[k] for k in ARCH_FIELDS if k in cfg}
+        backbone = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
+    return {k: arch[k] for k in ARCH_FIELDS if k in arch}, backbone
+
+
+def layer_lr_scales(model: "BeatsClassifierModel", decay: float):
+    """{parameter name: lr scale} for layer-wise LR decay (shared parameters listed once)."""
+    num_layers = len(model.backbone.encoder.layers)
+    scales = {}
+    for name, _ in model.named_parameters():
+        if name.startswith("head."):
+            depth = num_layers + 1
+        elif name.startswith("backbone.encoder.layers."):
+            depth = int(name.split(".")[3]) + 1
+        else:
+            depth = 0
+        scales[name] = decay ** (num_layers + 1 - depth)
+    return scales
+
+
 @register_model("beats_classifier", dataclass=BeatsClassifierConfig)
 class BeatsClassifierModel(BaseFairseqModel):
     def __init__(self, cfg: BeatsClassifierConfig):
@@ -38,20 +140,88 @@ class BeatsClassifierModel(BaseFairseqModel):
         self.backbone = BeatsBackbone(cfg)
         self.predictor_dropout = nn.Dropout(cfg.predictor_dropout)
         self.head = nn.Linear(cfg.encoder_embed_dim, cfg.num_classes)
+        if cfg.layer_decay != 1.0:
+            params = dict(self.named_parameters())
+            for name, scale in layer_lr_scales(self, cfg.layer_decay).items():
+                if scale != 1.0:
+                    params[name].optim_overrides = {"optimizer": {"lr_scale": scale}}
 
     @classmethod
     def build_model(cls, cfg, task=None):
         return cls(cfg)
 
+    # ------------------------------------------------------------------ classes
+    @property
+    def class_names(self) -> Optional[List[str]]:
+        names = getattr(self.cfg, "class_names", None)
+        return [str(n) for n in names] if names else None
+
+    @property
+    def class_mids(self) -> Optional[List[str]]:
+        mids = getattr(self.cfg, "class_mids", None)
+        return [str(m) for m in mids] if mids else None
+
+    @property
+    def label_dict(self):
+        """Official-style ``{index: mid}`` (mids, else names; or what was assigned), or None."""
+        if self.__dict__.get("_label_dict") is not None:
+            return self.__dict__["_label_dict"]
+        labels = self.class_mids or self.class_names
+        return None if labels is None else dict(enumerate(labels))
+
+    @label_dict.setter
+    def label_dict(self, value):
+        self.__dict__["_label_dict"] = None if value is None else dict(value)
+
+    # ------------------------------------------------------------------ init
+    def load_pretrained_backbone(self, backbone_state, source: str) -> None:
+        """Strictly load backbone weights (official key names); errors list missing/unexpected keys."""
+        load_strict(self.backbone, backbone_state, f"pre-trained checkpoint {source} (backbone)")
+        logger.info("initialised the backbone from %s (%d tensors)", source, len(backbone_state))
+
+    # ------------------------------------------------------------------ forward
+    def augment_waveform(self, source, padding_mask, target):
+        cfg = self.cfg
+        if cfg.roll:
+            source = augment.roll(source, padding_mask)
+        if target is not None and cfg.mixup_alpha > 0:
+            if not target.is_floating_point():
+                target = torch.nn.functional.one_hot(target, cfg.num_classes).float()
+            source, padding_mask, target = augment.mixup(source, padding_mask, target, cfg.mixup_alpha, cfg.mixup_prob)
+        return source, padding_mask, target
+
+    def encode(self, source, padding_mask=None):
+        """(encoder output ``(B, N, C)``, patch padding mask); SpecAugment in training mode."""
+        backbone = self.backbone
+        fbank = backbone.fbank(source)
+        frame_mask = None if padding_mask is None else downsample_padding_mask(padding_mask, fbank.size(1))
+        if self.training:
+            fbank = augment.spec_augment(fbank, self.cfg.specaug_time_ratio, self.cfg.specaug_freq_ratio,
+                                         self.cfg.specaug_num_masks, frame_mask)
+        patches = backbone.embed_patches(fbank)
+        patch_mask = None if frame_mask is None else downsample_padding_mask(frame_mask, patches.size(1))
+        x, _ = backbone.encoder(backbone.project(patches), patch_mask)
+        return x, patch_mask
+
     def patch_logits(self, source, padding_mask=None):
         """(per-patch logits ``(B, N, classes)``, patch padding mask or None)."""
-        x, padding_mask = self.backbone.extract_features(source, padding_mask)
+        x, padding_mask = self.encode(source, padding_mask)
         return self.head(self.predictor_dropout(x)), padding_mask
 
-    def forward(self, source, padding_mask=None, **kwargs):
-        """Clip logits ``(B, classes)`` and the patch padding mask."""
-        logits, padding_mask = self.patch_logits(source, padding_mask)
-        return masked_mean(logits, padding_mask), padding_mask
+    def forward(self, source, padding_mask=None, target=None, **kwargs):
+        """Clip logits ``(B, classes)`` and the patch padding mask.
+
+        With ``target`` (training through the criterion) a third value is returned: the
+        targets after augmentation (mixup turns them into float ``(B, classes)`` rows).
+        Augmentations only run in training mode.
+        """
+        if self.training:
+            source, padding_mask, target = self.augment_waveform(source, padding_mask, target)
+        logits, patch_mask = self.patch_logits(source, padding_mask)
+        logits = masked_mean(logits, patch_mask)
+        if target is None:
+            return logits, patch_mask
+        return logits, patch_mask, target
 
     def probabilities(self, logits):
         return torch.sigmoid(logits) if self.cfg.multilabel else torch.softmax(logits, dim=-1)
@@ -61,19 +231,28 @@ class BeatsClassifierModel(BaseFairseqModel):
         logits, padding_mask = self.forward(source, padding_mask)
         return self.probabilities(logits), padding_mask
 
+    # ------------------------------------------------------------------ official format
     @classmethod
     def from_official(cls, state, source="official checkpoint"):
         cfg = state["cfg"]
+        num_classes = cfg.get("predictor_class", 527)
+        label_dict = state.get("label_dict") or None
+        labels = None
+        if label_dict is not None and all(i in label_dict for i in range(num_classes)):
+            labels = [str(label_dict[i]) for i in range(num_classes)]
+        elif label_dict is not None:
+            logger.warning("%s: label_dict does not cover indices 0..%d; class names not set", source, num_classes - 1)
         model = cls(
             BeatsClassifierConfig(
                 **encoder_cfg_from_official(cfg, source),
-                num_classes=cfg.get("predictor_class", 527),
+                num_classes=num_classes,
                 predictor_dropout=cfg.get("predictor_dropout", 0.1),
                 multilabel=True,
+                class_names=labels,
+                class_mids=labels,
             )
         )
         load_strict(model, rename(backbone_from_official(state["model"]), {"backbone.predictor.": "head."}), source)
-        model.label_dict = state.get("label_dict")
         return model
 
     def to_official(self):
@@ -85,4 +264,4 @@ class BeatsClassifierModel(BaseFairseqModel):
         )
         sd = self.state_dict()
         model = dict(backbone_to_official(sd), **rename({k: v for k, v in sd.items() if k.startswith("head.")}, {"head.": "predictor."}))
-        return {"cfg": cfg, "model": model, "label_dict": getattr(self, "label_dict", None)}
+        return {"cfg": cfg, "model": model, "label_dict": self.label_dict}

@@ -1,0 +1,165 @@
+"""``beats_audio_classification``: fine-tune ``beats_classifier`` on labelled audio.
+
+``task.data`` holds ``{split}.tsv`` manifests, ``{split}.{label_ext}`` label files (one line
+per manifest line, comma-separated class ids) and the class map ``task.labels`` (AudioSet
+``class_labels_indices.csv`` form, header ``index,mid,display_name``). Label files are
+validated on load (unknown ids, line-count mismatch, empty lines, several ids on a
+single-label line: errors naming the file and line).
+
+When the model is first built (not when it is reloaded from a fine-tuned checkpoint) the
+task writes into ``cfg.model``: the class map (``num_classes``, ``class_names``,
+``class_mids``) and, with ``model.pretrained_path``, the architecture fields of the
+pre-trained checkpoint; it then loads the pre-trained backbone weights strictly. The
+fine-tuned checkpoint is therefore self-contained.
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fairseq.tasks import register_task
+from omegaconf import OmegaConf, open_dict
+
+from ..data.label_dataset import LabelledAudioDataset, read_weights_file
+from ..data.manifest import read_class_map, read_manifest
+from ..models.beats_classifier import BeatsClassifierConfig, read_pretrained
+from .beats_pretraining import EVAL_SPLIT_PREFIXES, BeatsPretrainingTask, BeatsPretrainingTaskConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BeatsAudioClassificationConfig(BeatsPretrainingTaskConfig):
+    labels: str = field(
+        default="labels.csv",
+        metadata={"help": "class map (index,mid,display_name); relative paths are relative to task.data"},
+    )
+    label_ext: str = field(default="lbl", metadata={"help": "label files are {split}.{label_ext} in task.data"})
+    multilabel: bool = field(
+        default=True, metadata={"help": "multi-label data (BCE, mAP); False: single-label (CE, accuracy)"}
+    )
+    weighted_sampling: bool = field(
+        default=False,
+        metadata={"help": "training splits: draw clips with replacement, weights from weights_file or, if unset, "
+                  "from the label frequencies (sum of 1/count over a clip's classes)"},
+    )
+    weights_file: Optional[str] = field(
+        default=None,
+        metadata={"help": "one sampling weight per training-manifest line (relative to task.data); "
+                  "empty: weights from the label frequencies"},
+    )
+    epoch_samples: int = field(
+        default=0, metadata={"help": "weighted sampling: clips drawn per epoch (0: the training-set size)"}
+    )
+
+
+def _in_data(data: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(data, path)
+
+
+def _get(cfg, key):
+    """``cfg.key``, or the ``beats_classifier`` default when a config leaves it out."""
+    if OmegaConf.is_config(cfg) and key not in cfg:
+        return getattr(BeatsClassifierConfig, key)
+    return getattr(cfg, key)
+
+
+def _set(cfg, **values) -> None:
+    if OmegaConf.is_config(cfg):
+        with open_dict(cfg):
+            for k, v in values.items():
+                setattr(cfg, k, v)
+    else:
+        for k, v in values.items():
+            setattr(cfg, k, v)
+
+
+@register_task("beats_audio_classification", dataclass=BeatsAudioClassificationConfig)
+class BeatsAudioClassificationTask(BeatsPretrainingTask):
+    cfg: BeatsAudioClassificationConfig
+
+    def class_map_path(self) -> str:
+        return _in_data(self.cfg.data, self.cfg.labels)
+
+    def class_map(self):
+        return read_class_map(self.class_map_path())
+
+    def label_path(self, split: str) -> str:
+        return os.path.join(self.cfg.data, f"{split}.{self.cfg.label_ext}")
+
+    def build_labelled_dataset(self, split: str, num_classes: Optional[int] = None, **overrides):
+        training = not split.startswith(EVAL_SPLIT_PREFIXES)
+        manifest = self.manifest_path(split)
+        if num_classes is None:
+            num_classes = len(self.class_map())
+        weights = None
+        if training and self.cfg.weighted_sampling:
+            if self.cfg.weights_file:
+                path = _in_data(self.cfg.data, self.cfg.weights_file)
+                weights = read_weights_file(path, len(read_manifest(manifest)))
+            else:
+                weights = "labels"
+        kwargs = dict(
+            sample_rate=self.cfg.sample_rate,
+            max_sample_size=self.cfg.max_sample_size,
+            min_sample_size=self.cfg.min_sample_size,
+            crop=str(self.cfg.crop) if training else "start",
+            shuffle=training,
+            bad_audio=str(self.cfg.bad_audio),
+            seed=self.cfg.seed,
+            sample_weights=weights,
+            epoch_samples=self.cfg.epoch_samples or None,
+        )
+        kwargs.update(overrides)
+        return LabelledAudioDataset(manifest, self.label_path(split), num_classes, self.cfg.multilabel, **kwargs)
+
+    def load_dataset(self, split: str, combine: bool = False, task_cfg=None, **kwargs):
+        dataset = self.build_labelled_dataset(split)
+        self.datasets[split] = dataset
+        counts = dataset.class_counts()
+        logger.info(
+            "%s: %d clips, %d classes (%d without clips), labels %s%s", split, len(dataset), len(counts),
+            int((counts == 0).sum()), dataset.label_path,
+            f", weighted sampling of {dataset.epoch_samples} clips per epoch" if dataset.sample_weights is not None
+            else "",
+        )
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        # fairseq's batch_by_size drops the remainder that does not fill a multiple of
+        # required_batch_size_multiple (default 8): evaluation must see every clip.
+        if not getattr(dataset, "shuffle", True) and not args:
+            kwargs["required_batch_size_multiple"] = 1
+        return super().get_batch_iterator(dataset, *args, **kwargs)
+
+    # ------------------------------------------------------------------ model
+    def prepare_model_cfg(self, cfg):
+        """Write the class map and the pre-trained architecture into ``cfg``; returns the
+        pre-trained backbone state dict (or None)."""
+        rows = self.class_map()
+        num = (cfg.get("num_classes", 0) if OmegaConf.is_config(cfg) else cfg.num_classes) or 0
+        if num and num != len(rows):
+            raise ValueError(f"model.num_classes={num} but the class map {self.class_map_path()} has {len(rows)} "
+                             "classes (set model.num_classes=0 to take it from the class map)")
+        if bool(_get(cfg, "multilabel")) != bool(self.cfg.multilabel):
+            raise ValueError(f"model.multilabel={_get(cfg, 'multilabel')} but task.multilabel={self.cfg.multilabel}; "
+                             "they must agree (the recipes set model.multilabel: ${task.multilabel})")
+        _set(cfg, num_classes=len(rows), class_names=[r["display_name"] for r in rows],
+             class_mids=[r["mid"] for r in rows])
+        if not _get(cfg, "pretrained_path"):
+            logger.info("beats_classifier: random initialisation (model.pretrained_path is empty)")
+            return None
+        arch, backbone = read_pretrained(cfg.pretrained_path)
+        changed = {k: (_get(cfg, k), v) for k, v in arch.items() if _get(cfg, k) != v}
+        if changed:
+            logger.info("architecture from %s (config value -> checkpoint value): %s", cfg.pretrained_path,
+                        ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
+        _set(cfg, **arch)
+        return backbone
+
+    def build_model(self, cfg, from_checkpoint=False):
+        backbone = None if from_checkpoint else self.prepare_model_cfg(cfg)
+        model = super().build_model(cfg, from_checkpoint)
+        if backbone is not None:
+            model.load_pretrained_backbone(backbone, cfg.pretrained_path)
+        return model

@@ -1,0 +1,324 @@
+"""Fine-tuning: label data, metrics, augmentations, classifier init and official parity (fast)."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from fairseq import metrics as fs_metrics
+from fairseq.data import data_utils
+from omegaconf import OmegaConf
+
+import beats_fairseq
+from beats_fairseq import augment
+from beats_fairseq.checkpoint import CheckpointKeyError
+from beats_fairseq.criterions.beats_classification import BeatsClassificationCriterion
+from beats_fairseq.data.label_dataset import LabelledAudioDataset, label_frequency_weights
+from beats_fairseq.data.manifest import ManifestError, write_class_map
+from beats_fairseq.metrics import accuracy, average_precision_per_class, mean_average_precision
+from beats_fairseq.models.beats import BeatsConfig, BeatsModel
+from beats_fairseq.models.beats_classifier import BeatsClassifierModel, layer_lr_scales
+from beats_fairseq.tasks.beats_audio_classification import (BeatsAudioClassificationConfig,
+                                                            BeatsAudioClassificationTask)
+
+REPO_EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "beats_finetune"
+TINY = dict(embed_dim=32, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
+            encoder_attention_heads=4, conv_pos=16, conv_pos_groups=16, dropout=0.0, attention_dropout=0.0)
+
+
+# --------------------------------------------------------------------------- data
+def make_data(tmp_path, labels, sizes=None, classes=3, split="train", ext="lbl", audio=False):
+    sizes = sizes or [4800] * len(labels)
+    rows = []
+    for i, n in enumerate(sizes):
+        rows.append(f"{split}_{i}.wav\t{n}")
+        if audio:
+            rng = np.random.default_rng(i)
+            sf.write(str(tmp_path / f"{split}_{i}.wav"), (0.1 * rng.standard_normal(n)).astype(np.float32), 16000)
+    (tmp_path / f"{split}.tsv").write_text(f"{tmp_path}\n" + "\n".join(rows) + "\n")
+    (tmp_path / f"{split}.{ext}").write_text("".join(f"{line}\n" for line in labels))
+    write_class_map(tmp_path / "labels.csv", [f"class {c}" for c in range(classes)])
+    return tmp_path
+
+
+def dataset(tmp_path, multilabel=True, **kw):
+    return LabelledAudioDataset(str(tmp_path / "train.tsv"), str(tmp_path / "train.lbl"), 3, multilabel, **kw)
+
+
+@pytest.mark.parametrize("labels,multilabel,line,what", [
+    (["0", "3"], True, 2, "unknown class id 3"),
+    (["0", ""], True, 2, "empty line"),
+    (["0"], True, 2, "missing"),
+    (["0", "1", "2"], True, 3, "extra line"),
+    (["0", "1,2"], False, 2, "single-label task but 2 class ids"),
+])
+def test_label_file_errors_name_file_and_line(tmp_path, labels, multilabel, line, what):
+    make_data(tmp_path, ["0", "1"])
+    (tmp_path / "train.lbl").write_text("".join(f"{x}\n" for x in labels))
+    with pytest.raises(ManifestError, match=f"train.lbl, line {line}: .*{what}"):
+        dataset(tmp_path, multilabel)
+
+
+def test_labels_follow_dropped_entries_and_collate(tmp_path):
+    make_data(tmp_path, ["0", "1,2", "2"], sizes=[4800, 100, 3200], audio=True)
+    ds = dataset(tmp_path)  # entry 1 is shorter than one patch row: dropped with its label line
+    assert ds.labels == [[0], [2]]
+    batch = ds.collater([ds[0], ds[1]])
+    assert batch["target"].tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    single = dataset(make_data(tmp_path, ["0", "1", "2"], audio=True), multilabel=False)
+    batch = single.collater([single[2], single[0]])
+    assert batch["target"].dtype == torch.long and batch["target"].tolist() == [2, 0]
+
+
+def test_weighted_sampling_is_reproducible_and_balanced(tmp_path):
+    labels = ["0"] * 80 + ["1"] * 15 + ["2"] * 5
+    make_data(tmp_path, labels)
+    ds = dataset(tmp_path, multilabel=False, sample_weights="labels", epoch_samples=3000)
+    assert not ds.can_reuse_epoch_itr_across_epochs
+    np.testing.assert_allclose(label_frequency_weights([[0], [0], [1], [0, 1]], 3), [1 / 3, 1 / 3, 1 / 2, 5 / 6])
+    with data_utils.numpy_seed(1 + 1):
+        a = ds.ordered_indices()
+    with data_utils.numpy_seed(1 + 1):
+        b = ds.ordered_indices()
+    with data_utils.numpy_seed(1 + 2):
+        c = ds.ordered_indices()
+    assert len(a) == 3000 and np.array_equal(a, b) and not np.array_equal(a, c)
+    share = np.bincount([ds.labels[i][0] for i in a], minlength=3) / len(a)
+    np.testing.assert_allclose(share, [1 / 3] * 3, atol=0.05)
+    unweighted = dataset(tmp_path, multilabel=False)
+    assert unweighted.can_reuse_epoch_itr_across_epochs and len(unweighted.ordered_indices()) == 100
+
+
+# --------------------------------------------------------------------------- metrics
+def test_map_masks_classes_without_positives():
+    from sklearn.metrics import average_precision_score
+
+    scores = np.array([[0.9, 0.1, 0.3], [0.2, 0.8, 0.1], [0.6, 0.3, 0.2], [0.1, 0.7, 0.9]])
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]])  # class 2 has no positive
+    ap = average_precision_per_class(scores, targets)
+    assert np.isnan(ap[2])
+    expected = np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in (0, 1)])
+    value = mean_average_precision(torch.tensor(scores), torch.tensor(targets))
+    assert type(value) is float and value == pytest.approx(expected)
+    assert mean_average_precision(scores, np.zeros_like(targets)) == 0.0
+    assert type(accuracy(scores, np.array([0, 1, 0, 1]))) is float
+    assert accuracy(scores, np.array([0, 1, 0, 1])) == 0.75
+    assert accuracy(scores, targets) == 0.75  # multi-hot: the top class must be a positive
+
+
+def test_criterion_gathers_predictions_for_map():
+    """mAP over outputs of several batches (or ranks) equals the mAP of the whole set."""
+    assert BeatsClassificationCriterion.logging_outputs_can_be_summed() is False
+    rng = np.random.default_rng(0)
+    scores = torch.tensor(rng.random((40, 5)), dtype=torch.float32)
+    targets = torch.tensor(rng.random((40, 5)) < 0.3, dtype=torch.float32)
+    logs = [{"loss": 1.0, "sample_size": 10, "_predictions": scores[i:i + 10], "_targets": targets[i:i + 10]}
+            for i in range(0, 40, 10)]
+    with fs_metrics.aggregate(new_root=True) as agg:
+        BeatsClassificationCriterion.reduce_metrics(logs[:2])  # e.g. one batch of two ranks
+        BeatsClassificationCriterion.reduce_metrics(logs[2:])
+        values = agg.get_smoothed_values()
+    assert type(values["mAP"]) is float
+    assert values["mAP"] == pytest.approx(round(mean_average_precision(scores, targets), 4))
+    assert "_predictions" not in values
+    with fs_metrics.aggregate(new_root=True) as agg:
+        BeatsClassificationCriterion.reduce_metrics([{"loss": 2.0, "sample_size": 4, "correct": 3, "count": 4},
+                                                     {"loss": 1.0, "sample_size": 4, "correct": 1, "count": 4}])
+        values = agg.get_smoothed_values()
+    assert values["accuracy"] == 0.5 and type(values["accuracy"]) is float
+
+
+# --------------------------------------------------------------------------- augmentations
+def test_spec_augment_masks_about_ratio_and_respects_padding():
+    torch.manual_seed(0)
+    fbank = torch.randn(64, 200, 128) + 5.0
+    frame_mask = torch.zeros(64, 200, dtype=torch.bool)
+    frame_mask[32:, 100:] = True
+    out = augment.spec_augment(fbank, 0.3, 0.2, 2, frame_mask)
+    assert out.shape == fbank.shape
+    masked = out == 0
+    assert masked[32:, 100:].all(dim=-1).sum() == 0  # no time mask on padded frames
+    assert masked[32:, :100].all(dim=-1).any()
+    time_share = masked.all(dim=2)[:32].float().mean()
+    freq_share = masked.all(dim=1).float().mean()
+    assert 0.15 < time_share < 0.35 and 0.1 < freq_share < 0.25
+    assert torch.equal(out[~masked], fbank[~masked])
+    assert torch.equal(augment.spec_augment(fbank, 0.0, 0.0), fbank)
+
+
+def test_roll_and_mixup():
+    torch.manual_seed(0)
+    source = torch.randn(4, 1000)
+    padding = torch.zeros(4, 1000, dtype=torch.bool)
+    padding[2:, 600:] = True
+    source[padding] = 0.0
+    rolled = augment.roll(source, padding)
+    assert rolled.shape == source.shape and torch.equal(rolled[padding], source[padding])
+    for i in range(4):  # a rotation of the valid part
+        n = int((~padding[i]).sum())
+        assert torch.equal(rolled[i, :n].sort().values, source[i, :n].sort().values)
+    target = torch.eye(4)[:, :3]
+    mixed, mask, mixed_target = augment.mixup(source, padding, target, alpha=0.8)
+    assert mixed.shape == source.shape and mixed_target.shape == target.shape
+    torch.testing.assert_close(mixed_target.sum(1), target.sum(1))
+    assert (mask <= padding).all()  # padded only where both clips are padding
+    same = augment.mixup(source, padding, target, alpha=0.0)
+    assert same[0] is source and same[2] is target
+
+
+def tiny_classifier(**kw):
+    cfg = OmegaConf.create(dict(_name="beats_classifier", num_classes=3, **TINY, **kw))
+    from fairseq.models import build_model
+
+    return build_model(cfg, None)
+
+
+def test_augmentations_run_only_in_training():
+    torch.manual_seed(0)
+    model = tiny_classifier(specaug_time_ratio=0.3, specaug_freq_ratio=0.3, mixup_alpha=0.8, roll=True,
+                            multilabel=False)
+    source, target = torch.randn(4, 16000), torch.tensor([0, 1, 2, 0])
+    model.eval()
+    with torch.no_grad():
+        a, mask, t = model(source, target=target)
+        b, _ = model(source)
+    assert torch.equal(a, b) and torch.equal(t, target) and mask is None and a.shape == (4, 3)
+    model.train()
+    with torch.no_grad():
+        c, _, mixed = model(source, target=target)
+    assert not torch.allclose(c, a) and mixed.dtype == torch.float32 and mixed.shape == (4, 3)
+
+
+def test_layer_decay_scales():
+    model = tiny_classifier(layer_decay=0.5)
+    scales = layer_lr_scales(model, 0.5)
+    assert scales["head.weight"] == 1.0
+    assert scales["backbone.encoder.layers.1.fc1.weight"] == 0.5
+    assert scales["backbone.encoder.layers.0.fc1.weight"] == 0.25
+    assert scales["backbone.patch_embedding.weight"] == 0.125
+    params = dict(model.named_parameters())
+    assert params["backbone.encoder.layers.0.fc1.weight"].optim_overrides == {"optimizer": {"lr_scale": 0.25}}
+    assert not hasattr(params["head.weight"], "optim_overrides")
+
+
+# --------------------------------------------------------------------------- init from pre-trained
+def pretrained_checkpoint(path):
+    torch.manual_seed(3)
+    model = BeatsModel(BeatsConfig(**TINY, codebook_size=16, codebook_dim=8, label_predictor_layers=1))
+    cfg = {"model": dict(OmegaConf.to_container(OmegaConf.structured(model.cfg)), _name="beats"), "task": {}}
+    torch.save({"cfg": cfg, "model": model.state_dict()}, path)
+    return model
+
+
+def build_task(tmp_path, **task_kw):
+    cfg = OmegaConf.structured(BeatsAudioClassificationConfig(data=str(tmp_path), seed=1, **task_kw))
+    return BeatsAudioClassificationTask.setup_task(cfg)
+
+
+def model_cfg(**kw):
+    # architecture deliberately different from the checkpoint's: it must come from the checkpoint
+    values = dict(_name="beats_classifier", num_classes=0, multilabel=True, encoder_layers=4, encoder_embed_dim=32,
+                  encoder_ffn_embed_dim=64, embed_dim=16, encoder_attention_heads=2, conv_pos=16)
+    values.update(kw)
+    return OmegaConf.create(values)
+
+
+def test_classifier_initialised_from_beats_checkpoint(tmp_path):
+    make_data(tmp_path, ["0", "1"])
+    pre = pretrained_checkpoint(tmp_path / "pre.pt")
+    task = build_task(tmp_path)
+    cfg = model_cfg(pretrained_path=str(tmp_path / "pre.pt"), dropout=0.0, encoder_layerdrop=0.2)
+    model = task.build_model(cfg)
+    assert cfg.encoder_layers == 2 and cfg.encoder_embed_dim == 64 and cfg.num_classes == 3  # written back
+    assert cfg.encoder_layerdrop == 0.2  # fine-tuning settings stay
+    assert model.class_names == ["class 0", "class 1", "class 2"] and len(model.class_mids) == 3
+    ours, theirs = model.backbone.state_dict(), pre.backbone.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # a fine-tuned reload never reads the pre-trained file
+    (tmp_path / "pre.pt").unlink()
+    task.build_model(cfg, from_checkpoint=True)
+
+
+def test_classifier_init_is_strict(tmp_path):
+    make_data(tmp_path, ["0", "1"])
+    pretrained_checkpoint(tmp_path / "pre.pt")
+    state = torch.load(tmp_path / "pre.pt", weights_only=True)
+    del state["model"]["backbone.encoder.layers.1.fc2.bias"]
+    state["model"]["backbone.encoder.extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointKeyError, match=r"(?s)missing keys \(1\).*layers.1.fc2.bias.*unexpected.*extra"):
+        build_task(tmp_path).build_model(model_cfg(pretrained_path=str(tmp_path / "bad.pt")))
+    with pytest.raises(ValueError, match="multilabel"):
+        build_task(tmp_path, multilabel=False).build_model(model_cfg())
+    with pytest.raises(ValueError, match="num_classes=5"):
+        build_task(tmp_path).build_model(model_cfg(num_classes=5))
+
+
+def test_classifier_initialised_from_official_checkpoint(tmp_path, oracle):
+    make_data(tmp_path, ["0", "1"])
+    model = build_task(tmp_path).build_model(model_cfg(pretrained_path=str(oracle.dir / "beats_small.pt")))
+    official = oracle("beats_small")["model"]
+    ours = model.backbone.state_dict()
+    assert ours.keys() == official.keys() and all(torch.equal(ours[k], official[k]) for k in ours)
+    inputs = oracle("inputs")
+    with torch.no_grad():
+        feats, _ = model.eval().backbone.extract_features(inputs["source"], inputs["padding_mask"])
+    torch.testing.assert_close(feats, oracle("model_outputs")["features"], atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- official fine-tuned parity
+def test_official_finetuned_probabilities(oracle):
+    model = beats_fairseq.load(str(oracle.dir / "beats_small_finetuned.pt"))
+    inputs, ref = oracle("inputs"), oracle("finetuned_outputs")
+    with torch.no_grad():
+        probs, mask = model.extract_features(inputs["source"], inputs["padding_mask"])
+        probs_no_mask, none = model.extract_features(inputs["source"])
+        logits, _ = model(inputs["source"], inputs["padding_mask"])
+        frame_logits, _ = model.patch_logits(inputs["source"], inputs["padding_mask"])
+    torch.testing.assert_close(probs, ref["probs"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(probs_no_mask, ref["probs_no_mask"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(frame_logits, ref["intermediates"]["frame_logits"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model.probabilities(logits), probs)
+    assert torch.equal(mask, ref["padding_mask"]) and none is None
+    assert model.class_names == [f"/m/oracle_class_{i}" for i in range(5)] and model.cfg.multilabel
+    official = model.to_official()
+    assert official["label_dict"] == oracle("beats_small_finetuned")["label_dict"]
+    assert official["model"].keys() == oracle("beats_small_finetuned")["model"].keys()
+
+
+# --------------------------------------------------------------------------- task, optimizer, recipes
+def test_evaluation_batches_keep_every_clip(tmp_path):
+    make_data(tmp_path, ["0"] * 60, split="valid")
+    task = build_task(tmp_path)
+    task.load_dataset("valid")
+    itr = task.get_batch_iterator(task.datasets["valid"], max_sentences=16, required_batch_size_multiple=8)
+    assert sum(len(b) for b in itr.frozen_batches) == 60  # fairseq alone would drop 4
+
+
+def test_layer_decay_reaches_the_composite_optimizer():
+    from fairseq.optim import build_optimizer
+
+    model = tiny_classifier(layer_decay=0.5)
+    recipe = OmegaConf.load(REPO_EXAMPLES / "tiny.yaml")
+    root = OmegaConf.create({"common": {"tpu": False}, "optimization": {"lr": [1e-3], "max_update": 100},
+                             "optimizer": OmegaConf.to_container(recipe.optimizer)})
+    optimizer = build_optimizer(root.optimizer, list(model.parameters()))
+    optimizer.lr_scheduler.step_update(20)  # end of the warm-up: every group at its peak
+    lrs = sorted(round(g["lr"] / 1e-3, 6) for g in optimizer.param_groups)
+    assert lrs == [0.125, 0.25, 0.5, 1.0]
+    sizes = {round(g["lr"] / 1e-3, 6): len(g["params"]) for g in optimizer.param_groups}
+    assert sizes[1.0] == 2  # the head's weight and bias
+
+
+@pytest.mark.parametrize("name", ["tiny", "as2m", "as20k", "esc50", "spcv2"])
+def test_recipes_use_known_keys(name):
+    from dataclasses import fields
+
+    from beats_fairseq.models.beats_classifier import BeatsClassifierConfig
+
+    cfg = OmegaConf.load(REPO_EXAMPLES / f"{name}.yaml")
+    assert set(cfg.model) - {"_name"} == {f.name for f in fields(BeatsClassifierConfig)} - {"_name"}
+    assert set(cfg.task) - {"_name"} <= {f.name for f in fields(BeatsAudioClassificationConfig)}
+    assert cfg.task._name == "beats_audio_classification" and cfg.criterion._name == "beats_classification"
+    assert cfg.dataset.required_batch_size_multiple == 1 and cfg.common.all_gather_list_size >= 1 << 20
+    metric = "mAP" if cfg.task.multilabel else "accuracy"
+    assert cfg.checkpoint.best_checkpoint_metric == metric and cfg.checkpoint.maximize_best_checkpoint_metric
