@@ -180,7 +180,8 @@ class NormEMAVectorQuantizer(nn.Module):
         ``valid`` (bool, shape ``z.shape[:-1]``) marks the positions that count for the loss,
         k-means and the EMA (all by default); codes are returned for every position. The
         loss is ``beta * mean over valid vectors of ||sg(e) - l2norm(z)||^2 / dim``. ``stats``
-        holds float32 tensors: ``counts`` (per code, this batch, all workers), ``perplexity``
+        holds float32 tensors: ``counts`` (per code, valid positions of this batch; training: summed
+        over all workers, eval: this worker only), ``perplexity``
         and ``usage`` (share of codes used in the last ``usage_window`` training updates; in
         eval mode: share used in this batch).
         """
