@@ -125,10 +125,12 @@ class BeatsModel(BaseFairseqModel):
         masked = torch.ones(batch, length, dtype=torch.bool, device=x.device).scatter(1, visible, False)
         if patch_mask is not None:
             masked &= ~patch_mask
+        labelled = labels >= 0  # precomputed labels are -1 where the clip alone has no patch: never predicted
+        masked &= labelled
         return {
             "logits": self.label_head(predicted[masked]),
             "targets": labels[masked],
-            "labels": labels if patch_mask is None else labels[~patch_mask],
+            "labels": labels[labelled] if patch_mask is None else labels[labelled & ~patch_mask],
             "num_codes": self.num_codes,
         }
 

@@ -45,13 +45,31 @@ class BeatsPretrainingTaskConfig(FairseqDataclass):
     seed: int = II("common.seed")
 
 
-@register_task("beats_pretraining", dataclass=BeatsPretrainingTaskConfig)
+@dataclass
+class BeatsPretrainingConfig(BeatsPretrainingTaskConfig):
+    # Only the pre-training task has it (the tasks deriving from BeatsPretrainingTaskConfig do not).
+    # Format, validity rules and checks: beats_fairseq/data/label_store.py.
+    precomputed_labels: Optional[str] = field(
+        default=None,
+        metadata={"help": "folder of tokenizer labels written by beats-precompute-labels for model.tokenizer_path "
+                  "(checked against the manifest, crop and tokenizer); null: the model computes them on the fly"},
+    )
+
+
+@register_task("beats_pretraining", dataclass=BeatsPretrainingConfig)
 class BeatsPretrainingTask(FairseqTask):
     cfg: BeatsPretrainingTaskConfig
+    label_tokenizer = None  # identity of the model's tokenizer, checked against precomputed labels
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
         return cls(cfg)
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        if getattr(self.cfg, "precomputed_labels", None) and not from_checkpoint:
+            self.check_label_tokenizer(model)
+        return model
 
     def manifest_path(self, split: str) -> str:
         path = os.path.join(self.cfg.data, f"{split}.tsv")
@@ -62,7 +80,7 @@ class BeatsPretrainingTask(FairseqTask):
             )
         return path
 
-    def build_audio_dataset(self, split: str, **overrides) -> AudioDataset:
+    def build_audio_dataset(self, split: str, dataset_cls=AudioDataset, **overrides) -> AudioDataset:
         training = not split.startswith(EVAL_SPLIT_PREFIXES)
         kwargs = dict(
             sample_rate=self.cfg.sample_rate,
@@ -74,11 +92,37 @@ class BeatsPretrainingTask(FairseqTask):
             seed=self.cfg.seed,
         )
         kwargs.update(overrides)
-        return AudioDataset(self.manifest_path(split), **kwargs)
+        return dataset_cls(self.manifest_path(split), **kwargs)
 
     def load_dataset(self, split: str, combine: bool = False, task_cfg=None, **kwargs):
-        self.datasets[split] = self.build_audio_dataset(split)
+        label_dir = getattr(self.cfg, "precomputed_labels", None)
+        if label_dir:
+            from ..data.label_store import LabelStore, PrecomputedLabelsDataset
+
+            store = LabelStore(label_dir, split)
+            if self.label_tokenizer is not None:
+                store.check_tokenizer(self.label_tokenizer)
+            self.datasets[split] = self.build_audio_dataset(split, PrecomputedLabelsDataset, store=store)
+            logger.info("%s: precomputed labels from %s", split, label_dir)
+        else:
+            self.datasets[split] = self.build_audio_dataset(split)
         logger.info("%s: %d clips from %s", split, len(self.datasets[split]), self.manifest_path(split))
+
+    def check_label_tokenizer(self, model) -> None:
+        """Precomputed labels must come from the model's tokenizer (``model.tokenizer_path``)."""
+        from ..data.label_store import tokenizer_identity
+
+        tokenizer = model.__dict__.get("tokenizer")
+        path = getattr(model.cfg, "tokenizer_path", None)
+        if not path or not hasattr(tokenizer, "extract_labels"):
+            raise ValueError(
+                "task.precomputed_labels is set but model.tokenizer_path is empty: name the trained tokenizer the "
+                "labels were computed with (it is checked against the labels and sets the codebook size)"
+            )
+        self.label_tokenizer = tokenizer_identity(tokenizer, path)
+        for dataset in self.datasets.values():
+            if hasattr(dataset, "store"):
+                dataset.store.check_tokenizer(self.label_tokenizer)
 
     def begin_epoch(self, epoch, model):
         for split, dataset in self.datasets.items():

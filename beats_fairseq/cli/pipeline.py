@@ -1,0 +1,626 @@
+"""beats-pipeline: the whole BEATs loop on one manifest folder, from one command.
+
+    iter1 pre-training -> tokenizer_iter1 -> iter2 pre-training [-> tokenizer_iter2 -> iter3]
+    -> linear probe of every iteration's encoder and of a random one
+
+``--supervised-teacher`` (with ``--iterations 3``, the paper's iter3+) first fine-tunes iter2 on the
+labelled training split and distils the last tokenizer from that classifier. ``--labels
+precomputed`` adds a ``labels_iterN`` stage before iter2+ that writes the tokenizer's labels
+to disk once (``beats-precompute-labels``) and pre-trains from them (``task.crop=start``).
+
+Every training stage is a real ``fairseq-hydra-train`` run: its config is composed from the
+recipe yaml of ``--scale`` (+ the stage's paths, + the tiny-scale update counts, + the
+pass-through overrides) and written to ``RUN_DIR/<stage>/stage.yaml``; the run is launched with
+``--config-dir RUN_DIR/<stage> --config-name stage`` and its output tee'd to
+``RUN_DIR/<stage>/train.log``; checkpoints are in ``RUN_DIR/<stage>/checkpoints``.
+``RUN_DIR/state.json`` records finished stages: running the same command again skips them,
+and a stage interrupted mid-way resumes from its own ``checkpoint_last.pt`` (fairseq does that
+when relaunched with the same ``save_dir``). At the end a table of every stage (losses, masked
+accuracy or distillation cosine, codebook usage, time) and the probe table are printed and
+saved to ``RUN_DIR/summary.md`` and ``RUN_DIR/summary.json``.
+
+Pass-through overrides (after the options) use Hydra's ``key=value`` syntax and go to every
+stage whose config has the key; ``pretrain:key=value``, ``tokenizer:key=value`` and
+``finetune:key=value`` restrict one to a kind of stage; ``+key=value`` adds a missing key.
+"""
+
+import argparse
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from omegaconf import OmegaConf
+
+from .common import CliError, run_main
+
+logger = logging.getLogger("beats_fairseq.cli.pipeline")
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+STATE_VERSION = 1
+KINDS = ("pretrain", "tokenizer", "finetune")
+# Recipe yaml per scale: (config dir under examples/, config name).
+RECIPES = {
+    "tiny": {"pretrain": "tiny", "tokenizer": "tiny", "finetune": "tiny"},
+    "base": {"pretrain": "pretrain_as2m", "tokenizer": "as2m", "finetune": "as2m"},
+}
+# Update counts of the tiny scale: the loop finishes in minutes on 2 CPU cores.
+TINY_UPDATES = {"pretrain": 100, "tokenizer": 60, "finetune": 60}
+
+
+def tiny_settings(kind: str) -> Dict[str, object]:
+    n = TINY_UPDATES[kind]
+    out = {"optimization.max_update": n, "lr_scheduler.warmup_updates": max(1, n // 10),
+           "common.log_interval": 10}
+    if kind == "finetune":
+        out = {"optimization.max_update": n, "optimizer.groups.default.lr_scheduler.warmup_updates": n // 10,
+               "common.log_interval": 10}
+    else:
+        # validate and save at half-way and at the end only (not after every epoch of the small corpus)
+        out.update({"checkpoint.save_interval_updates": n // 2, "dataset.validate_interval_updates": n // 2,
+                    "checkpoint.save_interval": 1000, "dataset.validate_interval": 1000})
+    return out
+
+
+# ---------------------------------------------------------------------------- stages
+class Stage:
+    def __init__(self, name: str, kind: str, title: str, run_dir: Path):
+        self.name, self.kind, self.title = name, kind, title
+        self.dir = run_dir / name
+        self.config = None  # composed OmegaConf config (training stages)
+        self.config_dir = None
+        self.settings: Dict[str, object] = {}
+        self.depends: List["Stage"] = []  # stages whose outputs this one reads
+        self.pretrain: Optional["Stage"] = None  # labels stages: the pre-training stage they label for
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.dir / "checkpoints" / "checkpoint_last.pt"
+
+    @property
+    def output(self) -> Optional[Path]:
+        if self.kind in KINDS:
+            return self.checkpoint
+        if self.kind == "labels":
+            return self.dir / "labels"
+        return self.dir / "probe.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / ("train.log" if self.kind in KINDS else f"{self.kind}.log")
+
+
+def supervised_available() -> Optional[str]:
+    """None if fine-tuning works here, else why not."""
+    import beats_fairseq  # noqa: F401  (registers the tasks)
+    from fairseq.tasks import TASK_REGISTRY
+
+    if "beats_audio_classification" not in TASK_REGISTRY:
+        return "task beats_audio_classification is not available in this checkout"
+    if not (EXAMPLES / "beats_finetune").is_dir():
+        return "examples/beats_finetune is missing"
+    return None
+
+
+def plan(args, run_dir: Path) -> List[Stage]:
+    """The ordered stages for ``args``, with their settings (not yet composed)."""
+    data = str(Path(args.data).resolve())
+    stages: List[Stage] = []
+    supervised = args.supervised_teacher and args.iterations == 3
+    if args.supervised_teacher and args.iterations != 3:
+        logger.warning("--supervised-teacher applies to the tokenizer of iter3 (iter3+): ignored with --iterations 2")
+    if supervised:
+        why = supervised_available()
+        if why:
+            print(f"[pipeline] --supervised-teacher skipped: {why}; tokenizer_iter2 uses the iter2 encoder as teacher",
+                  flush=True)
+            supervised = False
+
+    def pretrain(it: int, tokenizer: Optional[Stage]) -> Stage:
+        st = Stage(f"iter{it}", "pretrain", f"iter{it} pre-training", run_dir)
+        st.config_dir = EXAMPLES / f"beats_iter{it}"
+        st.settings = {"task.data": data}
+        if tokenizer is not None:
+            st.depends.append(tokenizer)
+            st.settings["model.tokenizer_path"] = str(tokenizer.checkpoint)
+            if args.labels == "precomputed":
+                lab = Stage(f"labels_iter{it}", "labels", f"precompute iter{it} labels", run_dir)
+                lab.depends, lab.pretrain = [tokenizer], st
+                stages.append(lab)
+                st.depends.append(lab)
+                st.settings.update({"task.precomputed_labels": str(lab.output), "task.crop": "start"})
+        stages.append(st)
+        return st
+
+    def tokenizer(it: int, teacher: Stage) -> Stage:
+        st = Stage(f"tokenizer_iter{it}", "tokenizer", f"tokenizer distilled from {teacher.name}", run_dir)
+        st.config_dir = EXAMPLES / "beats_tokenizer"
+        st.settings = {"task.data": data, "model.teacher_path": str(teacher.checkpoint)}
+        st.depends.append(teacher)
+        stages.append(st)
+        return st
+
+    encoder = pretrain(1, None)
+    for it in range(2, args.iterations + 1):
+        teacher = encoder
+        if supervised and it == args.iterations:
+            teacher = Stage(f"finetune_iter{it - 1}", "finetune", f"fine-tune iter{it - 1} (supervised teacher)",
+                            run_dir)
+            teacher.config_dir = EXAMPLES / "beats_finetune"
+            teacher.settings = {"task.data": data, "model.pretrained_path": str(encoder.checkpoint)}
+            teacher.depends.append(encoder)
+            stages.append(teacher)
+        encoder = pretrain(it, tokenizer(it - 1, teacher))
+    if not args.no_probe:
+        probe = Stage("probe", "probe", f"linear probe on {args.probe_split}", run_dir)
+        probe.depends = [s for s in stages if s.kind == "pretrain"]
+        stages.append(probe)
+    return stages
+
+
+def parse_overrides(items: List[str]):
+    out = []
+    for item in items:
+        add = item.startswith("+")
+        kind, key_value = None, item.lstrip("+")
+        head, sep, rest = key_value.partition(":")
+        if sep and head in KINDS and "=" in rest:
+            kind, key_value = head, rest
+        if "=" not in key_value:
+            raise CliError(f"override {item!r}: expected key=value (optionally prefixed with pretrain:, tokenizer: "
+                           "or finetune:)")
+        key, _, value = key_value.partition("=")
+        add = add or key.startswith("+")
+        out.append((kind, key.lstrip("+"), value, add, item))
+    return out
+
+
+def compose(stage: Stage, args, overrides) -> None:
+    names = dict(RECIPES[args.scale])
+    for kind in KINDS:
+        chosen = getattr(args, f"{kind}_config")
+        if chosen:
+            names[kind] = chosen
+    path = stage.config_dir / f"{names[stage.kind]}.yaml"
+    if not path.is_file():
+        have = ", ".join(sorted(p.stem for p in stage.config_dir.glob("*.yaml")))
+        raise CliError(f"stage {stage.name}: recipe {path} does not exist (available: {have}); "
+                       f"choose one with --{stage.kind}-config NAME")
+    cfg = OmegaConf.load(path)
+    values = dict(tiny_settings(stage.kind)) if args.scale == "tiny" else {}
+    values.update(stage.settings)
+    values["checkpoint.save_dir"] = str(stage.dir / "checkpoints")
+    for key, value in values.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    for kind, key, value, add, item in overrides:
+        if kind not in (None, stage.kind):
+            continue
+        if add or OmegaConf.select(cfg, key, default="__missing__") != "__missing__":
+            merged = OmegaConf.from_dotlist([f"{key}={value}"])
+            cfg = OmegaConf.merge(cfg, merged)
+    stage.config = cfg
+    stage.recipe = path
+
+
+# ---------------------------------------------------------------------------- logs and metrics
+_LINE = re.compile(r"\]\[(train_inner|train|valid)\]\[INFO\] - (.*)$")
+
+
+def _number(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_metrics_line(kind: str, body: str) -> Dict[str, object]:
+    body = body.strip()
+    if body.startswith("{"):
+        try:
+            raw = json.loads(body)
+        except json.JSONDecodeError:
+            return {}
+        out = {}
+        for k, v in raw.items():
+            for prefix in ("train_", "valid_"):
+                if k.startswith(prefix):
+                    k = k[len(prefix):]
+            out[k] = _number(str(v))
+        return out
+    out = {}
+    if kind == "train_inner":
+        body = re.sub(r"^epoch \d+:\s+\d+ / \d+\s*", "", body)
+        for part in body.split(", "):
+            k, sep, v = part.partition("=")
+            if sep:
+                out[k.strip()] = _number(v.strip())
+        return out
+    for part in body.split(" | "):
+        k, sep, v = part.strip().partition(" ")
+        if sep and k not in ("valid",):
+            out[k] = _number(v.strip())
+    return out
+
+
+def read_metrics(log_path: Path) -> Dict[str, Dict[str, object]]:
+    """Last ``train`` (epoch summary), ``valid`` and ``train_inner`` metrics of a fairseq log."""
+    found: Dict[str, Dict[str, object]] = {}
+    if not log_path.is_file():
+        return found
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = _LINE.search(line)
+            if m:
+                metrics = parse_metrics_line(m.group(1), m.group(2))
+                if metrics:
+                    found[m.group(1)] = metrics
+    return found
+
+
+def run_logged(cmd: List[str], log_path: Path, echo) -> int:
+    """Run ``cmd``, appending its output to ``log_path``; ``echo(line)`` sees every line."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(shlex.quote(c) for c in cmd)}\n")
+        log.flush()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                bufsize=1, start_new_session=True)
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                echo(line.rstrip("\n"))
+            return proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+
+
+def fairseq_train_command(config_dir: Path) -> List[str]:
+    exe = Path(sys.executable).with_name("fairseq-hydra-train")
+    head = [str(exe)] if exe.is_file() else [sys.executable, "-m", "fairseq_cli.hydra_train"]
+    return head + ["--config-dir", str(config_dir), "--config-name", "stage"]
+
+
+# ---------------------------------------------------------------------------- state
+class State:
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = {"version": STATE_VERSION, "stages": {}}
+        if path.is_file():
+            with open(path, encoding="utf-8") as f:
+                self.data = json.load(f)
+
+    def stage(self, name: str) -> dict:
+        return self.data["stages"].setdefault(name, {"status": "pending", "seconds": 0.0})
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.data, f, indent=2, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+# ---------------------------------------------------------------------------- runner
+class Pipeline:
+    def __init__(self, args, stages: List[Stage], overrides):
+        self.args, self.stages, self.overrides = args, stages, overrides
+        self.run_dir = Path(args.out).resolve()
+        self.state = State(self.run_dir / "state.json")
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def echo_for(self, stage: Stage):
+        verbose = self.args.verbose
+
+        def echo(line: str) -> None:
+            if verbose:
+                print(f"    {line}", flush=True)
+                return
+            m = _LINE.search(line)
+            if m:
+                metrics = parse_metrics_line(m.group(1), m.group(2))
+                keys = ("num_updates", "loss", "accuracy", "cosine", "mAP", "code_usage")
+                shown = " ".join(f"{k}={_fmt(metrics[k])}" for k in keys if k in metrics)
+                print(f"    {stage.name} {m.group(1)}: {shown}", flush=True)
+            elif "Traceback" in line or "Error" in line:
+                print(f"    {line}", flush=True)
+        return echo
+
+    def run(self) -> dict:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        data = self.state.data
+        data.setdefault("runs", []).append({"command": command_string(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+        data["plan"] = [s.name for s in self.stages]
+        self.state.save()
+        total = len(self.stages)
+        for k, stage in enumerate(self.stages, start=1):
+            entry = self.state.stage(stage.name)
+            head = f"[stage {k}/{total}] {stage.name}"
+            if stage.kind in KINDS:
+                compose(stage, self.args, self.overrides)
+            if stage.kind == "probe" and entry["status"] == "done" and entry.get("probed") != self.probe_key(stage):
+                self.say(f"{head}: encoders or probe options changed since the last probe; probing again")
+                entry.update(status="pending", seconds=0.0)
+            if entry["status"] == "done" and stage.output.exists():
+                if stage.config is not None and entry.get("config") not in (None, OmegaConf.to_yaml(stage.config)):
+                    self.say(f"{head}: finished earlier with another config; kept (delete {stage.dir} to redo it)")
+                else:
+                    self.say(f"{head}: finished earlier ({format_seconds(entry.get('seconds', 0))}), skipped")
+                continue
+            if entry["status"] == "done":
+                self.say(f"{head}: marked finished but {stage.output} is missing; running it again")
+            resumed = entry["status"] in ("running", "failed", "interrupted")
+            self.say(f"{head} {stage.title}" + (" (resuming)" if resumed else "") + " ...")
+            missing = [d.name for d in stage.depends if not d.output.exists()]
+            if missing:
+                raise CliError(f"stage {stage.name} needs the output of {', '.join(missing)}, which is missing")
+            entry["status"] = "running"
+            self.state.save()
+            start = time.time()
+            try:
+                self.run_stage(stage, entry)
+            except KeyboardInterrupt:
+                entry["status"] = "interrupted"
+                entry["seconds"] = entry.get("seconds", 0.0) + time.time() - start
+                self.state.save()
+                self.say(f"{head} interrupted: run the same command again to resume")
+                raise
+            except Exception:
+                entry["status"] = "failed"
+                entry["seconds"] = entry.get("seconds", 0.0) + time.time() - start
+                self.state.save()
+                raise
+            entry["seconds"] = entry.get("seconds", 0.0) + time.time() - start
+            entry["status"] = "done"
+            entry["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            self.state.save()
+            self.say(f"{head} done in {format_seconds(entry['seconds'])}")
+        return self.summarise()
+
+    def run_stage(self, stage: Stage, entry: dict) -> None:
+        stage.dir.mkdir(parents=True, exist_ok=True)
+        if stage.kind in KINDS:
+            OmegaConf.save(stage.config, stage.dir / "stage.yaml")
+            entry["config"] = OmegaConf.to_yaml(stage.config)
+            entry["recipe"] = str(stage.recipe)
+            code = run_logged(fairseq_train_command(stage.dir), stage.log_path, self.echo_for(stage))
+            if code != 0:
+                raise CliError(f"stage {stage.name} failed (exit status {code}); see {stage.log_path}")
+            if not stage.checkpoint.is_file():
+                raise CliError(f"stage {stage.name} ended without {stage.checkpoint}; see {stage.log_path}")
+            entry["metrics"] = read_metrics(stage.log_path)
+        elif stage.kind == "labels":
+            self.run_labels(stage, entry)
+        else:
+            self.run_probe(stage, entry)
+
+    def run_labels(self, stage: Stage, entry: dict) -> None:
+        tokenizer, pretrain = stage.depends[0], stage.pretrain
+        if pretrain.config is None:
+            compose(pretrain, self.args, self.overrides)
+        task, dataset = pretrain.config.task, pretrain.config.dataset
+        splits = [dataset.get("train_subset", "train") or "train"]
+        splits += [s for s in str(dataset.get("valid_subset", "valid")).split(",") if s and s not in splits]
+        cmd = [sys.executable, "-m", "beats_fairseq.cli.precompute_labels", "--tokenizer", str(tokenizer.checkpoint),
+               "--data", str(task.data), "--out", str(stage.output), "--splits", *splits,
+               "--max-sample-size", str(task.max_sample_size), "--min-sample-size", str(task.min_sample_size),
+               "--sample-rate", str(task.sample_rate), "--crop", str(task.crop), "--no-progress",
+               "--device", self.args.device, "--num-workers", str(task_workers(pretrain.config))]
+        code = run_logged(cmd, stage.log_path, self.echo_for(stage) if self.args.verbose else lambda line: None)
+        if code != 0:
+            raise CliError(f"stage {stage.name} failed (exit status {code}); see {stage.log_path}")
+        entry["metrics"] = {}
+
+    def run_probe(self, stage: Stage, entry: dict) -> None:
+        from ..probe import results_table, run_probe
+
+        encoders = {s.name: str(s.checkpoint) for s in stage.depends}
+        with open(stage.log_path, "a", encoding="utf-8") as log:
+            def say(message):
+                log.write(message + "\n")
+                log.flush()
+                self.say(f"    {message}")
+
+            device = "cuda" if self.args.device == "auto" and _cuda() else \
+                ("cpu" if self.args.device == "auto" else self.args.device)
+            results = run_probe(encoders, str(Path(self.args.data).resolve()), self.args.probe_train_split,
+                                self.args.probe_split, self.args.probe_label_ext, None, True, seed=0,
+                                device=device, log=say)
+        for r in results:  # shown relative to the run folder
+            if r.checkpoint.startswith(str(self.run_dir) + os.sep):
+                r.checkpoint = os.path.relpath(r.checkpoint, self.run_dir)
+        rows = [r.as_dict() for r in results]
+        with open(stage.output, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=2)
+        (stage.dir / "probe.md").write_text(results_table(results, self.args.probe_split) + "\n", encoding="utf-8")
+        entry["metrics"] = {"probe": rows}
+        entry["probed"] = self.probe_key(stage)
+
+    def probe_key(self, stage: Stage) -> dict:
+        """What a finished probe stage covered: rerun it when this changes (e.g. a new iteration)."""
+        a = self.args
+        return {"encoders": [d.name for d in stage.depends], "train_split": a.probe_train_split,
+                "eval_split": a.probe_split, "label_ext": a.probe_label_ext}
+
+    # ------------------------------------------------------------------ summary
+    def summarise(self) -> dict:
+        rows = []
+        for stage in self.stages:
+            entry = self.state.stage(stage.name)
+            rows.append(stage_row(stage, entry))
+        probe = self.state.stage("probe").get("metrics", {}).get("probe", []) if not self.args.no_probe else []
+        table = stage_table(rows)
+        text = [f"# BEATs pipeline: {self.run_dir}", "", f"Command: `{command_string()}`", "", table]
+        if probe:
+            from ..probe import ProbeResult, results_table
+
+            text += ["", results_table([ProbeResult(**r) for r in probe], self.args.probe_split)]
+        md = "\n".join(text) + "\n"
+        (self.run_dir / "summary.md").write_text(md, encoding="utf-8")
+        summary = {"command": command_string(), "stages": rows, "probe": probe}
+        with open(self.run_dir / "summary.json", "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+        print("\n" + md, flush=True)
+        return summary
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def task_workers(cfg) -> int:
+    return int(cfg.dataset.get("num_workers", 0) or 0)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
+    return str(value)
+
+
+def stage_row(stage: Stage, entry: dict) -> dict:
+    metrics = entry.get("metrics") or {}
+    train, valid, inner = metrics.get("train", {}), metrics.get("valid", {}), metrics.get("train_inner", {})
+    row = {"stage": stage.name, "what": stage.title, "status": entry.get("status", "pending"),
+           "seconds": round(float(entry.get("seconds", 0.0)), 1),
+           "updates": valid.get("num_updates", train.get("num_updates", inner.get("num_updates"))),
+           "train_loss": train.get("loss", inner.get("loss")), "valid_loss": valid.get("loss")}
+    if stage.kind == "pretrain":
+        row["score_name"], row["score"] = "masked acc.", valid.get("accuracy", train.get("accuracy"))
+        row["code_usage"] = valid.get("code_usage", train.get("code_usage"))
+        row["code_perplexity"] = valid.get("code_perplexity", train.get("code_perplexity"))
+    elif stage.kind == "tokenizer":
+        row["score_name"], row["score"] = "cosine", valid.get("cosine", train.get("cosine"))
+        row["code_usage"] = train.get("code_usage", inner.get("code_usage"))
+        row["code_perplexity"] = valid.get("code_perplexity", train.get("code_perplexity"))
+    elif stage.kind == "finetune":
+        name = "mAP" if "mAP" in valid else "accuracy"
+        row["score_name"], row["score"] = name, valid.get(name)
+    return row
+
+
+def stage_table(rows: List[dict]) -> str:
+    lines = ["| stage | what | updates | train loss | valid loss | masked acc. / cosine / acc. | codebook usage "
+             "(perplexity) | time | status |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        score = "-" if r.get("score") is None else f"{_fmt(r['score'])} ({r['score_name']})"
+        usage = "-" if r.get("code_usage") is None else \
+            f"{_fmt(r['code_usage'], 3)} ({_fmt(r.get('code_perplexity'), 1)})"
+        updates = "-" if r.get("updates") is None else str(int(float(r["updates"])))
+        lines.append(f"| {r['stage']} | {r['what']} | {updates} | {_fmt(r.get('train_loss'))} | "
+                     f"{_fmt(r.get('valid_loss'))} | {score} | {usage} | {format_seconds(r['seconds'])} | "
+                     f"{r['status']} |")
+    return "\n".join(lines)
+
+
+_ARGV: List[str] = []
+
+
+def command_string() -> str:
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    head = ["beats-pipeline"] if prog == "beats-pipeline" else ["python", "-m", "beats_fairseq.cli.pipeline"]
+    return " ".join(shlex.quote(a) for a in [*head, *_ARGV])
+
+
+# ---------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="beats-pipeline",
+        description="Run the BEATs iterations on a manifest folder: iter1 pre-training -> tokenizer -> iter2 "
+                    "pre-training [-> tokenizer -> iter3], each a fairseq-hydra-train run in RUN_DIR/<stage>, then a "
+                    "linear probe of every iteration's encoder beside a random one. Rerunning the same command "
+                    "resumes: finished stages are skipped, an interrupted one continues from its checkpoint.",
+        epilog="Overrides: key=value (every stage whose recipe has the key), pretrain:key=value, "
+               "tokenizer:key=value, finetune:key=value (one kind of stage), +key=value (add a key). Example: "
+               "beats-pipeline --data demo_data --out runs/pipeline_tiny pretrain:optimization.max_update=200",
+    )
+    parser.add_argument("--data", required=True,
+                        help="folder with {split}.tsv manifests (train, valid, the probe split) and {split}.lbl labels "
+                             "for the probe (and labels.csv)")
+    parser.add_argument("--out", required=True, help="run folder (RUN_DIR); reuse it to resume")
+    parser.add_argument("--scale", choices=sorted(RECIPES), default="tiny",
+                        help="tiny: the tiny recipes with %s updates (CPU, minutes); base: the paper recipes "
+                             "(default: tiny)" % ", ".join(f"{k} {v}" for k, v in TINY_UPDATES.items()))
+    parser.add_argument("--iterations", type=int, choices=[2, 3], default=2,
+                        help="pre-training iterations (default: 2)")
+    parser.add_argument("--supervised-teacher", action="store_true",
+                        help="iter3+: fine-tune iter2 on the labelled train split (examples/beats_finetune) and "
+                             "distil the last tokenizer from it (needs --iterations 3)")
+    parser.add_argument("--labels", choices=["on-the-fly", "precomputed"], default="on-the-fly",
+                        help="iter2+ labels: computed by the frozen tokenizer in every update, or precomputed once "
+                             "by beats-precompute-labels (then task.crop=start) (default: on-the-fly)")
+    parser.add_argument("--probe-split", default="test", help="held-out split the probe is scored on (default: test)")
+    parser.add_argument("--probe-train-split", default="train", help="split the probe is fit on (default: train)")
+    parser.add_argument("--probe-label-ext", default="lbl",
+                        help="probe labels are {split}.{ext} (lbl: single-label accuracy; mlbl: mAP) (default: lbl)")
+    parser.add_argument("--no-probe", action="store_true", help="skip the linear probe")
+    for kind in KINDS:
+        parser.add_argument(f"--{kind}-config", default=None, metavar="NAME",
+                            help=f"{kind} recipe name in its examples/ folder (default: by --scale)")
+    parser.add_argument("--device", default="auto", help="device for labels and the probe (default: auto)")
+    parser.add_argument("--verbose", action="store_true", help="echo every line of the stages' logs")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="write every stage's config and print the plan without running anything")
+    parser.add_argument("overrides", nargs="*", help="Hydra-style overrides for the stages (see below)")
+    return parser
+
+
+def run(args) -> int:
+    data = Path(args.data)
+    if not (data / "train.tsv").is_file():
+        raise CliError(f"--data {args.data}: no train.tsv there")
+    overrides = parse_overrides(args.overrides)
+    run_dir = Path(args.out).resolve()
+    stages = plan(args, run_dir)
+    for stage in stages:
+        if stage.kind in KINDS:
+            compose(stage, args, overrides)
+    unused = [item for kind, key, _, add, item in overrides if not add and not any(
+        s.config is not None and kind in (None, s.kind) and OmegaConf.select(s.config, key, default="__x__") != "__x__"
+        for s in stages)]
+    if unused:
+        raise CliError(f"override(s) {unused} match no key of any stage's recipe (prefix with + to add a key)")
+    if args.dry_run:
+        for k, stage in enumerate(stages, start=1):
+            where = f"{stage.dir}/stage.yaml" if stage.kind in KINDS else str(stage.output)
+            print(f"[stage {k}/{len(stages)}] {stage.name}: {stage.title} -> {where}")
+            if stage.kind in KINDS:
+                stage.dir.mkdir(parents=True, exist_ok=True)
+                OmegaConf.save(stage.config, stage.dir / "stage.yaml")
+                print("    " + " ".join(shlex.quote(c) for c in fairseq_train_command(stage.dir)))
+        return 0
+    Pipeline(args, stages, overrides).run()
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    _ARGV[:] = argv
+    return run_main("beats-pipeline", build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""beats-pipeline: planning and config composition, log parsing, resume, summary and the probe."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from beats_fairseq.cli import pipeline
+from beats_fairseq.models.beats_encoder import BeatsEncoderModel, BeatsEncoderModelConfig
+from beats_fairseq.models.beats_tokenizer import BeatsTokenizerConfig, BeatsTokenizerModel
+from beats_fairseq.probe import fit_and_score
+
+# the architecture of examples/beats_iter1/tiny.yaml (so the random probe baseline matches it)
+TINY_ENCODER = dict(input_patch_size=16, embed_dim=64, encoder_layers=2, encoder_embed_dim=128,
+                    encoder_ffn_embed_dim=256, encoder_attention_heads=4, conv_pos=32, conv_pos_groups=16,
+                    relative_position_embedding=True, gru_rel_pos=True, deep_norm=True)
+TINY_TOKENIZER = dict(input_patch_size=16, embed_dim=32, encoder_layers=1, encoder_embed_dim=64,
+                      encoder_ffn_embed_dim=128, encoder_attention_heads=4, conv_pos=16, conv_pos_groups=16,
+                      relative_position_embedding=True, gru_rel_pos=True, deep_norm=True, quant_n=32, quant_dim=16,
+                      kmeans_init=False, estimator_layers=0)
+
+
+def run_pipeline(capsys, *argv):
+    code = pipeline.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_plan_composes_every_stage_config(tmp_path, demo_data, capsys):
+    code, out = run_pipeline(capsys, "--data", demo_data, "--out", tmp_path / "run", "--iterations", "3",
+                             "--labels", "precomputed", "--dry-run", "dataset.num_workers=0",
+                             "pretrain:optimization.max_update=7", "+tokenizer:model.new_key=3")
+    assert code == 0, out
+    names = [line.split("]")[1].split(":")[0].strip() for line in out.splitlines() if line.startswith("[stage")]
+    assert names == ["iter1", "tokenizer_iter1", "labels_iter2", "iter2", "tokenizer_iter2", "labels_iter3", "iter3",
+                     "probe"]
+    run = tmp_path / "run"
+    from omegaconf import OmegaConf
+
+    iter3 = OmegaConf.load(run / "iter3" / "stage.yaml")
+    assert iter3.model.tokenizer_path == str(run / "tokenizer_iter2" / "checkpoints" / "checkpoint_last.pt")
+    assert iter3.task.precomputed_labels == str(run / "labels_iter3" / "labels") and iter3.task.crop == "start"
+    assert iter3.checkpoint.save_dir == str(run / "iter3" / "checkpoints")
+    assert iter3.optimization.max_update == 7 and iter3.dataset.num_workers == 0
+    tok2 = OmegaConf.load(run / "tokenizer_iter2" / "stage.yaml")
+    assert tok2.model.teacher_path == str(run / "iter2" / "checkpoints" / "checkpoint_last.pt")
+    assert tok2.optimization.max_update == pipeline.TINY_UPDATES["tokenizer"] and tok2.model.new_key == 3
+    assert "new_key" not in OmegaConf.load(run / "iter1" / "stage.yaml").model
+    assert "user_dir: ${beats_user_dir:}" in (run / "iter1" / "stage.yaml").read_text()  # left for Hydra
+
+
+def test_unknown_override_and_missing_recipe_are_errors(tmp_path, demo_data, capsys):
+    code, out = run_pipeline(capsys, "--data", demo_data, "--out", tmp_path / "r", "--dry-run", "model.no_such_key=1")
+    assert code == 1 and "match no key" in out
+    code, out = run_pipeline(capsys, "--data", demo_data, "--out", tmp_path / "r", "--dry-run",
+                             "--tokenizer-config", "nope")
+    assert code == 1 and "nope.yaml does not exist" in out and "available: tiny" in out
+
+
+def test_supervised_teacher_plans_a_finetune_stage(tmp_path, demo_data, capsys):
+    code, out = run_pipeline(capsys, "--data", demo_data, "--out", tmp_path / "r", "--iterations", "3",
+                             "--supervised-teacher", "--dry-run", "--no-probe")
+    assert code == 0, out
+    if "skipped" in out:  # fine-tuning not available in this checkout: a clear message, SSL teacher
+        assert "tokenizer_iter2 uses the iter2 encoder" in out
+        return
+    assert "[stage 4/6] finetune_iter2" in out
+    from omegaconf import OmegaConf
+
+    tok2 = OmegaConf.load(tmp_path / "r" / "tokenizer_iter2" / "stage.yaml")
+    assert tok2.model.teacher_path.endswith("finetune_iter2/checkpoints/checkpoint_last.pt")
+    ft = OmegaConf.load(tmp_path / "r" / "finetune_iter2" / "stage.yaml")
+    assert ft.model.pretrained_path.endswith("iter2/checkpoints/checkpoint_last.pt")
+
+
+def test_fairseq_log_lines_are_parsed_in_simple_and_json_format(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text(
+        "[2026-01-01 00:00:01,000][train_inner][INFO] - epoch 001:     10 / 15 loss=5.43, accuracy=0.07, "
+        "num_updates=10, lr=0.001\n"
+        "[2026-01-01 00:00:02,000][valid][INFO] - epoch 002 | valid on 'valid' subset | loss 5.1285 | "
+        "accuracy 0.0792 | code_usage 0.939 | code_perplexity 140.2 | num_updates 20 | best_loss 5.1285\n"
+        "[2026-01-01 00:00:03,000][train][INFO] - epoch 002 | loss 5.0822 | accuracy 0.0998 | num_updates 20\n"
+        '[2026-01-01 00:00:04,000][valid][INFO] - {"epoch": 3, "valid_loss": "4.5", "valid_cosine": "0.8", '
+        '"valid_num_updates": "30"}\n')
+    metrics = pipeline.read_metrics(log)
+    assert metrics["train_inner"]["loss"] == 5.43 and metrics["train_inner"]["num_updates"] == 10
+    assert metrics["train"] == {"epoch": 2.0, "loss": 5.0822, "accuracy": 0.0998, "num_updates": 20.0}
+    assert metrics["valid"] == {"epoch": 3.0, "loss": 4.5, "cosine": 0.8, "num_updates": 30.0}
+
+
+def test_probe_classifier_on_separable_features():
+    rng = np.random.RandomState(0)
+    centres = 3 * rng.randn(4, 8)
+    y_train, y_eval = rng.randint(0, 4, 200), rng.randint(0, 4, 80)
+    x_train = centres[y_train] + 0.3 * rng.randn(200, 8)
+    x_eval = centres[y_eval] + 0.3 * rng.randn(80, 8)
+    metric, value = fit_and_score(x_train, [[c] for c in y_train], x_eval, [[c] for c in y_eval], 4, False)
+    assert metric == "accuracy" and value == 1.0
+    metric, value = fit_and_score(rng.randn(200, 8), [[c] for c in y_train], rng.randn(80, 8),
+                                  [[c] for c in y_eval], 4, False)
+    assert value < 0.6  # noise features: about chance
+    multi = [[c, (c + 1) % 4] for c in y_train]
+    metric, value = fit_and_score(x_train, multi, x_eval, [[c, (c + 1) % 4] for c in y_eval], 5, True)
+    assert metric == "mAP" and value > 0.95  # class 4 has no positive: left out of the mAP
+
+
+@pytest.mark.slow
+def test_pipeline_resumes_after_finished_stages_and_probes_beside_a_random_encoder(tmp_path, demo_data, capsys):
+    """iter1 and tokenizer_iter1 are marked finished: only iter2 (4 updates) and the probe run."""
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    for stage, model in (("iter1", BeatsEncoderModel(BeatsEncoderModelConfig(**TINY_ENCODER))),
+                         ("tokenizer_iter1", BeatsTokenizerModel(BeatsTokenizerConfig(**TINY_TOKENIZER)))):
+        (run / stage / "checkpoints").mkdir(parents=True)
+        torch.save(model.to_official(), run / stage / "checkpoints" / "checkpoint_last.pt")
+    done = {"status": "done", "seconds": 12.0,
+            "metrics": {"valid": {"loss": 5.0, "accuracy": 0.1, "code_usage": 0.9, "num_updates": 100}}}
+    (run / "state.json").write_text(json.dumps({"version": 1, "stages": {"iter1": done, "tokenizer_iter1": done}}))
+
+    args = ["--data", demo_data, "--out", run, "--probe-train-split", "valid", "pretrain:optimization.max_update=4"]
+    code, out = run_pipeline(capsys, *args)
+    assert code == 0, out[-4000:]
+    assert "[stage 1/4] iter1: finished earlier (0m12s), skipped" in out
+    assert "[stage 2/4] tokenizer_iter1: finished earlier" in out
+    assert "[stage 3/4] iter2 iter2 pre-training ..." in out and "[stage 4/4] probe" in out
+    assert not (run / "iter1" / "train.log").exists() and not (run / "tokenizer_iter1" / "train.log").exists()
+    assert (run / "iter2" / "stage.yaml").is_file() and (run / "iter2" / "checkpoints" / "checkpoint_last.pt").is_file()
+    assert "loss" in (run / "iter2" / "train.log").read_text()
+
+    state = json.loads((run / "state.json").read_text())
+    assert all(state["stages"][s]["status"] == "done" for s in ("iter1", "tokenizer_iter1", "iter2", "probe"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert [r["stage"] for r in summary["stages"]] == ["iter1", "tokenizer_iter1", "iter2", "probe"]
+    iter2 = summary["stages"][2]
+    assert iter2["updates"] == 4 and iter2["valid_loss"] > 0 and 0 <= iter2["score"] <= 1 and iter2["code_usage"] > 0
+    probe = {r["encoder"]: r for r in summary["probe"]}
+    assert list(probe) == ["random", "iter1", "iter2"]
+    assert all(r["metric"] == "accuracy" and 0 <= r["value"] <= 1 and r["eval_clips"] == r["train_clips"] == 36
+               for r in probe.values())
+    md = (run / "summary.md").read_text()
+    assert "| iter2 | iter2 pre-training | 4 |" in md and "| random |" in md and "linear probe accuracy (test)" in md
+
+    # everything is finished now: a second run trains nothing and prints the same table
+    code, out = run_pipeline(capsys, *args)
+    assert code == 0 and out.count("skipped") == 4 and "| random |" in out
+    assert (run / "iter2" / "train.log").read_text().count("=====") == 1  # launched once
