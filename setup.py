@@ -30,6 +30,9 @@ setup(
             "beats-evaluate=beats_fairseq.cli.evaluate:main",
             "beats-convert=beats_fairseq.cli.convert:main",
             "beats-manifest=beats_fairseq.cli.manifest:main",
+            "beats-pipeline=beats_fairseq.cli.pipeline:main",
+            "beats-precompute-labels=beats_fairseq.cli.precompute_labels:main",
+            "beats-probe=beats_fairseq.probe:main",
         ]
     },
 )

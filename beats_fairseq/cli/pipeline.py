@@ -48,7 +48,7 @@ KINDS = ("pretrain", "tokenizer", "finetune")
 # Recipe yaml per scale: (config dir under examples/, config name).
 RECIPES = {
     "tiny": {"pretrain": "tiny", "tokenizer": "tiny", "finetune": "tiny"},
-    "base": {"pretrain": "pretrain_as2m", "tokenizer": "as2m", "finetune": "as2m"},
+    "base": {"pretrain": "pretrain_as2m", "tokenizer": "tokenizer_as2m", "finetune": "as2m"},
 }
 # Update counts of the tiny scale: the loop finishes in minutes on 2 CPU cores.
 TINY_UPDATES = {"pretrain": 100, "tokenizer": 60, "finetune": 60}
