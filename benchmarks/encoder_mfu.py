@@ -120,21 +120,52 @@ def git_commit() -> str:
                              timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "beats_fairseq/modules"], cwd=REPO,
                                capture_output=True, text=True, timeout=10)
+        if out.returncode != 0 or not out.stdout.strip():
+            return "unknown"
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-class Timer:
-    """Wall-clock timer that synchronises the device first (CUDA kernels are asynchronous)."""
+def cpu_idle_fraction(seconds: float = 1.0):
+    """Share of idle CPU time over ``seconds`` (from /proc/stat), or None off Linux."""
+    def read():
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:]]
+        return values[3] + values[4], sum(values)
 
-    def __init__(self, device: torch.device):
+    try:
+        idle0, total0 = read()
+        time.sleep(seconds)
+        idle1, total1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
+def load_average():
+    try:
+        return list(os.getloadavg())
+    except (OSError, AttributeError):
+        return None
+
+
+class Timer:
+    """Wall-clock timer that synchronises the device first (CUDA kernels are asynchronous).
+
+    ``clock="cpu"`` reads the process CPU time instead (all threads together): on a CPU shared
+    with other jobs it counts only the time this process actually ran. Meaningful with one
+    thread; with more, idle OpenMP threads spinning at barriers are counted too.
+    """
+
+    def __init__(self, device: torch.device, clock: str = "wall"):
         self.cuda = device.type == "cuda"
+        self.clock = time.process_time if clock == "cpu" else time.perf_counter
 
     def now(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
-        return time.perf_counter()
+        return self.clock()
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype):
@@ -252,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="side of the square matmul used as the peak (default 3072 on CPU, 8192 on CUDA)")
     parser.add_argument("--json", type=str, default=None,
                         help="output file (default benchmarks/results/encoder_mfu_<device>.json)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="'cpu': time by process CPU time (for a busy shared CPU; use with --threads 1)")
     parser.add_argument("--label", type=str, default="", help="note stored with this run in the history list")
     parser.add_argument("--no-history", action="store_true", help="overwrite the JSON without keeping earlier runs")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the per-component timing pass")
@@ -267,6 +300,8 @@ def main(argv=None) -> dict:
     The caller's thread count and random state are restored afterwards.
     """
     args = build_parser().parse_args(argv)
+    if args.clock == "cpu" and args.device != "cpu":
+        raise SystemExit("--clock cpu only makes sense with --device cpu")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but CUDA is not available on this machine "
                          f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use --device cpu")
@@ -294,15 +329,20 @@ def run(args) -> dict:
     batch_flops = flops["total"] * args.batch
     matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 3072)
     matmul_calls = 10 if device.type == "cuda" else 1
-    timer = Timer(device)
+    timer = Timer(device, args.clock)
 
     print(f"BEATs backbone{' (tiny)' if args.tiny else ''}: {cfg.encoder_layers} layers, width "
           f"{cfg.encoder_embed_dim}, {params:,} parameters")
     print(f"input: {args.batch} x {args.seconds:g} s = {flops['patches']} patches/clip; "
           f"{flops['total'] / 1e9:.2f} GFLOP/clip (analytic, 2*MACs)")
-    print(f"device {device.type}, dtype {args.dtype}, threads {threads}, torch {torch.__version__}, "
+    print(f"device {device.type}, dtype {args.dtype}, threads {threads}, clock {args.clock}, torch {torch.__version__}, "
           f"CPU {cpu_model()}")
 
+    idle = cpu_idle_fraction() if device.type == "cpu" and not args.tiny else None
+    load_start = load_average()
+    if idle is not None and idle < 0.8:
+        print(f"WARNING: the CPU was only {100 * idle:.0f} % idle before the run (load average {load_start}): "
+              "other processes compete for the cores and the timings (MFU included) are unreliable")
     source = (0.1 * torch.randn(args.batch, num_samples)).to(device)
     with torch.inference_mode(), autocast_context(device, dtype):
         for _ in range(args.warmup):
@@ -330,6 +370,7 @@ def run(args) -> dict:
         "dtype": args.dtype,
         "torch_version": torch.__version__,
         "threads": threads,
+        "clock": args.clock,
         "tiny": args.tiny,
         "batch": args.batch,
         "seconds": args.seconds,
@@ -348,6 +389,9 @@ def run(args) -> dict:
         "matmul_gflops_all": mm_gflops,
         "mfu": achieved / peak,
         "mfu_median_of_pairs": statistics.median(mfu_per_repeat),
+        "cpu_idle_before": idle,
+        "loadavg_start": load_start,
+        "loadavg_end": load_average(),
     }
     if not args.no_breakdown:
         result["breakdown_s"] = component_times(model, source, device, dtype, timer)
@@ -361,8 +405,9 @@ def run(args) -> dict:
     return result
 
 
-HISTORY_KEYS = ("date", "label", "git", "device", "dtype", "threads", "batch", "seconds", "tiny",
-                "seconds_per_batch", "clips_per_s", "achieved_gflops", "matmul_gflops", "mfu", "breakdown_s")
+HISTORY_KEYS = ("date", "label", "git", "device", "dtype", "threads", "clock", "batch", "seconds", "tiny",
+                "seconds_per_batch", "clips_per_s", "achieved_gflops", "matmul_gflops", "mfu", "breakdown_s",
+                "cpu_idle_before", "loadavg_start")
 
 
 def write_json(path: Path, result: dict, keep_history: bool = True) -> None:

@@ -153,7 +153,7 @@ class MultiheadAttention(nn.Module):
         pad = None
         if key_padding_mask is not None:
             pad = torch.zeros(batch, 1, 1, length, dtype=q.dtype, device=q.device)
-            pad.masked_fill_(key_padding_mask.view(batch, 1, 1, length), float("-inf"))
+            pad.masked_fill_(key_padding_mask[:, None, None, :], float("-inf"))
         mask = pad
         if position_bias is not None:
             bias = position_bias.to(q.dtype)
@@ -203,8 +203,8 @@ class TransformerLayer(nn.Module):
         hidden = self.fc1(x).float()
         if torch.is_grad_enabled():
             hidden = F.gelu(hidden)  # exact (erf) GELU in fp32, as officially
-        else:  # no autograd: in place, saving a (B, L, ffn) temporary
-            hidden = torch.ops.aten.gelu_(hidden)
+        else:  # no autograd: in place on fc1's output, saving a (B, L, ffn) temporary
+            hidden = torch.ops.aten.gelu_(hidden)  # (a forward hook on fc1 that keeps its output sees this)
         hidden = hidden.type_as(x)
         hidden = self.dropout(self.fc2(self.activation_dropout(hidden)))
         return self.final_layer_norm(torch.add(hidden, x, alpha=self.alpha))
