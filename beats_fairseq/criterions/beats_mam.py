@@ -42,7 +42,8 @@ def log_code_usage(logging_outputs, key: str = "code_counts") -> None:
 @register_criterion("beats_mam", dataclass=BeatsMamConfig)
 class BeatsMamCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
-        out = model(**sample["net_input"], target=sample.get("target"))
+        # clip ids make the masks a function of (seed, update, clip): identical for any sharding
+        out = model(**sample["net_input"], target=sample.get("target"), clip_ids=sample.get("id"))
         logits, targets = out["logits"], out["targets"]
         loss = F.cross_entropy(logits.float(), targets, reduction="sum")
         sample_size = targets.numel()

@@ -38,8 +38,15 @@ class AudioDataset(FairseqDataset):
       :class:`AudioReadError`. Counters live in the process that reads the
       audio (DataLoader workers keep their own copies).
 
+    * Batches carry ``num_bad_audio``, the number of bad clips dropped from them, so the
+      task can count bad clips per epoch in the main process whatever the number of
+      workers. ``source_dtype`` (float32; the tasks set float64 under bf16/fp16 so that
+      fairseq's cast of the batch keeps the samples exact) is the dtype of ``source``.
+
     Subclasses add targets via :meth:`extra_item` / :meth:`collate_extra`.
     """
+
+    source_dtype = torch.float32
 
     def __init__(self, manifest_path, sample_rate=16000, max_sample_size=None,
                  min_sample_size=MIN_SAMPLES_ONE_PATCH, crop="random", pad_to=None,
@@ -170,12 +177,17 @@ class AudioDataset(FairseqDataset):
     def collater(self, samples):
         """Zero-pad sources to the longest (or ``pad_to``). Returns ``{}`` if no
         valid sample is left; ``padding_mask`` is True on padded samples."""
+        num_bad = len(samples)
         samples = [s for s in samples if s is not None and s.get("source") is not None]
-        if not samples:
+        num_bad -= len(samples)
+        if not samples:  # fairseq replaces an empty batch: count its clips with the next one
+            self._pending_bad = getattr(self, "_pending_bad", 0) + num_bad
             return {}
+        num_bad += getattr(self, "_pending_bad", 0)
+        self._pending_bad = 0
         lengths = [s["source"].numel() for s in samples]
         target = self.pad_to if self.pad_to is not None else max(lengths)
-        source = torch.zeros(len(samples), target, dtype=torch.float32)
+        source = torch.zeros(len(samples), target, dtype=self.source_dtype)
         padding_mask = torch.ones(len(samples), target, dtype=torch.bool)
         for k, (s, n) in enumerate(zip(samples, lengths)):
             n = min(n, target)
@@ -184,6 +196,7 @@ class AudioDataset(FairseqDataset):
         batch = {
             "id": torch.LongTensor([s["id"] for s in samples]),
             "net_input": {"source": source, "padding_mask": padding_mask},
+            "num_bad_audio": num_bad,  # bad clips dropped from this batch (and from empty ones before it)
         }
         self.collate_extra(samples, batch)
         return batch

@@ -11,6 +11,15 @@ place and zeros elsewhere (see ``modules/encoder.py``). The encoder output is sc
 back to full length with zero vectors at the masked positions, a small Transformer
 label predictor (same layer type) runs over it, and a linear layer gives logits over
 the codebook at the masked, non-padded positions.
+
+Masks are drawn **per clip**: the noise that ranks a clip's patches comes from a generator
+seeded with (``mask_seed``, update number, clip id), where the clip id is the dataset index
+(``sample["id"]``, passed by the criterion as ``clip_ids``) and ``mask_seed`` is
+``common.seed`` (set by the task). A clip therefore gets the same mask whatever batch,
+worker or rank it lands in: 2 processes with batch B draw exactly the masks of 1 process
+with batch 2B, and a resumed run draws the masks of an uninterrupted one. In eval mode the
+update number is left out, so every validation uses the same masks. Without ``clip_ids``
+(direct calls) the masks come from torch's global generator.
 """
 
 import logging
@@ -18,6 +27,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 from fairseq.models import BaseFairseqModel, register_model
@@ -72,6 +82,8 @@ class BeatsModel(BaseFairseqModel):
             )
             num_codes = cfg.codebook_size
         self.label_head = nn.Linear(cfg.encoder_embed_dim, num_codes)
+        self.num_updates = 0
+        self.mask_seed = 1  # the task sets common.seed
 
     @classmethod
     def build_model(cls, cfg, task=None):
@@ -82,10 +94,15 @@ class BeatsModel(BaseFairseqModel):
         return self.label_head.out_features
 
     def _apply(self, fn, *args, **kwargs):
-        # A trained tokenizer lives outside the module tree; move it with the model.
+        # A trained tokenizer lives outside the module tree; move it with the model, but keep it
+        # float32 when the model is cast (fairseq common.bf16/fp16): its labels stay the float32 ones.
         tokenizer = self.__dict__.get("tokenizer")
         if tokenizer is not None and not isinstance(tokenizer, RandomProjectionTokenizer):
-            tokenizer._apply(fn, *args, **kwargs)
+            probe = fn(torch.zeros((), dtype=torch.float32))
+            if probe.dtype == torch.float32:
+                tokenizer._apply(fn, *args, **kwargs)
+            else:
+                tokenizer.to(probe.device)
         return super()._apply(fn, *args, **kwargs)
 
     @torch.no_grad()
@@ -94,16 +111,44 @@ class BeatsModel(BaseFairseqModel):
             return self.tokenizer.labels_from_fbank(fbank)
         return self.tokenizer.extract_labels(source, padding_mask)
 
-    def sample_visible(self, padding_mask, batch: int, length: int, device):
-        """Indices ``(B, V)`` (sorted) of the visible patches; padded patches are masked first."""
+    def set_num_updates(self, num_updates):
+        super().set_num_updates(num_updates)
+        self.num_updates = int(num_updates)
+
+    def set_mask_seed(self, seed: int) -> None:
+        self.mask_seed = int(seed)
+
+    def clip_noise(self, clip_ids, length: int, device) -> torch.Tensor:
+        """``(B, length)`` uniform noise, row ``b`` a function of (mask_seed, update, clip id) only."""
+        step = self.num_updates if self.training else -1
+        rows = []
+        for clip in clip_ids.tolist():
+            entropy = (self.mask_seed % 2**32, step + 1, int(clip), 0x6D61736B)  # 0x6D61736B: "mask"
+            state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
+            generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+            rows.append(torch.rand(length, generator=generator))
+        return torch.stack(rows).to(device)
+
+    def sample_visible(self, padding_mask, batch: int, length: int, device, clip_ids=None):
+        """Indices ``(B, V)`` (sorted) of the visible patches; padded patches are masked first.
+
+        With ``clip_ids`` each clip's mask depends only on the seed, the update and its id
+        (see the module docstring); otherwise torch's global generator is used.
+        """
         num_visible = max(1, int(round(length * (1.0 - self.cfg.mask_prob))))
-        noise = torch.rand(batch, length, device=device)
+        if clip_ids is not None:
+            noise = self.clip_noise(clip_ids, length, device)
+        else:
+            noise = torch.rand(batch, length, device=device)
         if padding_mask is not None:
             noise = noise.masked_fill(padding_mask, 2.0)
         return noise.argsort(dim=1)[:, :num_visible].sort(dim=1).values
 
-    def forward(self, source, padding_mask=None, target=None, **kwargs):
-        """Returns logits at the masked valid patches, their labels, and all labels (for usage stats)."""
+    def forward(self, source, padding_mask=None, target=None, clip_ids=None, **kwargs):
+        """Returns logits at the masked valid patches, their labels, and all labels (for usage stats).
+
+        ``clip_ids`` ``(B,)``: dataset indices of the clips, for per-clip masks (see the module doc).
+        """
         fbank = self.backbone.fbank(source)
         patches = self.backbone.embed_patches(fbank)
         batch, length, _ = patches.shape
@@ -115,7 +160,7 @@ class BeatsModel(BaseFairseqModel):
             raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {(batch, length)} patches")
 
         x = self.backbone.project(patches)
-        visible = self.sample_visible(patch_mask, batch, length, x.device)
+        visible = self.sample_visible(patch_mask, batch, length, x.device, clip_ids)
         index = visible.unsqueeze(-1).expand(-1, -1, x.size(-1))
         visible_pad = patch_mask.gather(1, visible) if patch_mask is not None else None
         encoded, _ = self.backbone.encoder(x.gather(1, index), visible_pad, positions=visible, full_length=length)

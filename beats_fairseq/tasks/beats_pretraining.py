@@ -5,24 +5,44 @@
 to 16 kHz when needed, cropped to ``max_sample_size`` (AudioSet: 160000 = 10 s) and
 batched by total audio length (``dataset.max_tokens`` counts samples). Bad files are
 skipped with one log line each (``bad_audio: skip``) or stop the run (``fail``).
+
+Shared by the three training tasks (this one, ``beats_tokenizer_training`` and
+``beats_audio_classification`` derive from it):
+
+* **bad-audio counts**: every batch carries the number of clips its collater dropped as bad;
+  the task logs their sum as ``bad_audio`` (summed over ranks and DataLoader workers) in
+  every train/valid log line, so the end-of-epoch ``train`` line holds the epoch's count;
+* **non-finite loss** (``nonfinite_loss``): ``fail`` stops with ``FloatingPointError`` naming
+  the batch's files; ``skip`` skips the whole update on every rank (see
+  ``beats_fairseq/distributed.py``) and logs ``nonfinite_skipped``;
+* **exact waveforms under bf16/fp16** (``exact_waveforms``, on with ``common.bf16``): batches
+  hold float64 waveforms, which fairseq's cast of the batch (float32 tensors only) leaves
+  alone, so the fbank and the tokenizer labels are computed in float32 from exact samples;
+* **masks**: the model's mask seed is ``common.seed`` (per-clip masks, see ``models/beats.py``);
+* multi-process training on CPU (gloo) works with ``ddp_backend=pytorch_ddp``.
 """
 
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
+import torch
+from fairseq import metrics
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING
 
 from ..data.audio import MIN_SAMPLES_ONE_PATCH
 from ..data.audio_dataset import AudioDataset
+from ..distributed import NonFiniteGuard, enable_cpu_ddp, zero_loss, zeroed
 
 logger = logging.getLogger(__name__)
 
 CROP_CHOICES = ChoiceEnum(["random", "start", "center"])
 BAD_AUDIO_CHOICES = ChoiceEnum(["skip", "fail"])
+NONFINITE_CHOICES = ChoiceEnum(["fail", "skip"])
 # Splits named like this are read in order, uncropped at the start and unshuffled.
 EVAL_SPLIT_PREFIXES = ("valid", "test", "eval", "dev")
 
@@ -42,7 +62,28 @@ class BeatsPretrainingTaskConfig(FairseqDataclass):
     bad_audio: BAD_AUDIO_CHOICES = field(
         default="skip", metadata={"help": "unreadable/empty/too short files: skip with a log line, or fail"}
     )
+    nonfinite_loss: NONFINITE_CHOICES = field(
+        default="fail",
+        metadata={"help": "non-finite loss: fail (stop, naming the batch's files) or skip the update on all ranks"},
+    )
+    max_nonfinite_skips: int = field(
+        default=100, metadata={"help": "nonfinite_loss=skip: stop after this many consecutive skipped updates"}
+    )
+    exact_waveforms: bool = field(
+        default=II("common.bf16"),
+        metadata={"help": "collate waveforms as float64 so fairseq's bf16/fp16 cast of the batch leaves them "
+                  "exact (fbank and labels as in float32); default: on with common.bf16, set it for common.fp16"},
+    )
     seed: int = II("common.seed")
+
+
+def _flag(cfg, name: str, default=False) -> bool:
+    """``cfg.name`` as a bool; ``default`` when it is an unresolvable interpolation (bare configs)."""
+    try:
+        value = getattr(cfg, name, default)
+    except Exception:  # omegaconf InterpolationResolutionError without a parent config
+        return default
+    return value if isinstance(value, bool) else default
 
 
 @dataclass
@@ -56,17 +97,42 @@ class BeatsPretrainingConfig(BeatsPretrainingTaskConfig):
     )
 
 
+class _GoodFirstBatch:
+    """fairseq keeps the first batch of an iterator as the "dummy" batch it runs (with zero
+    gradient) on a rank whose own batch is empty. A first batch made only of bad clips
+    collates to ``{}`` and fairseq stops (``Invalid dummy batch``); take the first batch that
+    holds a readable clip instead."""
+
+    @property
+    def first_batch(self):
+        if not getattr(self.dataset, "supports_fetch_outside_dataloader", True):
+            return "DUMMY"
+        for batch in self.frozen_batches:
+            sample = self.collate_fn([self.dataset[i] for i in batch])
+            if sample:
+                return sample
+        raise RuntimeError("every clip of the dataset was skipped as bad audio (see the warnings above)")
+
+
 @register_task("beats_pretraining", dataclass=BeatsPretrainingConfig)
 class BeatsPretrainingTask(FairseqTask):
     cfg: BeatsPretrainingTaskConfig
     label_tokenizer = None  # identity of the model's tokenizer, checked against precomputed labels
 
+    def __init__(self, cfg, **kwargs):
+        super().__init__(cfg, **kwargs)
+        self.nonfinite = NonFiniteGuard(str(getattr(cfg, "nonfinite_loss", "fail")),
+                                        getattr(cfg, "max_nonfinite_skips", 100))
+
     @classmethod
     def setup_task(cls, cfg, **kwargs):
+        enable_cpu_ddp()
         return cls(cfg)
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
+        if hasattr(model, "set_mask_seed"):
+            model.set_mask_seed(self.cfg.seed)
         if getattr(self.cfg, "precomputed_labels", None) and not from_checkpoint:
             self.check_label_tokenizer(model)
         return model
@@ -107,6 +173,82 @@ class BeatsPretrainingTask(FairseqTask):
         else:
             self.datasets[split] = self.build_audio_dataset(split)
         logger.info("%s: %d clips from %s", split, len(self.datasets[split]), self.manifest_path(split))
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        if isinstance(dataset, AudioDataset):
+            dataset.source_dtype = torch.float64 if _flag(self.cfg, "exact_waveforms") else torch.float32
+        itr = super().get_batch_iterator(dataset, *args, **kwargs)
+        if hasattr(itr, "frozen_batches") and not isinstance(itr, _GoodFirstBatch):
+            itr.__class__ = type(f"GoodFirstBatch{type(itr).__name__}", (_GoodFirstBatch, type(itr)), {})
+        return itr
+
+    # ------------------------------------------------------------------ steps
+    def batch_files(self, sample, training: bool) -> List[str]:
+        """Audio paths of the clips of ``sample`` (``split: path`` when several splits could hold it)."""
+        ids = sample.get("id") if sample else None
+        if ids is None:
+            return []
+        splits = [s for s, d in self.datasets.items() if hasattr(d, "path")
+                  and s.startswith(EVAL_SPLIT_PREFIXES) != training]
+        out = []
+        for split in splits:
+            dataset = self.datasets[split]
+            for i in ids.tolist():
+                path = dataset.path(i) if 0 <= i < len(dataset) else f"<id {i}>"
+                out.append(path if len(splits) == 1 else f"{split}: {path}")
+        return out
+
+    def _forward(self, sample, model, criterion, optimizer=None):
+        amp = isinstance(optimizer, AMPOptimizer)
+        device = sample["net_input"]["source"].device.type if "net_input" in (sample or {}) else "cpu"
+        with torch.autograd.profiler.record_function("forward"):
+            with torch.autocast(device_type=device, enabled=amp):
+                return criterion(model, sample)
+
+    def _counts(self, sample, logging_output, skipped: bool, ignore: bool):
+        logging_output["bad_audio"] = 0 if ignore else int((sample or {}).get("num_bad_audio", 0))
+        logging_output["nonfinite_skipped"] = int(skipped and not ignore)
+        return logging_output
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        """fairseq's train step, plus the non-finite loss policy and the bad-audio count."""
+        model.train()
+        model.set_num_updates(update_num)
+        self.nonfinite.begin(model, update_num)
+        loss, sample_size, logging_output = self._forward(sample, model, criterion, optimizer)
+        skipped = not bool(torch.isfinite(loss.detach()).all())
+        if skipped:
+            self.nonfinite.on_nonfinite(loss, self.batch_files(sample, training=True),
+                                        f"in training update {update_num + 1}")
+            loss, sample_size, logging_output = zero_loss(model), 0, zeroed(logging_output)
+        if ignore_grad:
+            loss = loss * 0
+        with torch.autograd.profiler.record_function("backward"):
+            optimizer.backward(loss)
+        return loss, sample_size, self._counts(sample, logging_output, skipped, ignore_grad)
+
+    def optimizer_step(self, optimizer, model, update_num):
+        if self.nonfinite.should_skip():
+            return
+        super().optimizer_step(optimizer, model, update_num)
+
+    def valid_step(self, sample, model, criterion, **kwargs):
+        model.eval()
+        with torch.no_grad():
+            loss, sample_size, logging_output = criterion(model, sample)
+        skipped = not bool(torch.isfinite(loss.detach()).all())
+        if skipped:
+            files = self.batch_files(sample, training=False)
+            if self.nonfinite.policy == "fail":
+                self.nonfinite.on_nonfinite(loss, files, "in validation")
+            logger.warning("non-finite validation loss; batch left out of the metrics: %s", ", ".join(files[:16]))
+            loss, sample_size, logging_output = loss.new_zeros(()), 0, zeroed(logging_output)
+        return loss, sample_size, self._counts(sample, logging_output, skipped, False)
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        for key in ("bad_audio", "nonfinite_skipped"):
+            metrics.log_scalar_sum(key, sum(int(log.get(key, 0)) for log in logging_outputs), priority=300)
 
     def check_label_tokenizer(self, model) -> None:
         """Precomputed labels must come from the model's tokenizer (``model.tokenizer_path``)."""
