@@ -125,9 +125,6 @@ def test_tokenizer_resume_after_sigkill_is_exact(demo_data, teacher, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "dead-code re-seeding reads quantize.last_used and quantize.tracking_from, which are not saved in "
-    "checkpoints (persistent=False), so a resumed run re-seeds at other updates than an uninterrupted one"))
 def test_tokenizer_resume_with_dead_code_reseeding_is_exact(demo_data, teacher, tmp_path):
     """Dead-code re-seeding at update 3, after the kill at update 2."""
     args = tokenizer_args(demo_data, tmp_path / "ref", 8, teacher, kmeans=True, dead_codes=True)

@@ -43,6 +43,9 @@ from ..tokenizers.teacher import TEACHER_TARGETS
 
 logger = logging.getLogger(__name__)
 
+# Quantizer state that makes dead-code re-seeding resume exactly; not part of the official format.
+PROJECT_ONLY_KEYS = ("quantize.last_used", "quantize.tracking_from")
+
 OFFICIAL_QUANT_DEFAULTS = {"quant_n": 1024, "quant_dim": 256}
 
 
@@ -227,7 +230,9 @@ class BeatsTokenizerModel(BaseFairseqModel):
         sd = state["model"]
         own = {k: v for k, v in sd.items() if k.startswith(("quantize_layer.", "quantize."))}
         backbone = backbone_from_official({k: v for k, v in sd.items() if k not in own})
-        load_strict(model, dict(backbone, **own), source)
+        # Dead-code bookkeeping is saved by this project (exact resume) but is no official key.
+        bookkeeping = {k: v for k, v in model.state_dict().items() if k in PROJECT_ONLY_KEYS}
+        load_strict(model, dict(backbone, **own, **bookkeeping), source)
         return model
 
     def to_official(self):
@@ -239,5 +244,6 @@ class BeatsTokenizerModel(BaseFairseqModel):
         cfg.update(quant_n=self.cfg.quant_n, quant_dim=self.cfg.quant_dim)
         sd = self.state_dict()
         model = backbone_to_official(sd)
-        model.update({k: v for k, v in sd.items() if k.startswith(("quantize_layer.", "quantize."))})
+        model.update({k: v for k, v in sd.items()
+                      if k.startswith(("quantize_layer.", "quantize.")) and k not in PROJECT_ONLY_KEYS})
         return {"cfg": cfg, "model": model}

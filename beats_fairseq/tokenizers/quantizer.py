@@ -148,9 +148,9 @@ class NormEMAVectorQuantizer(nn.Module):
         # Monitoring only (not in checkpoints): training updates done, and the update at which
         # each code was last assigned, for "share of codes used over the last N updates".
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long), persistent=False)
-        self.register_buffer("last_used", torch.full((n_embed,), -(2**62), dtype=torch.long), persistent=False)
+        self.register_buffer("last_used", torch.full((n_embed,), -(2**62), dtype=torch.long))
         # Update count at which this process started tracking usage (-1: not yet).
-        self.register_buffer("tracking_from", torch.full((), -1, dtype=torch.long), persistent=False)
+        self.register_buffer("tracking_from", torch.full((), -1, dtype=torch.long))
 
     def _apply(self, fn, *args, **kwargs):
         """Device moves apply; dtype casts (``.half()``, ``.bfloat16()``) leave the float32 buffers
