@@ -28,7 +28,6 @@ appended to that file's ``history`` list (use ``--label`` to say what changed).
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import statistics
