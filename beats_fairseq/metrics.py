@@ -6,6 +6,9 @@
   would drag small evaluation sets down).
 * :func:`accuracy`: share of clips whose top-scoring class is a true class (single-label:
   ``argmax == target``; multi-label targets: the argmax is one of the positives).
+* :func:`accuracy_per_class`: per-class accuracy (recall) of single-label predictions.
+
+Every function takes ``(scores, targets)`` in that order (torch tensors or numpy arrays).
 
 Every function returns ``float`` (never a numpy scalar: those break torch's weights-only
 ``torch.load`` of fairseq checkpoints that store the best metric).
@@ -82,3 +85,16 @@ def accuracy(scores, targets) -> float:
     else:
         hits = targets[np.arange(len(top)), top] >= 0.5
     return float(hits.mean())
+
+
+def accuracy_per_class(scores, targets):
+    """Single-label ``targets`` ``(N,)``: (accuracy of the argmax per true class ``(C,)``, nan for
+    classes without clips; clips per class ``(C,)``)."""
+    scores, targets = _numpy(scores), _numpy(targets).astype(np.int64)
+    num_classes = scores.shape[1]
+    hits = scores.argmax(axis=1) == targets
+    counts = np.bincount(targets, minlength=num_classes)
+    correct = np.bincount(targets[hits], minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(counts > 0, correct / np.maximum(counts, 1), np.nan)
+    return per_class, counts

@@ -32,6 +32,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from .metrics import mean_average_precision
+
 logger = logging.getLogger("beats_fairseq.probe")
 
 RANDOM = "random"
@@ -140,22 +142,11 @@ def fit_and_score(train_x, train_labels, eval_x, eval_labels, num_classes: int, 
         targets = np.zeros((len(eval_labels), num_classes), dtype=np.float32)
         for i, ids in enumerate(eval_labels):
             targets[i, ids] = 1.0
-        return "mAP", macro_average_precision(np.nan_to_num(scores, neginf=-1e9), targets)
+        return "mAP", mean_average_precision(np.nan_to_num(scores, neginf=-1e9), targets)
     y = np.asarray([ids[0] for ids in train_labels])
     clf = LogisticRegression(C=C, max_iter=max_iter).fit(train_x, y)
     predicted = clf.classes_[clf.predict_proba(eval_x).argmax(axis=1)]
     return "accuracy", float(np.mean(predicted == np.asarray([ids[0] for ids in eval_labels])))
-
-
-def macro_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Mean over the classes with a positive clip of sklearn's average precision (the AudioSet mAP;
-    classes without positives are left out, as in ``beats_fairseq.metrics``)."""
-    from sklearn.metrics import average_precision_score
-
-    present = np.flatnonzero(targets.sum(axis=0) > 0)
-    if len(present) == 0:
-        return 0.0
-    return float(np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in present]))
 
 
 # ---------------------------------------------------------------------------- runs

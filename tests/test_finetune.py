@@ -16,7 +16,7 @@ from beats_fairseq.data.label_dataset import LabelledAudioDataset, label_frequen
 from beats_fairseq.data.manifest import ManifestError, write_class_map
 from beats_fairseq.metrics import accuracy, average_precision_per_class, mean_average_precision
 from beats_fairseq.models.beats import BeatsConfig, BeatsModel
-from beats_fairseq.models.beats_classifier import BeatsClassifierModel, layer_lr_scales
+from beats_fairseq.models.beats_classifier import layer_lr_scales
 from beats_fairseq.tasks.beats_audio_classification import (BeatsAudioClassificationConfig,
                                                             BeatsAudioClassificationTask)
 

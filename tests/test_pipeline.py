@@ -56,22 +56,32 @@ def test_unknown_override_and_missing_recipe_are_errors(tmp_path, demo_data, cap
     code, out = run_pipeline(capsys, "--data", demo_data, "--out", tmp_path / "r", "--dry-run",
                              "--tokenizer-config", "nope")
     assert code == 1 and "nope.yaml does not exist" in out and "available: tiny" in out
+    code, out = run_pipeline(capsys, "--data", demo_data, "--out", tmp_path / "r", "--dry-run", "--supervised-teacher")
+    assert code == 1 and "add --iterations 3" in out
 
 
 def test_supervised_teacher_plans_a_finetune_stage(tmp_path, demo_data, capsys):
+    from omegaconf import OmegaConf
+
     code, out = run_pipeline(capsys, "--data", demo_data, "--out", tmp_path / "r", "--iterations", "3",
                              "--supervised-teacher", "--dry-run", "--no-probe")
     assert code == 0, out
-    if "skipped" in out:  # fine-tuning not available in this checkout: a clear message, SSL teacher
-        assert "tokenizer_iter2 uses the iter2 encoder" in out
-        return
-    assert "[stage 4/6] finetune_iter2" in out
-    from omegaconf import OmegaConf
-
+    assert "[stage 4/6] finetune_iter2" in out and "skipped" not in out
     tok2 = OmegaConf.load(tmp_path / "r" / "tokenizer_iter2" / "stage.yaml")
     assert tok2.model.teacher_path.endswith("finetune_iter2/checkpoints/checkpoint_last.pt")
+    assert tok2.model.teacher_target == "logits"
     ft = OmegaConf.load(tmp_path / "r" / "finetune_iter2" / "stage.yaml")
     assert ft.model.pretrained_path.endswith("iter2/checkpoints/checkpoint_last.pt")
+
+    # paper scale: the iter3+ tokenizer uses the supervised-teacher recipe (peak LR 5e-4, logits),
+    # the iter2 tokenizer the self-supervised one (5e-5, features)
+    code, out = run_pipeline(capsys, "--data", demo_data, "--out", tmp_path / "base", "--scale", "base",
+                             "--iterations", "3", "--supervised-teacher", "--dry-run", "--no-probe")
+    assert code == 0, out
+    tok1, tok2 = (OmegaConf.load(tmp_path / "base" / f"tokenizer_iter{i}" / "stage.yaml") for i in (1, 2))
+    assert tok1.optimization.lr == [5e-5] and tok1.model.teacher_target == "features"
+    assert tok2.optimization.lr == [5e-4] and tok2.model.teacher_target == "logits"
+    assert tok2.optimization.max_update == 400000
 
 
 def test_fairseq_log_lines_are_parsed_in_simple_and_json_format(tmp_path):
@@ -146,3 +156,47 @@ def test_pipeline_resumes_after_finished_stages_and_probes_beside_a_random_encod
     code, out = run_pipeline(capsys, *args)
     assert code == 0 and out.count("skipped") == 4 and "| random |" in out
     assert (run / "iter2" / "train.log").read_text().count("=====") == 1  # launched once
+
+
+@pytest.mark.slow
+def test_supervised_teacher_pipeline_runs_iter3_plus_end_to_end(tmp_path, demo_data, capsys):
+    """iter1 -> tokenizer -> iter2 -> fine-tune iter2 -> tokenizer from its per-patch logits -> iter3."""
+    import beats_fairseq
+
+    run = tmp_path / "run"
+    args = ["--data", demo_data, "--out", run, "--iterations", "3", "--supervised-teacher", "--no-probe",
+            "optimization.max_update=4"]
+    code, out = run_pipeline(capsys, *args)
+    assert code == 0, out[-4000:]
+    stages = ["iter1", "tokenizer_iter1", "iter2", "finetune_iter2", "tokenizer_iter2", "iter3"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert [r["stage"] for r in summary["stages"]] == stages
+    assert all(r["status"] == "done" and r["updates"] == 4 for r in summary["stages"])
+    ckpt = {s: run / s / "checkpoints" / "checkpoint_last.pt" for s in stages}
+
+    # each stage reads the previous one's checkpoint
+    yaml = {s: (run / s / "stage.yaml").read_text() for s in stages}
+    assert f"pretrained_path: {ckpt['iter2']}" in yaml["finetune_iter2"]
+    assert f"teacher_path: {ckpt['iter1']}" in yaml["tokenizer_iter1"]
+    assert f"teacher_path: {ckpt['finetune_iter2']}" in yaml["tokenizer_iter2"]
+    assert f"tokenizer_path: {ckpt['tokenizer_iter2']}" in yaml["iter3"]
+    assert f"tokenizer_path: {ckpt['tokenizer_iter1']}" in yaml["iter2"]
+    # the iter3+ tokenizer distils the classifier's per-patch logits (6 demo classes), not its features
+    assert "BeatsClassifierModel, target logits of size 6" in (run / "tokenizer_iter2" / "train.log").read_text()
+    assert "target features" in (run / "tokenizer_iter1" / "train.log").read_text()
+    finetune = summary["stages"][3]
+    assert finetune["score_name"] == "accuracy" and 0 <= finetune["score"] <= 1
+    assert summary["stages"][4]["score_name"] == "cosine" and summary["stages"][4]["code_usage"] > 0
+
+    # the last tokenizer and the iter3 encoder load back and work together
+    tokenizer = beats_fairseq.load(str(ckpt["tokenizer_iter2"]))
+    encoder = beats_fairseq.load(str(ckpt["iter3"]))
+    wav = torch.randn(2, 16000)
+    labels = tokenizer.extract_labels(wav)
+    assert labels.shape[0] == 2 and labels.dtype == torch.long and int(labels.max()) < 32
+    features, _ = encoder.extract_features(wav)
+    assert features.shape[:2] == (2, labels.shape[1]) and torch.isfinite(features).all()
+
+    # a rerun trains nothing
+    code, out = run_pipeline(capsys, *args)
+    assert code == 0 and out.count("skipped") == 6

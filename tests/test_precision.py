@@ -24,7 +24,6 @@ import torch
 from omegaconf import OmegaConf
 
 from beats_fairseq.models.beats import BeatsConfig, BeatsModel
-from beats_fairseq.modules.fbank import compute_fbank
 from beats_fairseq.tokenizers.quantizer import NormEMAVectorQuantizer
 from test_distributed import (
     ITER1,

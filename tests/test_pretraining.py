@@ -150,3 +150,14 @@ print('RELOAD-OK')
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/")
     assert "RELOAD-OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_pretraining_validation_batches_keep_every_clip(demo_data):
+    from beats_fairseq.tasks.beats_pretraining import BeatsPretrainingConfig, BeatsPretrainingTask
+
+    task = BeatsPretrainingTask.setup_task(BeatsPretrainingConfig(data=demo_data, seed=1))
+    task.load_dataset("valid")
+    itr = task.get_batch_iterator(dataset=task.datasets["valid"], max_sentences=16, required_batch_size_multiple=8)
+    clips = len(task.datasets["valid"])
+    assert clips % 16 % 8 != 0  # fairseq alone would drop the last clips
+    assert sum(len(b) for b in itr.frozen_batches) == clips

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from beats_fairseq.criterions.beats_tokenizer_distillation import BeatsTokenizerDistillationCriterion
 from beats_fairseq.data.audio import read_audio
 from beats_fairseq.data.manifest import read_manifest
-from beats_fairseq.models.beats_tokenizer import BeatsTokenizerConfig, BeatsTokenizerModel
+from beats_fairseq.models.beats_tokenizer import BeatsTokenizerConfig
 from beats_fairseq.tasks.beats_tokenizer_training import (
     BeatsTokenizerTrainingTask,
     BeatsTokenizerTrainingTaskConfig,

@@ -6,7 +6,7 @@ Label ids in the label file are class-map indices when ``--class-map`` is given 
 outputs are matched to them by MID if it has an official ``label_dict``, whose order is not
 the AudioSet csv order), otherwise model output indices.
 
-The metric functions live here until a shared ``beats_fairseq/metrics.py`` exists.
+The metrics are those of training's validation (``beats_fairseq.metrics``).
 """
 
 import argparse
@@ -29,42 +29,9 @@ from .common import (
     run_main,
 )
 from ..data.manifest import read_class_map, read_label_file
+from ..metrics import accuracy, accuracy_per_class, average_precision_per_class
 
 logger = logging.getLogger("beats_fairseq.cli.evaluate")
-
-
-# ---------------------------------------------------------------------------- metrics
-def average_precision_per_class(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """AP of every class (``targets`` (M, K) 0/1, ``scores`` (M, K)); NaN for classes without positives."""
-    from sklearn.metrics import average_precision_score
-
-    targets = np.asarray(targets).astype(bool)
-    ap = np.full(targets.shape[1], np.nan)
-    for c in np.flatnonzero(targets.any(axis=0)):
-        ap[c] = average_precision_score(targets[:, c], scores[:, c])
-    return ap
-
-
-def mean_average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
-    """Macro mean of the per-class AP over the classes with at least one positive."""
-    ap = average_precision_per_class(targets, scores)
-    if np.isnan(ap).all():
-        raise ValueError("no class has a positive clip: mAP is undefined")
-    return float(np.nanmean(ap))
-
-
-def accuracy_per_class(labels: np.ndarray, predictions: np.ndarray, num_classes: int):
-    """(per-class accuracy (recall) with NaN for absent classes, clips per class)."""
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
-    counts = np.bincount(labels, minlength=num_classes)
-    correct = np.bincount(labels[labels == predictions], minlength=num_classes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        accuracy = np.where(counts > 0, correct / np.maximum(counts, 1), np.nan)
-    return accuracy, counts
-
-
-def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
-    return float(np.mean(np.asarray(labels) == np.asarray(predictions)))
 
 
 # ---------------------------------------------------------------------------- tool
@@ -148,16 +115,15 @@ def run(args) -> int:
         targets = np.zeros((len(kept), num_classes), dtype=bool)
         for row, ids in enumerate(kept):
             targets[row, ids] = True
-        values, counts = average_precision_per_class(targets, scores), targets.sum(axis=0)
+        values, counts = average_precision_per_class(scores, targets), targets.sum(axis=0)
         if np.isnan(values).all():
             raise CliError(f"no class of {args.labels} has a positive clip: mAP is undefined")
         summary = float(np.nanmean(values))
         text = f"mAP = {summary:.4f} over {int((counts > 0).sum())} classes with positives"
     else:
         truth = np.asarray([ids[0] for ids in kept])
-        predictions = scores.argmax(axis=1)
-        values, counts = accuracy_per_class(truth, predictions, num_classes)
-        summary = accuracy(truth, predictions)
+        values, counts = accuracy_per_class(scores, truth)
+        summary = accuracy(scores, truth)
         text = f"accuracy = {summary:.4f}"
     column = "ap" if metric == "map" else "accuracy"
     with open(args.csv, "w", encoding="utf-8", newline="") as f:

@@ -26,7 +26,6 @@ stage whose config has the key; ``pretrain:key=value``, ``tokenizer:key=value`` 
 
 import argparse
 import json
-import logging
 import os
 import re
 import shlex
@@ -40,16 +39,18 @@ from omegaconf import OmegaConf
 
 from .common import CliError, run_main
 
-logger = logging.getLogger("beats_fairseq.cli.pipeline")
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 STATE_VERSION = 1
 KINDS = ("pretrain", "tokenizer", "finetune")
-# Recipe yaml per scale: (config dir under examples/, config name).
+# Recipe name per scale and role (the yaml in the role's examples/ folder). "supervised_tokenizer" is
+# the iter3+ tokenizer, distilled from a fine-tuned classifier's logits (paper: peak LR 5e-4).
 RECIPES = {
-    "tiny": {"pretrain": "tiny", "tokenizer": "tiny", "finetune": "tiny"},
-    "base": {"pretrain": "pretrain_as2m", "tokenizer": "tokenizer_as2m", "finetune": "as2m"},
+    "tiny": {"pretrain": "tiny", "tokenizer": "tiny", "supervised_tokenizer": "tiny", "finetune": "tiny"},
+    "base": {"pretrain": "pretrain_as2m", "tokenizer": "tokenizer_as2m",
+             "supervised_tokenizer": "tokenizer_as2m_supervised_teacher", "finetune": "as2m"},
 }
+RECIPE_ROLES = ("pretrain", "tokenizer", "supervised_tokenizer", "finetune")
 # Update counts of the tiny scale: the loop finishes in minutes on 2 CPU cores.
 TINY_UPDATES = {"pretrain": 100, "tokenizer": 60, "finetune": 60}
 
@@ -72,6 +73,7 @@ def tiny_settings(kind: str) -> Dict[str, object]:
 class Stage:
     def __init__(self, name: str, kind: str, title: str, run_dir: Path):
         self.name, self.kind, self.title = name, kind, title
+        self.role = kind  # which recipe of RECIPES it uses (training stages)
         self.dir = run_dir / name
         self.config = None  # composed OmegaConf config (training stages)
         self.config_dir = None
@@ -96,31 +98,14 @@ class Stage:
         return self.dir / ("train.log" if self.kind in KINDS else f"{self.kind}.log")
 
 
-def supervised_available() -> Optional[str]:
-    """None if fine-tuning works here, else why not."""
-    import beats_fairseq  # noqa: F401  (registers the tasks)
-    from fairseq.tasks import TASK_REGISTRY
-
-    if "beats_audio_classification" not in TASK_REGISTRY:
-        return "task beats_audio_classification is not available in this checkout"
-    if not (EXAMPLES / "beats_finetune").is_dir():
-        return "examples/beats_finetune is missing"
-    return None
-
-
 def plan(args, run_dir: Path) -> List[Stage]:
     """The ordered stages for ``args``, with their settings (not yet composed)."""
     data = str(Path(args.data).resolve())
     stages: List[Stage] = []
-    supervised = args.supervised_teacher and args.iterations == 3
-    if args.supervised_teacher and args.iterations != 3:
-        logger.warning("--supervised-teacher applies to the tokenizer of iter3 (iter3+): ignored with --iterations 2")
-    if supervised:
-        why = supervised_available()
-        if why:
-            print(f"[pipeline] --supervised-teacher skipped: {why}; tokenizer_iter2 uses the iter2 encoder as teacher",
-                  flush=True)
-            supervised = False
+    supervised = args.supervised_teacher
+    if supervised and args.iterations != 3:
+        raise CliError("--supervised-teacher distils the tokenizer of iter3 (iter3+) from a fine-tuned iter2: "
+                       "add --iterations 3")
 
     def pretrain(it: int, tokenizer: Optional[Stage]) -> Stage:
         st = Stage(f"iter{it}", "pretrain", f"iter{it} pre-training", run_dir)
@@ -142,6 +127,9 @@ def plan(args, run_dir: Path) -> List[Stage]:
         st = Stage(f"tokenizer_iter{it}", "tokenizer", f"tokenizer distilled from {teacher.name}", run_dir)
         st.config_dir = EXAMPLES / "beats_tokenizer"
         st.settings = {"task.data": data, "model.teacher_path": str(teacher.checkpoint)}
+        if teacher.kind == "finetune":
+            st.role = "supervised_tokenizer"
+            st.settings["model.teacher_target"] = "logits"
         st.depends.append(teacher)
         stages.append(st)
         return st
@@ -183,15 +171,15 @@ def parse_overrides(items: List[str]):
 
 def compose(stage: Stage, args, overrides) -> None:
     names = dict(RECIPES[args.scale])
-    for kind in KINDS:
-        chosen = getattr(args, f"{kind}_config")
+    for role in RECIPE_ROLES:
+        chosen = getattr(args, f"{role}_config")
         if chosen:
-            names[kind] = chosen
-    path = stage.config_dir / f"{names[stage.kind]}.yaml"
+            names[role] = chosen
+    path = stage.config_dir / f"{names[stage.role]}.yaml"
     if not path.is_file():
         have = ", ".join(sorted(p.stem for p in stage.config_dir.glob("*.yaml")))
         raise CliError(f"stage {stage.name}: recipe {path} does not exist (available: {have}); "
-                       f"choose one with --{stage.kind}-config NAME")
+                       f"choose one with --{stage.role.replace('_', '-')}-config NAME")
     cfg = OmegaConf.load(path)
     values = dict(tiny_settings(stage.kind)) if args.scale == "tiny" else {}
     values.update(stage.settings)
@@ -577,9 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--probe-label-ext", default="lbl",
                         help="probe labels are {split}.{ext} (lbl: single-label accuracy; mlbl: mAP) (default: lbl)")
     parser.add_argument("--no-probe", action="store_true", help="skip the linear probe")
-    for kind in KINDS:
-        parser.add_argument(f"--{kind}-config", default=None, metavar="NAME",
-                            help=f"{kind} recipe name in its examples/ folder (default: by --scale)")
+    for role in RECIPE_ROLES:
+        what = "iter3+ tokenizer (--supervised-teacher)" if role == "supervised_tokenizer" else role
+        folder = "beats_tokenizer" if role.endswith("tokenizer") else ("beats_finetune" if role == "finetune"
+                                                                       else "beats_iterN")
+        parser.add_argument(f"--{role.replace('_', '-')}-config", default=None, metavar="NAME",
+                            help=f"{what} recipe name in examples/{folder} (default: "
+                                 + ", ".join(f"{RECIPES[s][role]} with --scale {s}" for s in sorted(RECIPES)) + ")")
     parser.add_argument("--device", default="auto", help="device for labels and the probe (default: auto)")
     parser.add_argument("--verbose", action="store_true", help="echo every line of the stages' logs")
     parser.add_argument("--dry-run", action="store_true",

@@ -6,7 +6,6 @@ codes present among the labels of the update's batch) and ``code_perplexity``
 (perplexity of that label distribution; K when all codes are equally frequent).
 """
 
-import math
 from dataclasses import dataclass
 
 import torch

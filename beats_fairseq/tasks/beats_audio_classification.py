@@ -100,19 +100,11 @@ class BeatsAudioClassificationTask(BeatsPretrainingTask):
                 weights = read_weights_file(path, len(read_manifest(manifest)))
             else:
                 weights = "labels"
-        kwargs = dict(
-            sample_rate=self.cfg.sample_rate,
-            max_sample_size=self.cfg.max_sample_size,
-            min_sample_size=self.cfg.min_sample_size,
-            crop=str(self.cfg.crop) if training else "start",
-            shuffle=training,
-            bad_audio=str(self.cfg.bad_audio),
-            seed=self.cfg.seed,
-            sample_weights=weights,
-            epoch_samples=self.cfg.epoch_samples or None,
+        return self.build_audio_dataset(
+            split, LabelledAudioDataset, label_path=self.label_path(split), num_classes=num_classes,
+            multilabel=self.cfg.multilabel, sample_weights=weights, epoch_samples=self.cfg.epoch_samples or None,
+            **overrides,
         )
-        kwargs.update(overrides)
-        return LabelledAudioDataset(manifest, self.label_path(split), num_classes, self.cfg.multilabel, **kwargs)
 
     def load_dataset(self, split: str, combine: bool = False, task_cfg=None, **kwargs):
         dataset = self.build_labelled_dataset(split)
@@ -124,13 +116,6 @@ class BeatsAudioClassificationTask(BeatsPretrainingTask):
             f", weighted sampling of {dataset.epoch_samples} clips per epoch" if dataset.sample_weights is not None
             else "",
         )
-
-    def get_batch_iterator(self, dataset, *args, **kwargs):
-        # fairseq's batch_by_size drops the remainder that does not fill a multiple of
-        # required_batch_size_multiple (default 8): evaluation must see every clip.
-        if not getattr(dataset, "shuffle", True) and not args:
-            kwargs["required_batch_size_multiple"] = 1
-        return super().get_batch_iterator(dataset, *args, **kwargs)
 
     # ------------------------------------------------------------------ model
     def prepare_model_cfg(self, cfg):

@@ -175,6 +175,10 @@ class BeatsPretrainingTask(FairseqTask):
         logger.info("%s: %d clips from %s", split, len(self.datasets[split]), self.manifest_path(split))
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
+        # fairseq's batch_by_size drops the remainder that does not fill a multiple of
+        # required_batch_size_multiple (default 8): evaluation must see every clip.
+        if not getattr(dataset, "shuffle", True) and not args:
+            kwargs["required_batch_size_multiple"] = 1
         if isinstance(dataset, AudioDataset):
             dataset.source_dtype = torch.float64 if _flag(self.cfg, "exact_waveforms") else torch.float32
         itr = super().get_batch_iterator(dataset, *args, **kwargs)
