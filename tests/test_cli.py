@@ -1,4 +1,4 @@
-"""Command-line tools: beats-predict, beats-extract, beats-evaluate, beats-convert (and --help of all)."""
+"""Command-line tools: beats-predict, beats-extract, beats-evaluate, beats-convert (and --help of every command)."""
 
 import csv
 import runpy
@@ -54,12 +54,27 @@ def padded(wavs):
     return source, (mask if mask.any() else None)
 
 
-@pytest.mark.parametrize("prog", sorted(TOOLS))
-def test_help(prog, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        TOOLS[prog].main(["--help"])
-    assert exit_info.value.code == 0
-    assert f"usage: {prog}" in capsys.readouterr().out
+def console_scripts():
+    """``{command: "module:function"}`` of setup.py's console entry points."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "setup.py").read_text()
+    return dict(re.findall(r'"(beats-[\w-]+)=([\w.]+:\w+)"', text))
+
+
+def test_every_console_script_has_help(capsys):
+    import importlib
+
+    scripts = console_scripts()
+    assert set(TOOLS) <= set(scripts) and "beats-pipeline" in scripts and len(scripts) >= 9
+    for prog, target in sorted(scripts.items()):
+        module, function = target.split(":")
+        with pytest.raises(SystemExit) as exit_info:
+            getattr(importlib.import_module(module), function)(["--help"])
+        assert exit_info.value.code == 0, prog
+        out = capsys.readouterr().out
+        assert f"usage: {prog}" in out and "options:" in out, (prog, out[:300])
 
 
 @pytest.mark.parametrize("command", ["folder", "audioset", "esc50", "spcv2"])

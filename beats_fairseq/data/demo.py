@@ -17,7 +17,7 @@ Output layout in ``--out DIR``::
 Every clip is drawn from its own generator seeded by (seed, split, kind,
 index), so identical arguments give byte-identical files.
 
-Usage: ``python -m beats_fairseq.data.demo --out demo_data``
+Usage: ``beats-make-demo-data --out demo_data`` (or ``python -m beats_fairseq.data.demo``)
 """
 
 import argparse
@@ -212,7 +212,7 @@ def generate_corpus(out, num_train=240, num_valid=60, num_test=60, seconds=3.0, 
 
 def main(argv=None):
     p = argparse.ArgumentParser(
-        prog="python -m beats_fairseq.data.demo",
+        prog="beats-make-demo-data",
         description="Generate a small deterministic synthetic labelled audio corpus "
                     f"({len(CLASSES)} classes: {', '.join(CLASSES)}) with fairseq manifests "
                     "(<split>.tsv), label files (.lbl single-label, .mlbl multi-label) and labels.csv.")
