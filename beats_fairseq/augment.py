@@ -1,7 +1,12 @@
 """Fine-tuning augmentations, run inside the model in training mode (on the model's device).
 
-All randomness comes from torch's generator, which fairseq re-seeds every update
-(``seed + num_updates``), so a resumed run draws the same augmentations.
+Random numbers come from a :class:`ClipRandom` (what the classifier uses in training): each
+clip's draws are a function of (``common.seed``, update number, clip id) only, so ranks draw
+different augmentations for their different clips (fairseq seeds torch's generator alike on
+every rank), a clip is augmented the same whatever batch or rank it lands in, a resumed run
+draws the same augmentations, and torch's generator (dropout) is left alone. Only mixup's
+pairing depends on the batch (seeded by all its clip ids). Without clip ids,
+:class:`TorchRandom` draws from torch's generator.
 
 * :func:`roll` (waveform): each clip is rotated in time by a random offset within its
   valid (non-padded) part; padding stays where it is.
@@ -17,9 +22,54 @@ All randomness comes from torch's generator, which fairseq re-seeds every update
   the mean of the normalised fbank. Time masks stay inside the clip's valid frames.
 """
 
+import zlib
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
+
+
+class TorchRandom:
+    """Draws from torch's global generator, on ``device``."""
+
+    def __init__(self, batch: int, device):
+        self.batch, self.device = batch, device
+
+    def uniform(self, purpose: str, *shape: int) -> torch.Tensor:
+        return torch.rand(self.batch, *shape, device=self.device)
+
+    def beta(self, purpose: str, alpha: float) -> torch.Tensor:
+        a = torch.tensor(float(alpha), device=self.device)
+        return torch.distributions.Beta(a, a).sample((self.batch,))
+
+    def permutation(self, purpose: str) -> torch.Tensor:
+        return torch.randperm(self.batch, device=self.device)
+
+
+class ClipRandom(TorchRandom):
+    """Per-clip draws: row ``b`` is a function of (seed, update, ``clip_ids[b]``, purpose) only."""
+
+    def __init__(self, seed: int, update: int, clip_ids: torch.Tensor, device):
+        super().__init__(int(clip_ids.numel()), device)
+        self.base = (int(seed) % 2**32, int(update) + 1)
+        self.ids = [int(i) for i in clip_ids.reshape(-1).tolist()]
+
+    def _generator(self, purpose: str, *clips: int) -> np.random.Generator:
+        entropy = (*self.base, zlib.crc32(purpose.encode()), *clips)
+        return np.random.default_rng(np.random.SeedSequence(entropy))
+
+    def _rows(self, draw) -> torch.Tensor:
+        return torch.as_tensor(np.stack([draw(clip) for clip in self.ids]), dtype=torch.float32).to(self.device)
+
+    def uniform(self, purpose: str, *shape: int) -> torch.Tensor:
+        return self._rows(lambda clip: self._generator(purpose, clip).random(shape))
+
+    def beta(self, purpose: str, alpha: float) -> torch.Tensor:
+        return self._rows(lambda clip: self._generator(purpose, clip).beta(alpha, alpha))
+
+    def permutation(self, purpose: str) -> torch.Tensor:
+        order = self._generator(purpose, *self.ids).permutation(self.batch)
+        return torch.as_tensor(order, dtype=torch.long, device=self.device)
 
 
 def valid_lengths(padding_mask: Optional[torch.Tensor], batch: int, length: int, device) -> torch.Tensor:
@@ -29,11 +79,13 @@ def valid_lengths(padding_mask: Optional[torch.Tensor], batch: int, length: int,
     return (~padding_mask).sum(dim=1).clamp_min(1)
 
 
-def roll(source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def roll(source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
+         rng: Optional[TorchRandom] = None) -> torch.Tensor:
     """Rotate every waveform ``(B, L)`` by a random offset within its valid samples."""
     batch, length = source.shape
+    rng = rng or TorchRandom(batch, source.device)
     lengths = valid_lengths(padding_mask, batch, length, source.device)
-    shift = (torch.rand(batch, device=source.device) * lengths).long()
+    shift = (rng.uniform("roll").to(source.device) * lengths).long().clamp_max(lengths - 1)
     pos = torch.arange(length, device=source.device).unsqueeze(0).expand(batch, -1)
     rolled = torch.remainder(pos - shift.unsqueeze(1), lengths.unsqueeze(1))
     index = torch.where(pos < lengths.unsqueeze(1), rolled, pos)
@@ -46,17 +98,16 @@ def mixup(
     target: torch.Tensor,
     alpha: float,
     prob: float = 1.0,
+    rng: Optional[TorchRandom] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
     """Mix waveforms and float targets ``(B, C)`` of random clip pairs; see the module doc."""
     if alpha <= 0 or prob <= 0 or source.size(0) < 2:
         return source, padding_mask, target
-    batch = source.size(0)
-    device = source.device
-    beta = torch.distributions.Beta(torch.tensor(float(alpha), device=device), torch.tensor(float(alpha), device=device))
-    lam = beta.sample((batch,))
-    apply = torch.rand(batch, device=device) < prob
+    rng = rng or TorchRandom(source.size(0), source.device)
+    lam = rng.beta("mixup_lambda", alpha).to(source.dtype)
+    apply = rng.uniform("mixup_apply") < prob
     lam = torch.where(apply, lam, torch.ones_like(lam))
-    perm = torch.randperm(batch, device=device)
+    perm = rng.permutation("mixup_pairs")
     mixed = lam.unsqueeze(1) * source + (1.0 - lam.unsqueeze(1)) * source[perm]
     target = lam.unsqueeze(1).to(target.dtype) * target + (1.0 - lam.unsqueeze(1)).to(target.dtype) * target[perm]
     if padding_mask is not None:
@@ -66,14 +117,15 @@ def mixup(
     return mixed, padding_mask, target
 
 
-def _band_masks(lengths: torch.Tensor, size: int, ratio: float, num_masks: int) -> torch.Tensor:
+def _band_masks(lengths: torch.Tensor, size: int, ratio: float, num_masks: int, rng: TorchRandom,
+                purpose: str) -> torch.Tensor:
     """``(B, size)`` bool: ``num_masks`` random bands per row inside ``[0, lengths)``."""
-    batch = lengths.size(0)
     device = lengths.device
+    draws = rng.uniform(purpose, 2, num_masks).to(device)
     max_width = 2.0 * ratio * lengths.float() / num_masks  # (B,)
-    width = (torch.rand(batch, num_masks, device=device) * max_width.unsqueeze(1)).long()
+    width = (draws[:, 0] * max_width.unsqueeze(1)).long()
     width = torch.minimum(width, lengths.unsqueeze(1))
-    start = (torch.rand(batch, num_masks, device=device) * (lengths.unsqueeze(1) - width + 1)).long()
+    start = (draws[:, 1] * (lengths.unsqueeze(1) - width + 1)).long()
     pos = torch.arange(size, device=device).view(1, 1, size)
     inside = (pos >= start.unsqueeze(-1)) & (pos < (start + width).unsqueeze(-1))
     return inside.any(dim=1)
@@ -85,16 +137,18 @@ def spec_augment(
     freq_ratio: float,
     num_masks: int = 2,
     frame_padding_mask: Optional[torch.Tensor] = None,
+    rng: Optional[TorchRandom] = None,
 ) -> torch.Tensor:
     """Time and frequency masking of a normalised fbank ``(B, T, F)`` (masked values -> 0)."""
     if num_masks <= 0 or (time_ratio <= 0 and freq_ratio <= 0):
         return fbank
     batch, frames, bins = fbank.shape
+    rng = rng or TorchRandom(batch, fbank.device)
     mask = torch.zeros(batch, frames, bins, dtype=torch.bool, device=fbank.device)
     if time_ratio > 0:
         lengths = valid_lengths(frame_padding_mask, batch, frames, fbank.device)
-        mask |= _band_masks(lengths, frames, time_ratio, num_masks).unsqueeze(2)
+        mask |= _band_masks(lengths, frames, time_ratio, num_masks, rng, "specaug_time").unsqueeze(2)
     if freq_ratio > 0:
         lengths = torch.full((batch,), bins, dtype=torch.long, device=fbank.device)
-        mask |= _band_masks(lengths, bins, freq_ratio, num_masks).unsqueeze(1)
+        mask |= _band_masks(lengths, bins, freq_ratio, num_masks, rng, "specaug_freq").unsqueeze(1)
     return fbank.masked_fill(mask, 0.0)

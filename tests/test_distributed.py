@@ -259,7 +259,7 @@ def test_masks_are_per_clip_whatever_the_batching():
                                                         encoder_ffn_embed_dim=32, encoder_attention_heads=2,
                                                         conv_pos=16, label_predictor_layers=1,
                                                         codebook_size=16, codebook_dim=8)))
-    model.set_mask_seed(7)
+    model.set_seed(7)
     model.set_num_updates(3)
     ids = torch.arange(10, 18)
     whole = model.sample_visible(None, 8, 40, "cpu", ids)
@@ -269,7 +269,7 @@ def test_masks_are_per_clip_whatever_the_batching():
     assert torch.equal(model.sample_visible(None, 8, 40, "cpu", ids.flip(0)), whole.flip(0))
     model.set_num_updates(4)
     assert not torch.equal(model.sample_visible(None, 8, 40, "cpu", ids), whole)  # new masks every update
-    model.set_mask_seed(8)
+    model.set_seed(8)
     model.set_num_updates(3)
     assert not torch.equal(model.sample_visible(None, 8, 40, "cpu", ids), whole)  # and per seed
     model.eval()

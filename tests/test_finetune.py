@@ -128,12 +128,17 @@ def test_criterion_gathers_predictions_for_map():
 
 
 # --------------------------------------------------------------------------- augmentations
-def test_spec_augment_masks_about_ratio_and_respects_padding():
+def clip_rng(batch):
+    return augment.ClipRandom(seed=3, update=5, clip_ids=torch.arange(100, 100 + batch), device="cpu")
+
+
+@pytest.mark.parametrize("per_clip", [False, True])
+def test_spec_augment_masks_about_ratio_and_respects_padding(per_clip):
     torch.manual_seed(0)
     fbank = torch.randn(64, 200, 128) + 5.0
     frame_mask = torch.zeros(64, 200, dtype=torch.bool)
     frame_mask[32:, 100:] = True
-    out = augment.spec_augment(fbank, 0.3, 0.2, 2, frame_mask)
+    out = augment.spec_augment(fbank, 0.3, 0.2, 2, frame_mask, clip_rng(64) if per_clip else None)
     assert out.shape == fbank.shape
     masked = out == 0
     assert masked[32:, 100:].all(dim=-1).sum() == 0  # no time mask on padded frames
@@ -145,19 +150,22 @@ def test_spec_augment_masks_about_ratio_and_respects_padding():
     assert torch.equal(augment.spec_augment(fbank, 0.0, 0.0), fbank)
 
 
-def test_roll_and_mixup():
+@pytest.mark.parametrize("per_clip", [False, True])
+def test_roll_and_mixup(per_clip):
     torch.manual_seed(0)
     source = torch.randn(4, 1000)
     padding = torch.zeros(4, 1000, dtype=torch.bool)
     padding[2:, 600:] = True
     source[padding] = 0.0
-    rolled = augment.roll(source, padding)
+    rng = clip_rng(4) if per_clip else None
+    rolled = augment.roll(source, padding, rng)
     assert rolled.shape == source.shape and torch.equal(rolled[padding], source[padding])
     for i in range(4):  # a rotation of the valid part
         n = int((~padding[i]).sum())
         assert torch.equal(rolled[i, :n].sort().values, source[i, :n].sort().values)
-    target = torch.eye(4)[:, :3]
-    mixed, mask, mixed_target = augment.mixup(source, padding, target, alpha=0.8)
+    target = torch.eye(4)  # one-hot rows: mixing keeps each row summing to 1
+    mixed, mask, mixed_target = augment.mixup(source, padding, target, alpha=0.8, rng=rng)
+    assert not torch.equal(mixed, source) and not torch.equal(rolled, source)
     assert mixed.shape == source.shape and mixed_target.shape == target.shape
     torch.testing.assert_close(mixed_target.sum(1), target.sum(1))
     assert (mask <= padding).all()  # padded only where both clips are padding
@@ -186,6 +194,32 @@ def test_augmentations_run_only_in_training():
     with torch.no_grad():
         c, _, mixed = model(source, target=target)
     assert not torch.allclose(c, a) and mixed.dtype == torch.float32 and mixed.shape == (4, 3)
+
+
+def test_augmentations_are_drawn_per_clip_and_leave_torch_rng_alone():
+    """Same (seed, update, clip id): same augmentation in any batch; other clips or ranks differ."""
+    model = tiny_classifier(specaug_time_ratio=0.3, specaug_freq_ratio=0.3, mixup_alpha=0.0, roll=True,
+                            multilabel=False)
+    model.train().set_seed(11)
+    model.set_num_updates(7)
+    wav = torch.randn(1, 16000).expand(4, -1).contiguous()  # one clip, four times
+
+    def logits(ids):
+        with torch.no_grad():
+            return model(wav, clip_ids=torch.tensor(ids))[0]
+
+    state = torch.get_rng_state()
+    a = logits([0, 1, 2, 3])
+    assert torch.equal(torch.get_rng_state(), state)  # dropout's generator is not consumed
+    assert all(not torch.equal(a[0], a[i]) for i in (1, 2, 3))  # different clip ids: different draws
+    b = logits([3, 2, 1, 0])  # the same clips in another order (another batch or rank)
+    torch.testing.assert_close(b, a.flip(0))
+    c = logits([4, 5, 6, 7])  # the clips of another rank
+    assert not torch.allclose(c, a)
+    model.set_num_updates(8)
+    assert not torch.allclose(logits([0, 1, 2, 3]), a)  # new update, new draws
+    model.set_num_updates(7)
+    torch.testing.assert_close(logits([0, 1, 2, 3]), a)  # a resumed run draws the same
 
 
 def test_layer_decay_scales():

@@ -45,7 +45,7 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
 @register_criterion("beats_classification", dataclass=BeatsClassificationCriterionConfig)
 class BeatsClassificationCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
-        logits, _, target = model(**sample["net_input"], target=sample["target"])
+        logits, _, target = model(**sample["net_input"], target=sample["target"], clip_ids=sample.get("id"))
         loss = classification_loss(logits, target)
         batch = logits.size(0)
         logging_output = {

@@ -115,7 +115,7 @@ class BeatsModel(BaseFairseqModel):
         super().set_num_updates(num_updates)
         self.num_updates = int(num_updates)
 
-    def set_mask_seed(self, seed: int) -> None:
+    def set_seed(self, seed: int) -> None:
         self.mask_seed = int(seed)
 
     def clip_noise(self, clip_ids, length: int, device) -> torch.Tensor:

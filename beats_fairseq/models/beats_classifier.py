@@ -11,8 +11,9 @@ Fine-tuning (task ``beats_audio_classification``):
   the task copies its architecture fields into this config and loads its backbone weights
   strictly; a fine-tuned checkpoint then holds everything (reloading never reads it).
 * ``class_names``/``class_mids``: the class map, stored in the config (``model.class_names``).
-* Augmentations, in training mode only, with torch's RNG: roll and mixup on the waveform,
-  SpecAugment on the normalised fbank (see ``beats_fairseq/augment.py``).
+* Augmentations, in training mode only: roll and mixup on the waveform, SpecAugment on the
+  normalised fbank, each clip's drawn from (``common.seed``, update, clip id) so ranks differ
+  and resumes repeat them (see ``beats_fairseq/augment.py``).
 * ``layer_decay``: layer-wise learning-rate decay through fairseq's ``composite`` optimizer
   (``p.optim_overrides``): head x1, layer k of L x ``decay**(L - k)``, front end x ``decay**(L+1)``.
 """
@@ -140,6 +141,8 @@ class BeatsClassifierModel(BaseFairseqModel):
         self.backbone = BeatsBackbone(cfg)
         self.predictor_dropout = nn.Dropout(cfg.predictor_dropout)
         self.head = nn.Linear(cfg.encoder_embed_dim, cfg.num_classes)
+        self.num_updates = 0
+        self.seed = 1  # the task sets common.seed: augmentations are drawn per (seed, update, clip id)
         if cfg.layer_decay != 1.0:
             params = dict(self.named_parameters())
             for name, scale in layer_lr_scales(self, cfg.layer_decay).items():
@@ -149,6 +152,13 @@ class BeatsClassifierModel(BaseFairseqModel):
     @classmethod
     def build_model(cls, cfg, task=None):
         return cls(cfg)
+
+    def set_num_updates(self, num_updates):
+        super().set_num_updates(num_updates)
+        self.num_updates = int(num_updates)
+
+    def set_seed(self, seed: int) -> None:
+        self.seed = int(seed)
 
     # ------------------------------------------------------------------ classes
     @property
@@ -180,44 +190,54 @@ class BeatsClassifierModel(BaseFairseqModel):
         logger.info("initialised the backbone from %s (%d tensors)", source, len(backbone_state))
 
     # ------------------------------------------------------------------ forward
-    def augment_waveform(self, source, padding_mask, target):
+    def augment_random(self, source, clip_ids=None) -> augment.TorchRandom:
+        """Per-clip random numbers (seed, update, clip id) when the clip ids are known."""
+        if clip_ids is None:
+            return augment.TorchRandom(source.size(0), source.device)
+        return augment.ClipRandom(self.seed, self.num_updates, clip_ids, source.device)
+
+    def augment_waveform(self, source, padding_mask, target, rng=None):
         cfg = self.cfg
         if cfg.roll:
-            source = augment.roll(source, padding_mask)
+            source = augment.roll(source, padding_mask, rng)
         if target is not None and cfg.mixup_alpha > 0:
             if not target.is_floating_point():
                 target = torch.nn.functional.one_hot(target, cfg.num_classes).float()
-            source, padding_mask, target = augment.mixup(source, padding_mask, target, cfg.mixup_alpha, cfg.mixup_prob)
+            source, padding_mask, target = augment.mixup(source, padding_mask, target, cfg.mixup_alpha,
+                                                         cfg.mixup_prob, rng)
         return source, padding_mask, target
 
-    def encode(self, source, padding_mask=None):
+    def encode(self, source, padding_mask=None, rng=None):
         """(encoder output ``(B, N, C)``, patch padding mask); SpecAugment in training mode."""
         backbone = self.backbone
         fbank = backbone.fbank(source)
         frame_mask = None if padding_mask is None else downsample_padding_mask(padding_mask, fbank.size(1))
         if self.training:
             fbank = augment.spec_augment(fbank, self.cfg.specaug_time_ratio, self.cfg.specaug_freq_ratio,
-                                         self.cfg.specaug_num_masks, frame_mask)
+                                         self.cfg.specaug_num_masks, frame_mask, rng)
         patches = backbone.embed_patches(fbank)
         patch_mask = None if frame_mask is None else downsample_padding_mask(frame_mask, patches.size(1))
         x, _ = backbone.encoder(backbone.project(patches), patch_mask)
         return x, patch_mask
 
-    def patch_logits(self, source, padding_mask=None):
+    def patch_logits(self, source, padding_mask=None, rng=None):
         """(per-patch logits ``(B, N, classes)``, patch padding mask or None)."""
-        x, padding_mask = self.encode(source, padding_mask)
+        x, padding_mask = self.encode(source, padding_mask, rng)
         return self.head(self.predictor_dropout(x)), padding_mask
 
-    def forward(self, source, padding_mask=None, target=None, **kwargs):
+    def forward(self, source, padding_mask=None, target=None, clip_ids=None, **kwargs):
         """Clip logits ``(B, classes)`` and the patch padding mask.
 
         With ``target`` (training through the criterion) a third value is returned: the
         targets after augmentation (mixup turns them into float ``(B, classes)`` rows).
-        Augmentations only run in training mode.
+        Augmentations only run in training mode; with ``clip_ids`` (``sample["id"]``, passed by
+        the criterion) each clip's are a function of (seed, update, clip id), see ``augment``.
         """
+        rng = None
         if self.training:
-            source, padding_mask, target = self.augment_waveform(source, padding_mask, target)
-        logits, patch_mask = self.patch_logits(source, padding_mask)
+            rng = self.augment_random(source, clip_ids)
+            source, padding_mask, target = self.augment_waveform(source, padding_mask, target, rng)
+        logits, patch_mask = self.patch_logits(source, padding_mask, rng)
         logits = masked_mean(logits, patch_mask)
         if target is None:
             return logits, patch_mask

@@ -131,8 +131,8 @@ class BeatsPretrainingTask(FairseqTask):
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
-        if hasattr(model, "set_mask_seed"):
-            model.set_mask_seed(self.cfg.seed)
+        if hasattr(model, "set_seed"):
+            model.set_seed(self.cfg.seed)
         if getattr(self.cfg, "precomputed_labels", None) and not from_checkpoint:
             self.check_label_tokenizer(model)
         return model
