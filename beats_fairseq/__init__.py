@@ -13,5 +13,5 @@ import logging as _logging
 # not needed here, so keep that logger quiet before fairseq is imported.
 _logging.getLogger("fairseq.tasks.text_to_speech").setLevel(_logging.WARNING)
 
-from . import criterions, models, tasks  # noqa: E402,F401  (registration)
+from . import criterions, models, optim, tasks  # noqa: E402,F401  (registration)
 from .checkpoint import load  # noqa: E402,F401

@@ -328,19 +328,35 @@ def test_evaluation_batches_keep_every_clip(tmp_path):
     assert sum(len(b) for b in itr.frozen_batches) == 60  # fairseq alone would drop 4
 
 
-def test_layer_decay_reaches_the_composite_optimizer():
+def build_recipe_optimizer(model, recipe="tiny.yaml"):
     from fairseq.optim import build_optimizer
 
-    model = tiny_classifier(layer_decay=0.5)
-    recipe = OmegaConf.load(REPO_EXAMPLES / "tiny.yaml")
+    import beats_fairseq  # noqa: F401  (registers beats_composite)
+
+    recipe = OmegaConf.load(REPO_EXAMPLES / recipe)
     root = OmegaConf.create({"common": {"tpu": False}, "optimization": {"lr": [1e-3], "max_update": 100},
                              "optimizer": OmegaConf.to_container(recipe.optimizer)})
-    optimizer = build_optimizer(root.optimizer, list(model.parameters()))
+    return build_optimizer(root.optimizer, list(model.parameters()))
+
+
+def test_layer_decay_and_weight_decay_reach_the_composite_optimizer():
+    model = tiny_classifier(layer_decay=0.5)
+    optimizer = build_recipe_optimizer(model)
     optimizer.lr_scheduler.step_update(20)  # end of the warm-up: every group at its peak
-    lrs = sorted(round(g["lr"] / 1e-3, 6) for g in optimizer.param_groups)
-    assert lrs == [0.125, 0.25, 0.5, 1.0]
-    sizes = {round(g["lr"] / 1e-3, 6): len(g["params"]) for g in optimizer.param_groups}
-    assert sizes[1.0] == 2  # the head's weight and bias
+    groups = [(round(g["lr"] / 1e-3, 6), g["weight_decay"], list(g["params"])) for g in optimizer.param_groups]
+    assert sorted({lr for lr, _, _ in groups}) == [0.125, 0.25, 0.5, 1.0]
+    names = {id(p): n for n, p in model.named_parameters()}
+    for lr, wd, params in groups:
+        for p in params:  # no weight decay on biases and norms, 0.01 (the recipe's) on the rest
+            assert wd == (0.0 if p.dim() <= 1 else 0.01), (names[id(p)], wd)
+    head = {names[id(p)]: (lr, wd) for lr, wd, params in groups for p in params if names[id(p)].startswith("head.")}
+    assert head == {"head.weight": (1.0, 0.01), "head.bias": (1.0, 0.0)}
+    assert sum(len(params) for _, _, params in groups) == len(list(model.parameters()))
+
+    # decay_norms_and_biases=true: one weight decay for everything, a fresh optimizer's groups
+    everything = build_recipe_optimizer(tiny_classifier(layer_decay=0.5, decay_norms_and_biases=True))
+    groups = list(everything.param_groups)
+    assert {g["weight_decay"] for g in groups} == {0.01} and len(groups) == 4
 
 
 @pytest.mark.parametrize("name", ["tiny", "as2m", "as20k", "esc50", "spcv2"])

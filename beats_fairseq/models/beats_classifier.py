@@ -73,7 +73,13 @@ class BeatsClassifierConfig(BeatsEncoderConfig):
     layer_decay: float = field(
         default=1.0,
         metadata={"help": "layer-wise LR decay: lr scale decay**(L-k) for layer k of L, decay**(L+1) for the front "
-                  "end, 1 for the head; < 1 needs optimizer._name=composite with dynamic_groups=true"},
+                  "end, 1 for the head; < 1 needs optimizer._name=beats_composite with dynamic_groups=true"},
+    )
+    decay_norms_and_biases: bool = field(
+        default=False,
+        metadata={"help": "apply the optimizer's weight decay to biases, norm weights and other 1-D parameters too "
+                  "(false: they get none, as in BEiT/data2vec fine-tuning; needs optimizer._name=beats_composite "
+                  "with dynamic_groups=true)"},
     )
     specaug_time_ratio: float = field(
         default=0.0, metadata={"help": "SpecAugment: average share of fbank frames masked in training"}
@@ -133,6 +139,23 @@ def layer_lr_scales(model: "BeatsClassifierModel", decay: float):
     return scales
 
 
+def optimizer_overrides(model: "BeatsClassifierModel", decay: float, decay_norms_and_biases: bool):
+    """{parameter name: ``optim_overrides``} for ``beats_composite``: the layer-wise LR scale, and
+    no weight decay on 1-D parameters (biases, norms) unless ``decay_norms_and_biases``."""
+    out = {}
+    scales = layer_lr_scales(model, decay)
+    for name, param in model.named_parameters():
+        optimizer = {}
+        scale = scales[name]
+        if scale != 1.0:
+            optimizer["lr_scale"] = scale
+        if param.dim() <= 1 and not decay_norms_and_biases:
+            optimizer["weight_decay_scale"] = 0.0
+        if optimizer:
+            out[name] = {"optimizer": optimizer}
+    return out
+
+
 @register_model("beats_classifier", dataclass=BeatsClassifierConfig)
 class BeatsClassifierModel(BaseFairseqModel):
     def __init__(self, cfg: BeatsClassifierConfig):
@@ -143,11 +166,9 @@ class BeatsClassifierModel(BaseFairseqModel):
         self.head = nn.Linear(cfg.encoder_embed_dim, cfg.num_classes)
         self.num_updates = 0
         self.seed = 1  # the task sets common.seed: augmentations are drawn per (seed, update, clip id)
-        if cfg.layer_decay != 1.0:
-            params = dict(self.named_parameters())
-            for name, scale in layer_lr_scales(self, cfg.layer_decay).items():
-                if scale != 1.0:
-                    params[name].optim_overrides = {"optimizer": {"lr_scale": scale}}
+        params = dict(self.named_parameters())
+        for name, overrides in optimizer_overrides(self, cfg.layer_decay, cfg.decay_norms_and_biases).items():
+            params[name].optim_overrides = overrides
 
     @classmethod
     def build_model(cls, cfg, task=None):

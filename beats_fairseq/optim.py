@@ -1,0 +1,51 @@
+"""``beats_composite``: fairseq's ``composite`` optimizer with per-parameter weight-decay scales.
+
+Fine-tuning gives every parameter ``p.optim_overrides = {"optimizer": {"lr_scale": s,
+"weight_decay_scale": w}}`` (layer-wise LR decay; no weight decay on biases and norms) and
+uses ``composite`` with ``dynamic_groups: true``: one optimizer and LR schedule per distinct
+override. fairseq's ``composite`` applies ``lr_scale`` but never ``weight_decay_scale`` (its
+check looks for a key that no optimizer config has), so this optimizer applies it after the
+groups are built, to the group's torch param groups and to its logged config. It also gives
+every instance its own group dicts (fairseq's are class attributes shared by all instances).
+Everything else, configs included, is fairseq's ``composite``.
+"""
+
+import logging
+from dataclasses import dataclass
+
+from fairseq.optim import register_optimizer
+from fairseq.optim.composite import CompositeOptimizerConfig, FairseqCompositeOptimizer
+from omegaconf import open_dict
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BeatsCompositeOptimizerConfig(CompositeOptimizerConfig):
+    pass
+
+
+def weight_decay_scale(param) -> float:
+    overrides = getattr(param, "optim_overrides", None) or {}
+    return float((overrides.get("optimizer") or {}).get("weight_decay_scale", 1.0))
+
+
+@register_optimizer("beats_composite", dataclass=BeatsCompositeOptimizerConfig)
+class BeatsCompositeOptimizer(FairseqCompositeOptimizer):
+    def __init__(self, cfg: BeatsCompositeOptimizerConfig, params):
+        self.optimizers, self.lr_schedulers, self.lr_scheduler = {}, {}, None
+        super().__init__(cfg, params)
+        for group, optimizer in self.optimizers.items():
+            scales = {weight_decay_scale(p) for p in optimizer.params}
+            if len(scales) != 1:
+                raise ValueError(f"optimizer group {group} mixes weight_decay_scale values {sorted(scales)}")
+            scale = scales.pop()
+            if scale == 1.0:
+                continue
+            for param_group in optimizer.param_groups:
+                param_group["weight_decay"] = param_group.get("weight_decay", 0.0) * scale
+            config = self.optimizers_config[group]
+            if "weight_decay" in config:
+                with open_dict(config):
+                    config.weight_decay = config.weight_decay * scale
+            logger.info("group %s: weight decay x %g (%d tensors)", group, scale, len(list(optimizer.params)))
