@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/encoder_mfu.py (tiny model, one repeat; nothing is timed here)."""
+"""Smoke tests of benchmarks/encoder_mfu.py and pretrain_step.py (tiny models, one repeat; nothing is timed here)."""
 
 import importlib.util
 import json
@@ -56,3 +56,17 @@ def test_cuda_request_without_cuda_is_a_clear_error(bench, tmp_path):
         pytest.skip("CUDA is available here")
     with pytest.raises(SystemExit, match="CUDA is not available"):
         bench.main(["--tiny", "--device", "cuda", "--dtype", "bfloat16", "--json", str(tmp_path / "x.json")])
+
+
+def test_pretrain_step_tiny_run_writes_json(tmp_path):
+    spec = importlib.util.spec_from_file_location("pretrain_step", SCRIPT.parent / "pretrain_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = tmp_path / "step.json"
+    args = ["--tiny", "--batch", "2", "--seconds", "1", "--repeats", "1", "--warmup", "0", "--threads", "1",
+            "--out", str(path)]
+    assert module.main(args) == 0
+    data = json.loads(path.read_text())
+    assert [r["variant"] for r in data["results"]] == list(module.VARIANTS)
+    assert all(r["seconds_median"] > 0 for r in data["results"]) and len(data["history"]) == 1
+    assert data["device"] == "cpu" and data["model"] == "tiny"
