@@ -6,7 +6,8 @@ uses ``composite`` with ``dynamic_groups: true``: one optimizer and LR schedule 
 override. fairseq's ``composite`` applies ``lr_scale`` but never ``weight_decay_scale`` (its
 check looks for a key that no optimizer config has), so this optimizer applies it after the
 groups are built, to the group's torch param groups and to its logged config. It also gives
-every instance its own group dicts (fairseq's are class attributes shared by all instances).
+every instance its own group dicts (fairseq's are class attributes shared by all instances)
+and stops with a clear error on a cosine schedule whose warm-up is as long as the run.
 Everything else, configs included, is fairseq's ``composite``.
 """
 
@@ -30,9 +31,27 @@ def weight_decay_scale(param) -> float:
     return float((overrides.get("optimizer") or {}).get("weight_decay_scale", 1.0))
 
 
+def check_schedules(cfg) -> None:
+    """Fail fast on a group schedule fairseq would crash on later: cosine with ``warmup_updates
+    == max_update`` (and no ``lr_period_updates``) divides by a zero-length period at the last
+    update. (A warm-up longer than the run never reaches the cosine part: allowed.)"""
+    for name, group in (cfg.groups or {}).items():
+        schedule = group.get("lr_scheduler") if hasattr(group, "get") else None
+        if not schedule or schedule.get("_name") != "cosine":
+            continue
+        warmup, total = schedule.get("warmup_updates", 0), schedule.get("max_update", 0)
+        if total and warmup == total and schedule.get("lr_period_updates", -1) <= 0:
+            raise ValueError(
+                f"optimizer.groups.{name}.lr_scheduler.warmup_updates={warmup} equals its max_update={total} "
+                "(optimization.max_update): the cosine schedule needs updates after the warm-up; lower "
+                f"optimizer.groups.{name}.lr_scheduler.warmup_updates or raise optimization.max_update"
+            )
+
+
 @register_optimizer("beats_composite", dataclass=BeatsCompositeOptimizerConfig)
 class BeatsCompositeOptimizer(FairseqCompositeOptimizer):
     def __init__(self, cfg: BeatsCompositeOptimizerConfig, params):
+        check_schedules(cfg)
         self.optimizers, self.lr_schedulers, self.lr_scheduler = {}, {}, None
         super().__init__(cfg, params)
         for group, optimizer in self.optimizers.items():

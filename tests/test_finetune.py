@@ -328,13 +328,13 @@ def test_evaluation_batches_keep_every_clip(tmp_path):
     assert sum(len(b) for b in itr.frozen_batches) == 60  # fairseq alone would drop 4
 
 
-def build_recipe_optimizer(model, recipe="tiny.yaml"):
+def build_recipe_optimizer(model, recipe="tiny.yaml", max_update=100):
     from fairseq.optim import build_optimizer
 
     import beats_fairseq  # noqa: F401  (registers beats_composite)
 
     recipe = OmegaConf.load(REPO_EXAMPLES / recipe)
-    root = OmegaConf.create({"common": {"tpu": False}, "optimization": {"lr": [1e-3], "max_update": 100},
+    root = OmegaConf.create({"common": {"tpu": False}, "optimization": {"lr": [1e-3], "max_update": max_update},
                              "optimizer": OmegaConf.to_container(recipe.optimizer)})
     return build_optimizer(root.optimizer, list(model.parameters()))
 
@@ -357,6 +357,12 @@ def test_layer_decay_and_weight_decay_reach_the_composite_optimizer():
     everything = build_recipe_optimizer(tiny_classifier(layer_decay=0.5, decay_norms_and_biases=True))
     groups = list(everything.param_groups)
     assert {g["weight_decay"] for g in groups} == {0.01} and len(groups) == 4
+
+
+def test_cosine_warmup_as_long_as_the_run_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"warmup_updates=20 equals its max_update=20"):
+        build_recipe_optimizer(tiny_classifier(layer_decay=0.5), max_update=20)  # fairseq: ZeroDivisionError
+    build_recipe_optimizer(tiny_classifier(layer_decay=0.5), max_update=10)  # ends inside the warm-up: fine
 
 
 @pytest.mark.parametrize("name", ["tiny", "as2m", "as20k", "esc50", "spcv2"])

@@ -26,9 +26,11 @@ from omegaconf import OmegaConf
 from beats_fairseq.models.beats import BeatsConfig, BeatsModel
 from beats_fairseq.tokenizers.quantizer import NormEMAVectorQuantizer
 from test_distributed import (
+    FINETUNE,
     ITER1,
     TOKENIZER,
     checkpoint,
+    finetune_args,
     override,
     parse_metrics,
     pretrain_args,
@@ -244,3 +246,20 @@ def test_tokenizer_training_in_bf16_keeps_the_codebook(demo_data, teacher, tmp_p
         # codes in use over the whole validation set: no collapse relative to float32
         assert got["code_usage"] >= ref["code_usage"] - 0.15, (ref, got)
         assert got["code_perplexity"] >= 0.7 * ref["code_perplexity"], (ref, got)
+
+
+@pytest.mark.slow
+def test_finetuning_with_augmentations_in_bf16_matches_float32(demo_data, tmp_path):
+    """bf16 fine-tuning (beats_composite groups, per-clip mixup/SpecAugment/roll): the training
+    loss of float32 within bf16 noise, and finite weights in the checkpoint."""
+    metrics = {}
+    for mode in ("fp32", "bf16"):
+        save = tmp_path / mode
+        args = override(finetune_args(demo_data, save, 8, augment=True), f"common.bf16={mode == 'bf16'}",
+                        "optimization.max_update=6")
+        metrics[mode] = parse_metrics(train(FINETUNE, "tiny", *args), "train")
+        model = checkpoint(save)["model"]
+        assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point()), mode
+    ref, got = metrics["fp32"][-1], metrics["bf16"][-1]
+    assert (got["loss"], got["gnorm"]) != (ref["loss"], ref["gnorm"])  # the bf16 run did compute in bf16
+    assert math.isfinite(got["loss"]) and abs(got["loss"] - ref["loss"]) <= 0.05 * ref["loss"], (ref, got)
