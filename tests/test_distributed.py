@@ -209,7 +209,8 @@ def finetune_args(data, save_dir, batch, augment=False):
             "model.mixup_alpha=0.0"])
     args = [f"task.data={data}", f"checkpoint.save_dir={save_dir}", f"dataset.batch_size={batch}",
             "task.label_ext=mlbl", "task.multilabel=true", "dataset.train_subset=train_multi",
-            "dataset.valid_subset=valid_multi", "checkpoint.best_checkpoint_metric=mAP", *aug,
+            "dataset.valid_subset=valid_multi", "checkpoint.best_checkpoint_metric=mAP",
+            "model.pretrained_path=null", *aug,
             *SMALL_ENCODER, *NO_DROPOUT, *SCHEDULE]
     # the composite optimizer holds the schedule (lr_scheduler is pass_through)
     return override(args, "optimizer.groups.default.lr_scheduler.warmup_updates=1")
