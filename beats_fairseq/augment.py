@@ -28,6 +28,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from .seeding import derived_seed
+
 
 class TorchRandom:
     """Draws from torch's global generator, on ``device``."""
@@ -55,8 +57,7 @@ class ClipRandom(TorchRandom):
         self.ids = [int(i) for i in clip_ids.reshape(-1).tolist()]
 
     def _generator(self, purpose: str, *clips: int) -> np.random.Generator:
-        entropy = (*self.base, zlib.crc32(purpose.encode()), *clips)
-        return np.random.default_rng(np.random.SeedSequence(entropy))
+        return np.random.default_rng(derived_seed(*self.base, zlib.crc32(purpose.encode()), *clips))
 
     def _rows(self, draw) -> torch.Tensor:
         return torch.as_tensor(np.stack([draw(clip) for clip in self.ids]), dtype=torch.float32).to(self.device)

@@ -36,7 +36,7 @@ def check_schedules(cfg) -> None:
     == max_update`` (and no ``lr_period_updates``) divides by a zero-length period at the last
     update. (A warm-up longer than the run never reaches the cosine part: allowed.)"""
     for name, group in (cfg.groups or {}).items():
-        schedule = group.get("lr_scheduler") if hasattr(group, "get") else None
+        schedule = group.get("lr_scheduler")
         if not schedule or schedule.get("_name") != "cosine":
             continue
         warmup, total = schedule.get("warmup_updates", 0), schedule.get("max_update", 0)

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 from fairseq.models import BaseFairseqModel, register_model
@@ -36,6 +35,7 @@ from ..checkpoint import backbone_to_official
 from ..modules.backbone import ENCODER_FIELDS, BeatsBackbone, BeatsEncoderConfig, encoder_cfg_to_official
 from ..modules.encoder import TransformerEncoder, init_encoder_weights
 from ..modules.fbank import downsample_padding_mask
+from ..seeding import derived_seed
 from ..tokenizers.random_projection import RandomProjectionTokenizer
 
 logger = logging.getLogger(__name__)
@@ -123,9 +123,8 @@ class BeatsModel(BaseFairseqModel):
         step = self.num_updates if self.training else -1
         rows = []
         for clip in clip_ids.tolist():
-            entropy = (self.mask_seed % 2**32, step + 1, int(clip), 0x6D61736B)  # 0x6D61736B: "mask"
-            state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
-            generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+            # 0x6D61736B: "mask"
+            generator = torch.Generator().manual_seed(derived_seed(self.mask_seed % 2**32, step + 1, clip, 0x6D61736B))
             rows.append(torch.rand(length, generator=generator))
         return torch.stack(rows).to(device)
 
