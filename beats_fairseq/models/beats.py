@@ -20,6 +20,12 @@ worker or rank it lands in: 2 processes with batch B draw exactly the masks of 1
 with batch 2B, and a resumed run draws the masks of an uninterrupted one. In eval mode the
 update number is left out, so every validation uses the same masks. Without ``clip_ids``
 (direct calls) the masks come from torch's global generator.
+
+Several masked views (``num_masks`` = K > 1, as data2vec 2.0 and EAT do): the fbank, the
+patch embedding and the labels are computed once per clip; the encoder and the predictor
+run on ``B * K`` rows (row ``b * K + k`` is view ``k`` of clip ``b``) and the loss covers the
+masked patches of every view. View 0 draws exactly the K = 1 mask; view ``k > 0`` draws from
+(``mask_seed``, update, clip id, ``k``), so the views differ and are just as sharding-free.
 """
 
 import logging
@@ -44,6 +50,21 @@ logger = logging.getLogger(__name__)
 @dataclass
 class BeatsConfig(BeatsEncoderConfig):
     mask_prob: float = field(default=0.75, metadata={"help": "share of patches masked (hidden from the encoder)"})
+    num_masks: int = field(
+        default=1,
+        metadata={"help": "masked views of every clip per update (K): one fbank, patch embedding and set of "
+                  "labels per clip, encoder and predictor on B*K views, loss over the masked patches of all; "
+                  "1 is plain BEATs"},
+    )
+    attention_backend: str = field(
+        default="sdpa",
+        metadata={"help": "attention of the encoder and predictor: 'sdpa' (scaled_dot_product_attention with "
+                  "the gated bias as a float mask) or 'flex' (flex_attention, bias applied by a score_mod; "
+                  "needs attention_dropout=0)"},
+    )
+    torch_compile: bool = field(
+        default=False, metadata={"help": "torch.compile every Transformer layer of the encoder and predictor"}
+    )
     label_predictor_layers: int = field(default=3, metadata={"help": "Transformer layers of the label predictor"})
     tokenizer_path: Optional[str] = field(
         default=None,
@@ -66,10 +87,17 @@ def predictor_config(cfg, layers: int):
 class BeatsModel(BaseFairseqModel):
     def __init__(self, cfg: BeatsConfig):
         super().__init__()
+        if cfg.num_masks < 1:
+            raise ValueError(f"model.num_masks={cfg.num_masks}: must be 1 (one mask per clip) or more")
         self.cfg = cfg
         self.backbone = BeatsBackbone(cfg)
         self.label_predictor = TransformerEncoder(predictor_config(cfg, cfg.label_predictor_layers))
         init_encoder_weights(self.label_predictor, cfg.deep_norm)
+        for stack in (self.backbone.encoder, self.label_predictor):
+            stack.set_attention_backend(cfg.attention_backend)
+            if cfg.torch_compile:
+                for block in stack.layers:
+                    block.compile(dynamic=True)  # in place: parameter names stay the same
         if cfg.tokenizer_path:
             from ..tokenizers import load_frozen_tokenizer
 
@@ -118,27 +146,31 @@ class BeatsModel(BaseFairseqModel):
     def set_seed(self, seed: int) -> None:
         self.mask_seed = int(seed)
 
-    def clip_noise(self, clip_ids, length: int, device) -> torch.Tensor:
-        """``(B, length)`` uniform noise, row ``b`` a function of (mask_seed, update, clip id) only."""
+    def clip_noise(self, clip_ids, length: int, device, views: int = 1) -> torch.Tensor:
+        """``(B * views, length)`` uniform noise; row ``b * views + k`` is a function of
+        (mask_seed, update, clip id, view k) only, view 0 that of a single-mask update."""
         step = self.num_updates if self.training else -1
         rows = []
         for clip in clip_ids.tolist():
-            # 0x6D61736B: "mask"
-            generator = torch.Generator().manual_seed(derived_seed(self.mask_seed % 2**32, step + 1, clip, 0x6D61736B))
-            rows.append(torch.rand(length, generator=generator))
+            for view in range(views):
+                # 0x6D61736B: "mask"; view 0 keeps the single-mask seed
+                entropy = (self.mask_seed % 2**32, step + 1, clip, 0x6D61736B) + ((view,) if view else ())
+                generator = torch.Generator().manual_seed(derived_seed(*entropy))
+                rows.append(torch.rand(length, generator=generator))
         return torch.stack(rows).to(device)
 
-    def sample_visible(self, padding_mask, batch: int, length: int, device, clip_ids=None):
-        """Indices ``(B, V)`` (sorted) of the visible patches; padded patches are masked first.
+    def sample_visible(self, padding_mask, batch: int, length: int, device, clip_ids=None, views: int = 1):
+        """Indices ``(B * views, V)`` (sorted) of the visible patches; padded patches are masked first.
 
-        With ``clip_ids`` each clip's mask depends only on the seed, the update and its id
-        (see the module docstring); otherwise torch's global generator is used.
+        ``padding_mask`` has one row per returned row. With ``clip_ids`` each clip's masks
+        depend only on the seed, the update, its id and the view (see the module docstring);
+        otherwise torch's global generator is used.
         """
         num_visible = max(1, int(round(length * (1.0 - self.cfg.mask_prob))))
         if clip_ids is not None:
-            noise = self.clip_noise(clip_ids, length, device)
+            noise = self.clip_noise(clip_ids, length, device, views)
         else:
-            noise = torch.rand(batch, length, device=device)
+            noise = torch.rand(batch * views, length, device=device)
         if padding_mask is not None:
             noise = noise.masked_fill(padding_mask, 2.0)
         return noise.argsort(dim=1)[:, :num_visible].sort(dim=1).values
@@ -159,22 +191,33 @@ class BeatsModel(BaseFairseqModel):
             raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {(batch, length)} patches")
 
         x = self.backbone.project(patches)
-        visible = self.sample_visible(patch_mask, batch, length, x.device, clip_ids)
+        views = self.cfg.num_masks
+        if views > 1:  # B*K rows, view k of clip b at row b*K + k; the front end ran once per clip
+            x = x.repeat_interleave(views, dim=0)
+            if patch_mask is not None:
+                patch_mask = patch_mask.repeat_interleave(views, dim=0)
+            view_labels = labels.repeat_interleave(views, dim=0)
+        else:
+            view_labels = labels
+        rows = x.size(0)
+        visible = self.sample_visible(patch_mask, batch, length, x.device, clip_ids, views)
         index = visible.unsqueeze(-1).expand(-1, -1, x.size(-1))
         visible_pad = patch_mask.gather(1, visible) if patch_mask is not None else None
         encoded, _ = self.backbone.encoder(x.gather(1, index), visible_pad, positions=visible, full_length=length)
 
-        full = encoded.new_zeros(batch, length, encoded.size(-1)).scatter(1, index, encoded)
+        full = encoded.new_zeros(rows, length, encoded.size(-1)).scatter(1, index, encoded)
         predicted, _ = self.label_predictor(full, patch_mask)
-        masked = torch.ones(batch, length, dtype=torch.bool, device=x.device).scatter(1, visible, False)
+        masked = torch.ones(rows, length, dtype=torch.bool, device=x.device).scatter(1, visible, False)
         if patch_mask is not None:
             masked &= ~patch_mask
-        labelled = labels >= 0  # precomputed labels are -1 where the clip alone has no patch: never predicted
-        masked &= labelled
+        masked &= view_labels >= 0  # precomputed labels are -1 where the clip alone has no patch: never predicted
+        labelled = labels >= 0
+        clip_padding = patch_mask[::views] if patch_mask is not None else None
         return {
             "logits": self.label_head(predicted[masked]),
-            "targets": labels[masked],
-            "labels": labels[labelled] if patch_mask is None else labels[labelled & ~patch_mask],
+            "targets": view_labels[masked],
+            # once per clip, whatever num_masks is (code usage statistics)
+            "labels": labels[labelled] if clip_padding is None else labels[labelled & ~clip_padding],
             "num_codes": self.num_codes,
         }
 

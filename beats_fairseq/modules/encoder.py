@@ -16,6 +16,10 @@ with ``positions`` they keep their true positions: the relative bias uses
 full-length sequence (visible patches scattered to their places, zeros elsewhere) and
 gathered back. Without ``positions`` the sequence is taken as contiguous, as officially.
 
+Attention backends (:meth:`TransformerEncoder.set_attention_backend`): ``sdpa`` (default, as
+above) or ``flex``: ``torch.nn.attention.flex_attention`` with a ``score_mod`` that applies the
+gated bias without a ``(B, H, L, L)`` mask (``flex_attention.py``; no attention dropout).
+
 Speed (see ``benchmarks/encoder_mfu.py``): the relative bias is made contiguous once per
 forward; each layer writes its gated mask (``gate * bias`` plus the padding ``-inf``) with a
 single fused ``addcmul``/``mul``, and without autograd into one buffer shared by all layers
@@ -29,6 +33,10 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .flex_attention import RelativeBiasTable, flex_gated_attention
+
+ATTENTION_BACKENDS = ("sdpa", "flex")
 
 
 class GradMultiply(torch.autograd.Function):
@@ -121,6 +129,7 @@ class MultiheadAttention(nn.Module):
         if has_relative_attention_bias:
             self.relative_attention_bias = nn.Embedding(num_buckets, num_heads)
         self.gru_rel_pos = gru_rel_pos
+        self.backend = "sdpa"  # or "flex" (TransformerEncoder.set_attention_backend)
         if gru_rel_pos:
             self.grep_linear = nn.Linear(self.head_dim, 8)
             self.grep_a = nn.Parameter(torch.ones(1, num_heads, 1, 1))
@@ -150,6 +159,8 @@ class MultiheadAttention(nn.Module):
         q = self.q_proj(x).view(shape)
         k = self.k_proj(x).view(shape)
         v = self.v_proj(x).view(shape)
+        if self.backend == "flex":
+            return self._flex_forward(q, k, v, key_padding_mask, position_bias)
         pad = None
         if key_padding_mask is not None:
             pad = torch.zeros(batch, 1, 1, length, dtype=q.dtype, device=q.device)
@@ -177,6 +188,21 @@ class MultiheadAttention(nn.Module):
         )
         # the CPU and CUDA kernels return a (B, L, H, D/H) layout: this reshape is free
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, channels))
+
+    def _flex_forward(self, q, k, v, key_padding_mask, bias_table: Optional[RelativeBiasTable]):
+        if self.training and self.dropout > 0:
+            raise ValueError(f"attention_backend 'flex' has no attention dropout: set attention_dropout=0 "
+                             f"(it is {self.dropout}) or use attention_backend 'sdpa'")
+        if bias_table is None:
+            raise ValueError("attention_backend 'flex' needs relative_position_embedding=True; use 'sdpa'")
+        if q.device.type == "cpu" and q.requires_grad:
+            raise ValueError("attention_backend 'flex' has no backward on CPU (torch's flex_attention): "
+                             "train with attention_backend 'sdpa' there, or run without autograd")
+        batch, length, heads, width = q.shape
+        gate = self._gate(q) if self.gru_rel_pos else None
+        out = flex_gated_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias_table, gate,
+                                   key_padding_mask)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, heads * width))
 
 
 class TransformerLayer(nn.Module):
@@ -238,6 +264,13 @@ class TransformerEncoder(nn.Module):
             for layer in self.layers[1:]:  # one table, listed under every layer's key (official layout)
                 layer.self_attn.relative_attention_bias = shared
 
+    def set_attention_backend(self, backend: str) -> None:
+        """``sdpa`` (float mask, default) or ``flex`` (score_mod, no L x L mask) for every layer."""
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend={backend!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
+        for block in self.layers:
+            block.self_attn.backend = backend
+
     def positional_embedding(self, x, positions=None, full_length=None):
         """Conv positional embedding of x ``(B, L, C)``, on the full sequence when ``positions`` is given."""
         if positions is None:
@@ -261,7 +294,11 @@ class TransformerEncoder(nn.Module):
         if self.relative_position_embedding:
             if positions is None:
                 positions = torch.arange(x.size(1), device=x.device).unsqueeze(0)
-            position_bias = self.layers[0].self_attn.compute_bias(positions)
+            attention = self.layers[0].self_attn
+            if attention.backend == "flex":
+                position_bias = RelativeBiasTable(attention, positions)
+            else:
+                position_bias = attention.compute_bias(positions)
         # without autograd the layers share one attention-mask buffer (see MultiheadAttention)
         workspace = None if torch.is_grad_enabled() else {}
         layer_results = []
