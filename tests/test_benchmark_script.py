@@ -58,15 +58,43 @@ def test_cuda_request_without_cuda_is_a_clear_error(bench, tmp_path):
         bench.main(["--tiny", "--device", "cuda", "--dtype", "bfloat16", "--json", str(tmp_path / "x.json")])
 
 
-def test_pretrain_step_tiny_run_writes_json(tmp_path):
-    spec = importlib.util.spec_from_file_location("pretrain_step", SCRIPT.parent / "pretrain_step.py")
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_pretrain_step_tiny_run_writes_json(tmp_path):
+    module = load_script("pretrain_step")
     path = tmp_path / "step.json"
     args = ["--tiny", "--batch", "2", "--seconds", "1", "--repeats", "1", "--warmup", "0", "--threads", "1",
-            "--out", str(path)]
+            "--matmul-size", "64", "--out", str(path)]
     assert module.main(args) == 0
     data = json.loads(path.read_text())
-    assert [r["variant"] for r in data["results"]] == list(module.VARIANTS)
-    assert all(r["seconds_median"] > 0 for r in data["results"]) and len(data["history"]) == 1
+    assert [r["variant"] for r in data["results"]] == list(module.DEFAULT_VARIANTS)
+    assert all(r["seconds_median"] > 0 and r["mfu"] > 0 for r in data["results"]) and len(data["history"]) == 1
     assert data["device"] == "cpu" and data["model"] == "tiny"
+    assert module.main(args + ["--variants", "iter1", "iter1_masks", "finetune", "--num-masks", "3", "--profile"]) == 0
+    data = json.loads(path.read_text())
+    rows = {r["variant"]: r for r in data["results"]}
+    assert rows["iter1_masks"]["views_per_clip"] == 3 and len(data["history"]) == 2
+    # three views: the encoder and predictor FLOPs triple, the front end's do not
+    assert 2 * rows["iter1"]["flops"]["gflop"] < rows["iter1_masks"]["flops"]["gflop"] < 3 * rows["iter1"]["flops"]["gflop"]
+    for row in rows.values():
+        assert abs(sum(row["profile"]["share"].values()) - 1) < 0.02
+        assert {"fbank", "encoder_layers", "backward", "optimizer"} <= set(row["profile"]["share"])
+    assert "predictor_layers" in rows["iter1"]["profile"]["share"] and "labels" in rows["iter1"]["profile"]["share"]
+
+
+def test_flop_count_corrects_the_grouped_conv_backward():
+    """Positional conv alone: torch counts its backward as 1 + groups forwards; the truth is 2."""
+    from beats_fairseq.modules.encoder import WeightNormConv1d
+
+    flops = load_script("flops")
+    conv = WeightNormConv1d(64, 16, 8)
+    x = torch.randn(2, 64, 40, requires_grad=True)
+    result = flops.count_flops(lambda: conv(x).sum().backward())
+    forward = 2 * 2 * 41 * 64 * (64 // 8) * 16  # 41 outputs before SamePad
+    assert result["gflop"] * 1e9 == 3 * forward
+    assert result["conv_backward_as_counted_by_torch_gflop"] * 1e9 == (1 + 8) * forward
