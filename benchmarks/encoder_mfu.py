@@ -289,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-breakdown", action="store_true", help="skip the per-component timing pass")
     parser.add_argument("--profile", action="store_true", help="also record torch.profiler top ops in the JSON")
     parser.add_argument("--tiny", action="store_true", help="tiny model (2 layers, width 64) for smoke tests")
+    parser.add_argument("--attention-backend", choices=["sdpa", "flex"], default="sdpa",
+                        help="encoder attention: SDPA with the float bias mask, or flex_attention with a score_mod")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every Transformer layer")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -322,6 +325,9 @@ def run(args) -> dict:
 
     cfg = BeatsEncoderConfig(**(TINY if args.tiny else {}))
     model = BeatsBackbone(cfg).eval().to(device)
+    model.encoder.set_attention_backend(args.attention_backend)
+    if args.compile:
+        model.encoder.compile_layers()
     params = sum(p.numel() for p in model.parameters())
     num_samples = int(round(args.seconds * fb.SAMPLE_RATE))
     flops = model_flops(cfg, num_samples)
@@ -371,6 +377,8 @@ def run(args) -> dict:
         "threads": threads,
         "clock": args.clock,
         "tiny": args.tiny,
+        "attention_backend": args.attention_backend,
+        "compile": args.compile,
         "batch": args.batch,
         "seconds": args.seconds,
         "params": params,

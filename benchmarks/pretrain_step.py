@@ -177,12 +177,12 @@ def pretrain_model(args, device, **extra) -> BeatsModel:
 
 
 def finetune_model(args, device) -> BeatsClassifierModel:
-    cfg = BeatsClassifierConfig(**model_size(args), num_classes=FINETUNE_CLASSES)
+    cfg = BeatsClassifierConfig(**model_size(args), num_classes=FINETUNE_CLASSES,
+                                **({"attention_dropout": 0.0} if args.attention_backend == "flex" else {}))
     model = BeatsClassifierModel(cfg).to(device).train()
     model.backbone.encoder.set_attention_backend(args.attention_backend)
     if args.compile:
-        for block in model.backbone.encoder.layers:
-            block.compile(dynamic=True)
+        model.backbone.encoder.compile_layers()
     return model
 
 

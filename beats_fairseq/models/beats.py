@@ -96,8 +96,7 @@ class BeatsModel(BaseFairseqModel):
         for stack in (self.backbone.encoder, self.label_predictor):
             stack.set_attention_backend(cfg.attention_backend)
             if cfg.torch_compile:
-                for block in stack.layers:
-                    block.compile(dynamic=True)  # in place: parameter names stay the same
+                stack.compile_layers()
         if cfg.tokenizer_path:
             from ..tokenizers import load_frozen_tokenizer
 

@@ -271,6 +271,11 @@ class TransformerEncoder(nn.Module):
         for block in self.layers:
             block.self_attn.backend = backend
 
+    def compile_layers(self) -> None:
+        """``torch.compile`` every layer in place (dynamic shapes; parameter names unchanged)."""
+        for block in self.layers:
+            block.compile(dynamic=True)
+
     def positional_embedding(self, x, positions=None, full_length=None):
         """Conv positional embedding of x ``(B, L, C)``, on the full sequence when ``positions`` is given."""
         if positions is None:

@@ -1,0 +1,70 @@
+"""Comparisons with the official BEATs outputs (the oracle folder), shared by ``tests/test_parity.py``
+and ``benchmarks/gpu_check.py`` (which runs them on CUDA, with the oracle folder as an argument).
+
+Each check returns the worst ``|ours - official| / (atol + rtol * |official|)`` over the compared
+tensors: at most 1 means within the tolerance of the parity tests.
+"""
+
+from pathlib import Path
+
+import torch
+
+from beats_fairseq.modules.backbone import ENCODER_FIELDS, BeatsBackbone, BeatsEncoderConfig
+
+FEATURE_TOL = dict(atol=1e-4, rtol=1e-4)
+GRADIENT_RTOL = 1e-4  # atol: 1e-4 x the largest official gradient of each tensor
+
+
+def oracle_loader(directory):
+    """``load('inputs')`` -> the dict stored in ``directory/inputs.pt``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"oracle folder {directory} not found (it holds inputs.pt, beats_small.pt, ...)")
+
+    def load(name):
+        return torch.load(directory / f"{name}.pt", weights_only=True)
+
+    load.dir = directory
+    return load
+
+
+def build_backbone(ck):
+    cfg = BeatsEncoderConfig(**{k: v for k, v in ck["cfg"].items() if k in ENCODER_FIELDS})
+    model = BeatsBackbone(cfg)
+    model.load_state_dict({k: v for k, v in ck["model"].items() if not k.startswith("predictor")})
+    return model.eval()
+
+
+def tolerance_ratio(ours, ref, atol, rtol) -> float:
+    ours, ref = ours.detach().double().cpu(), ref.detach().double().cpu()
+    return float(((ours - ref).abs() / (atol + rtol * ref.abs())).max())
+
+
+def feature_check(load, device="cpu") -> dict:
+    """Features of the official small model with and without the padding mask, on ``device`` in fp32."""
+    inputs, ref = load("inputs"), load("model_outputs")
+    model = build_backbone(load("beats_small")).to(device)
+    source, padding = inputs["source"].to(device), inputs["padding_mask"].to(device)
+    with torch.no_grad():
+        feats, mask = model.extract_features(source, padding)
+        plain, _ = model.extract_features(source)
+    return {
+        "features": tolerance_ratio(feats, ref["features"], **FEATURE_TOL),
+        "features_no_mask": tolerance_ratio(plain, ref["features_no_mask"], **FEATURE_TOL),
+        "padding_mask_exact": bool(torch.equal(mask.cpu(), ref["padding_mask"])),
+        "max_abs_error": float((feats.cpu() - ref["features"]).abs().max()),
+    }
+
+
+def gradient_check(load, device="cpu") -> dict:
+    """Loss and parameter gradients (layer-wise gradient decay of the oracle's model) on ``device``."""
+    inputs, ref = load("inputs"), load("model_outputs")["grad_check"]
+    model = build_backbone(load("beats_small")).to(device)
+    feats, _ = model.extract_features(inputs["source"].to(device), inputs["padding_mask"].to(device))
+    loss = (feats * ref["proj"].to(device)).sum()
+    loss.backward()
+    params = dict(model.named_parameters(remove_duplicate=False))
+    worst = max(tolerance_ratio(params[name].grad, grad, GRADIENT_RTOL * grad.abs().max().item(), GRADIENT_RTOL)
+                for name, grad in ref["grads"].items())
+    return {"loss": tolerance_ratio(loss, ref["loss"], 1e-3, 1e-4), "gradients": worst,
+            "parameters_compared": len(ref["grads"])}
