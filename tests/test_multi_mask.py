@@ -1,6 +1,7 @@
 """``model.num_masks``: K masked views per clip sharing one fbank, patch embedding and label set."""
 
 import numpy as np
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -97,7 +98,24 @@ def test_several_masks_loss_falls():
 
 
 def test_num_masks_must_be_positive():
-    import pytest
-
     with pytest.raises(ValueError, match="model.num_masks=0"):
         tiny_model(num_masks=0)
+
+
+@pytest.mark.slow
+def test_fairseq_run_with_two_masks_logs_all_views(demo_data, tmp_path):
+    """Through fairseq-hydra-train: the yaml key works, the loss falls, counts cover both views."""
+    import re
+
+    from conftest import REPO, run_train
+
+    log = run_train(REPO / "examples" / "beats_iter1", "tiny", f"task.data={demo_data}",
+                    f"checkpoint.save_dir={tmp_path / 'ckpt'}", "model.num_masks=2", "optimization.max_update=40",
+                    "common.log_interval=10", "dataset.disable_validation=true")
+    inner = re.findall(r"\[train_inner\]\[INFO\] - epoch .*? loss=([0-9.]+).*? code_usage=([0-9.]+)", log)
+    assert len(inner) == 4, log[-3000:]
+    assert float(inner[-1][0]) < float(inner[0][0]) and float(inner[-1][1]) > 0.5
+    # batches of up to 16 clips of 3 s (144 patches, 108 masked per view): the sample size (wpb)
+    # counts the masked patches of both views, twice a single mask's 15.2 x 108 per update
+    wpb = [float(v) for v in re.findall(r"\[train_inner\]\[INFO\] - epoch .*? wpb=([0-9.]+)", log)]
+    assert wpb and all(2 * 14 * 108 <= w <= 2 * 16 * 108 for w in wpb), wpb
