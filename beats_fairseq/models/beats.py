@@ -149,14 +149,14 @@ class BeatsModel(BaseFairseqModel):
         """``(B * views, length)`` uniform noise; row ``b * views + k`` is a function of
         (mask_seed, update, clip id, view k) only, view 0 that of a single-mask update."""
         step = self.num_updates if self.training else -1
-        rows = []
-        for clip in clip_ids.tolist():
-            for view in range(views):
-                # 0x6D61736B: "mask"; view 0 keeps the single-mask seed
-                entropy = (self.mask_seed % 2**32, step + 1, clip, 0x6D61736B) + ((view,) if view else ())
-                generator = torch.Generator().manual_seed(derived_seed(*entropy))
-                rows.append(torch.rand(length, generator=generator))
-        return torch.stack(rows).to(device)
+        noise = torch.empty(clip_ids.numel() * views, length)
+        generator = torch.Generator()  # re-seeded per row: the values of a fresh generator, made once
+        for row, (clip, view) in enumerate((c, v) for c in clip_ids.tolist() for v in range(views)):
+            # 0x6D61736B: "mask"; view 0 keeps the single-mask seed
+            entropy = (self.mask_seed % 2**32, step + 1, clip, 0x6D61736B) + ((view,) if view else ())
+            generator.manual_seed(derived_seed(*entropy))
+            torch.rand(length, generator=generator, out=noise[row])
+        return noise.to(device)
 
     def sample_visible(self, padding_mask, batch: int, length: int, device, clip_ids=None, views: int = 1):
         """Indices ``(B * views, V)`` (sorted) of the visible patches; padded patches are masked first.
