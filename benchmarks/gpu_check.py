@@ -18,7 +18,7 @@ Steps (each recorded as pass / FAIL / skipped with its numbers; a failing step d
 
 ``--tiny`` shrinks everything (tiny models, a few updates, no compile) for a CPU smoke test.
 Writes ``gpu_check_<device>.json`` and the benchmark JSONs (``gpu_pretrain_step_*.json``,
-``gpu_encoder_mfu_*.json``) into ``--out``, and the training logs into ``--out``/logs.
+``gpu_encoder_mfu_*.json``) into ``--out``, and the training logs into ``--logs`` (default ``--out``/logs).
 """
 
 import argparse
@@ -47,7 +47,7 @@ import torch  # noqa: E402
 
 BF16_FEATURE_TOL = 0.05  # max |bf16 - fp32| / max |fp32| of the features; and per-patch cosine >= 0.99
 BF16_MIN_COSINE = 0.99
-FLEX_TOL = dict(fp32=2e-5, bf16=3e-2)  # relative (to the largest value) output / gradient differences
+FLEX_TOL = 1e-4  # fp32 flex vs SDPA: output and gradient differences relative to the largest value
 
 
 def build_parser():
@@ -58,6 +58,7 @@ def build_parser():
     p.add_argument("--oracle", default=str(REPO.parent / "shared" / "oracle"),
                    help="folder of the official BEATs outputs (default: ../shared/oracle)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="where the JSONs and logs go")
+    p.add_argument("--logs", default=None, help="where the training logs go (default: OUT/logs)")
     p.add_argument("--steps", nargs="+", default=["parity_fp32", "bf16_features", "attention", "training", "throughput"],
                    help="steps to run (default: all)")
     p.add_argument("--updates", type=int, default=None, help="updates per training run (default 200; tiny: 12)")
@@ -122,7 +123,7 @@ def attention(args, device):
                 seconds = timed(lambda: torch.nn.functional.scaled_dot_product_attention(
                     q, k, v, attn_mask=mask).sum().backward(), device)
             backends[backend.name] = {"runs": True, "fwd_bwd_ms": round(1e3 * seconds, 3)}
-        except RuntimeError as error:
+        except Exception as error:  # noqa: BLE001 - "no kernel" errors differ between backends
             backends[backend.name] = {"runs": False, "error": str(error).splitlines()[0][:200]}
     default_ops = kernel_names(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask),
                                device)
@@ -137,30 +138,31 @@ def attention(args, device):
     padding = torch.zeros(batch, length, dtype=torch.bool, device=device)
     padding[-1, length * 3 // 4:] = True
     positions = torch.sort(torch.randperm(2 * length, device=device)[:length]).values.expand(batch, length)
+    # numerics in fp32 (TF32 off), gradients where flex has a backward (CUDA); timing in bf16 on CUDA
+    torch.backends.cuda.matmul.allow_tf32 = False
     results, grad = {}, device.type == "cuda"
     for name in ("sdpa", "flex"):
         encoder.set_attention_backend(name)
         encoder.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32), \
-                (contextlib.nullcontext() if grad else torch.no_grad()):
+        with contextlib.nullcontext() if grad else torch.no_grad():
             out, _ = encoder(x, padding, positions=positions, full_length=2 * length)
         if grad:
-            out.float().pow(2).mean().backward()
-        grads = {n: p.grad.float().clone() for n, p in encoder.named_parameters() if p.grad is not None}
+            out.pow(2).mean().backward()
+        grads = {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
         seconds = timed(lambda: run_encoder(encoder, x, padding, positions, length, dtype, grad), device)
-        results[name] = (out.detach().float(), grads, seconds)
+        results[name] = (out.detach(), grads, seconds)
     encoder.set_attention_backend("sdpa")
     (out_s, g_s, t_s), (out_f, g_f, t_f) = results["sdpa"], results["flex"]
     out_diff = float((out_f - out_s).abs().max() / out_s.abs().max())
     grad_diff = max((float((g_f[n] - g).abs().max() / g.abs().max().clamp_min(1e-12)) for n, g in g_s.items()),
                     default=0.0)
-    tol = FLEX_TOL["bf16" if dtype == torch.bfloat16 else "fp32"]
-    ok = out_diff <= tol and grad_diff <= tol and (not grad or set(g_f) == set(g_s))
+    ok = out_diff <= FLEX_TOL and grad_diff <= FLEX_TOL and (not grad or set(g_f) == set(g_s))
     return ok, {"sdpa_float_mask_backends": backends, "sdpa_default_kernels": default_ops,
-                "flex_vs_sdpa": {"dtype": str(dtype), "output_rel_diff": out_diff, "gradient_rel_diff": grad_diff,
-                                 "gradients_compared": grad, "tolerance": tol,
+                "flex_vs_sdpa": {"output_rel_diff": out_diff, "gradient_rel_diff": grad_diff,
+                                 "gradients_compared": grad, "tolerance": FLEX_TOL, "numerics_dtype": "float32",
+                                 "timing_dtype": str(dtype), "timing": "forward + backward" if grad else "forward",
                                  "encoder_ms": {"sdpa": round(1e3 * t_s, 2), "flex": round(1e3 * t_f, 2)},
-                                 "shape": [batch, length, dim]}}
+                                 "shape": [batch, length, dim], "layers": cfg.encoder_layers}}
 
 
 def run_encoder(encoder, x, padding, positions, length, dtype, grad):
@@ -209,7 +211,7 @@ def training(args, device):
 
     updates = args.updates or (12 if args.tiny else 200)
     precisions = ["bf16"] + (["fp16", "amp"] if device.type == "cuda" else [])
-    logs = Path(args.out) / "logs"
+    logs = Path(args.logs) if args.logs else Path(args.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     runs, ok = {}, True
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,7 @@
 #              (fairseq, hydra, soundfile, scikit-learn, ...) are installed from it into a
 #              temporary folder, with no network and without touching the system packages
 #   --out      where gpu_check_<device>.json, the benchmark JSONs and the logs go (default benchmarks/results)
-# Other arguments go to gpu_check.py (--steps, --updates, --train-batch, --infer-batch; see --help there).
+# Other arguments go to gpu_check.py (--steps, --logs, --updates, --train-batch, --infer-batch; see --help there).
 # Python: $PYTHON, else .venv/bin/python when it exists, else python3.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,7 +22,7 @@ WHEELS=""
 ARGS=()
 while [[ $# -gt 0 ]]; do
   case $1 in
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --wheels) WHEELS=$(cd "$2" && pwd); shift 2 ;;
     *) ARGS+=("$1"); shift ;;
   esac
