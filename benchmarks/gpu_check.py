@@ -306,7 +306,7 @@ def throughput(args, device):
         path = out / f"gpu_pretrain_step_{device.type}_{name}.json"
         argv = ["--device", device.type, "--dtype", dtype, "--batch", train_batch, "--fit-batch",
                 "--variants", *train_variants, "--num-masks", "4", *tiny, *flags, "--out", str(path),
-                "--label", f"gpu_check {name}"] + (["--profile"] if name == "sdpa" else [])
+                "--label", f"gpu_check {name}"] + ([] if name == "sdpa" else ["--no-profile"])
         summary[f"train_{name}"] = guarded(lambda: pretrain_step.main(argv), path, train_summary)
         path = out / f"gpu_encoder_mfu_{device.type}_{name}.json"
         argv = ["--device", device.type, "--dtype", dtype, "--batch", infer_batch, "--json", str(path),

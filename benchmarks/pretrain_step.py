@@ -22,7 +22,7 @@ repeat). Timings are interleaved: each repeat runs every variant twice in a row 
 second (the first update after another model's finds a cold allocator).
 
     python benchmarks/pretrain_step.py                      # BEATs-base, 2 x 10 s clips, CPU
-    python benchmarks/pretrain_step.py --variants iter1 iter1_masks finetune --num-masks 4 --profile
+    python benchmarks/pretrain_step.py --variants iter1 iter1_masks finetune --num-masks 4
     python benchmarks/pretrain_step.py --device cuda --dtype bfloat16 --batch 128 --fit-batch
     python benchmarks/pretrain_step.py --tiny --repeats 1   # smoke test
 
@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-backend", default="sdpa", choices=["sdpa", "flex"],
                    help="model.attention_backend of the pre-training models (flex needs CUDA for training)")
     p.add_argument("--compile", action="store_true", help="model.torch_compile: torch.compile every Transformer layer")
-    p.add_argument("--profile", action="store_true",
-                   help="one extra update per variant timed by sections (synchronised): shares of the update")
+    p.add_argument("--no-profile", action="store_true",
+                   help="skip the profile (one extra update per variant timed by synchronised sections)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (and MFU)")
     p.add_argument("--tiny", action="store_true", help="2-layer width-64 models (smoke test)")
     p.add_argument("--label", default="", help="what this run is about (kept in the JSON history)")
@@ -333,7 +333,7 @@ def main(argv=None) -> int:
         peaks.append(matmul_gflops(matmul_size, device, dtype, timer, matmul_calls))
         print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{v.name} {v.times[-1]:.3f} s" for v in variants.values())
               + f"; matmul {peaks[-1]:.0f} GFLOP/s", flush=True)
-    if args.profile:
+    if not args.no_profile:
         for v in variants.values():
             if v.sections is not None:
                 v.sections.active = True

@@ -70,12 +70,12 @@ def test_pretrain_step_tiny_run_writes_json(tmp_path):
     path = tmp_path / "step.json"
     args = ["--tiny", "--batch", "2", "--seconds", "1", "--repeats", "1", "--warmup", "0", "--threads", "1",
             "--matmul-size", "64", "--out", str(path)]
-    assert module.main(args) == 0
+    assert module.main(args + ["--no-profile"]) == 0
     data = json.loads(path.read_text())
     assert [r["variant"] for r in data["results"]] == list(module.DEFAULT_VARIANTS)
     assert all(r["seconds_median"] > 0 and r["mfu"] > 0 for r in data["results"]) and len(data["history"]) == 1
     assert data["device"] == "cpu" and data["model"] == "tiny"
-    assert module.main(args + ["--variants", "iter1", "iter1_masks", "finetune", "--num-masks", "3", "--profile"]) == 0
+    assert module.main(args + ["--variants", "iter1", "iter1_masks", "finetune", "--num-masks", "3"]) == 0
     data = json.loads(path.read_text())
     rows = {r["variant"]: r for r in data["results"]}
     assert rows["iter1_masks"]["views_per_clip"] == 3 and len(data["history"]) == 2
