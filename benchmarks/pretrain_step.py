@@ -239,10 +239,15 @@ def build_variant(name, args, device, dtype, batch, timer, tokenizer_path) -> Va
     source = torch.randn(batch, int(args.seconds * 16000), device=device) * 0.1
     clip_ids = torch.arange(batch, device=device)
     sections = Sections(timer)
+    eager_sdpa = args.attention_backend == "sdpa" and not args.compile
     if name == "finetune":
         model = finetune_model(args, device)
         finetune_sections(model, sections)
-        return Variant(name, finetune_update(model, source, clip_ids, dtype, sections), batch, 1, sections)
+        flop_step = None
+        if not eager_sdpa:  # FLOPs of the same maths, counted on an eager SDPA copy (torch counts neither)
+            plain = BeatsClassifierModel(BeatsClassifierConfig(**model_size(args), num_classes=FINETUNE_CLASSES))
+            flop_step = finetune_update(plain.to(device).train(), source, clip_ids, dtype, Sections(timer))
+        return Variant(name, finetune_update(model, source, clip_ids, dtype, sections), batch, 1, sections, flop_step)
     if name == "tokenizer_labels":
         tokenizer = load_frozen_tokenizer(tokenizer_path).to(device)
 
@@ -262,7 +267,7 @@ def build_variant(name, args, device, dtype, batch, timer, tokenizer_path) -> Va
         target_fn = lambda: labels  # noqa: E731
     step = pretrain_update(model, source, clip_ids, dtype, sections, target_fn)
     flop_step = None
-    if args.attention_backend != "sdpa" or args.compile:  # FLOPs of the same maths, counted eagerly with SDPA
+    if not eager_sdpa:  # FLOPs of the same maths, counted on an eager SDPA copy
         plain = BeatsModel(BeatsConfig(**model_size(args), **extra)).to(device).train()
         flop_step = pretrain_update(plain, source, clip_ids, dtype, Sections(timer), target_fn)
     return Variant(name, step, batch, extra.get("num_masks", 1), sections, flop_step)
