@@ -102,6 +102,12 @@ def example_waveform(batch: int = 2, seconds: float = 2.0, seed: int = 0) -> tor
 
 def export_onnx(model, path: str, layer: Optional[int] = None, opset: int = OPSET) -> List[str]:
     """Write ``model`` (anything ``beats_fairseq.load`` returns) to ``path``; returns the output names."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"ONNX export needs onnx and onnxscript ({exc}): pip install onnx onnxscript onnxruntime, "
+                          "or pip install -e '.[onnx]' in the repository") from None
     wrapper = OnnxModel(model, layer)
     example = example_waveform()
     with torch.no_grad():

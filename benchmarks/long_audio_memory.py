@@ -41,7 +41,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common_args(parser, RESULTS)
     parser.add_argument("--minutes", type=float, default=20.0, help="recording length (default 20)")
-    parser.add_argument("--chunk-seconds", type=float, default=10.0, help="chunk length (default 10)")
+    parser.add_argument("--chunk-seconds", type=float, default=10.0, help="chunk length; 0 = the whole recording in one pass (default 10)")
     parser.add_argument("--hop-seconds", type=float, default=None, help="chunk hop (default half a chunk)")
     args = parser.parse_args(argv)
 
@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
     before = peak_rss_mb()
     start = time.perf_counter()
     with torch.inference_mode():
-        out = frame_features(model, wav, chunk_seconds=args.chunk_seconds, hop_seconds=args.hop_seconds)
+        out = frame_features(model, wav, chunk_seconds=args.chunk_seconds or None, hop_seconds=args.hop_seconds)
     elapsed = time.perf_counter() - start
     after = peak_rss_mb()
     columns = num_columns(wav.size(1), model.backbone.patch_size)

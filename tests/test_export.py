@@ -58,3 +58,22 @@ def test_beats_base_size_export(tmp_path):
     export_onnx(model, path)
     wavs = [real_audio(1.0), real_audio(4.7), torch.cat([real_audio(10.0), real_audio(10.0, first=300)])]
     assert compare_onnxruntime(model, path, wavs)["features"] <= 1e-4
+
+
+def test_latency_benchmark_smoke(tmp_path):
+    """benchmarks/onnx_latency.py runs and writes its JSON (tiny model; nothing is timed here)."""
+    import importlib.util
+    import json
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("onnx_latency", REPO / "benchmarks" / "onnx_latency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    path = tmp_path / "latency.json"
+    result = bench.main(["--tiny", "--batch", "2", "--seconds", "1.5", "--repeats", "1", "--warmup", "0",
+                         "--threads", "1", "--json", str(path)])
+    data = json.loads(path.read_text())
+    assert set(data["seconds_per_batch"]) == {"pytorch", "onnxruntime"} and data["opset"] == 18
+    assert data["max_abs_diff"] == result["max_abs_diff"] < 1e-4 and len(data["history"]) == 1
+    assert data["audio"].startswith("devdata")

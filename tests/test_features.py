@@ -163,3 +163,21 @@ def test_extract_cli_frames_and_timestamps(small, oracle, tmp_path):
     assert np.allclose(clip, np.stack([feats[offsets[i]: offsets[i + 1]].mean(0) for i in range(2)]), atol=1e-5)
     header = (out / "index.tsv").read_text().splitlines()[0].split("\t")
     assert header[-2:] == ["frame_offset", "num_frames"]
+
+
+def test_long_audio_memory_benchmark_smoke(tmp_path):
+    """benchmarks/long_audio_memory.py runs, checks its timestamps and writes its JSON (tiny model)."""
+    import importlib.util
+    import json
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("long_audio_memory", REPO / "benchmarks" / "long_audio_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    path = tmp_path / "memory.json"
+    result = bench.main(["--tiny", "--minutes", "0.4", "--chunk-seconds", "5", "--threads", "1", "--json", str(path)])
+    data = json.loads(path.read_text())
+    assert data["columns"] == num_columns(24 * 16000) == data["feature_shape"][1]
+    assert data["peak_rss_mb"] >= data["peak_rss_mb_before_features"] > 0
+    assert data["last_timestamp_s"] == result["last_timestamp_s"] == pytest.approx(column_timestamps(149)[-1].item())

@@ -66,7 +66,10 @@ def run(args) -> int:
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     logger.info("exporting %s model %s (opset %d)", model_kind(model), args.checkpoint, OPSET)
-    names = export_onnx(model, args.out, layer=layer)
+    try:
+        names = export_onnx(model, args.out, layer=layer)
+    except ImportError as exc:
+        raise CliError(str(exc)) from None
     logger.info("wrote %s (%.1f MB): input waveform, outputs %s", args.out, os.path.getsize(args.out) / 2**20,
                 ", ".join(names))
     if args.no_check:
