@@ -72,6 +72,27 @@ def chunk_plan(total_columns: int, chunk_columns: int, hop_columns: int):
     return plan
 
 
+def chunk_grid(chunk_seconds: Optional[float], hop_seconds: Optional[float], patch_size: int = 16):
+    """(chunk samples, chunk columns, hop columns) of a chunking, or None for one pass; checks both values.
+
+    The hop (default half a chunk) is rounded down to whole columns.
+    """
+    if chunk_seconds is None:
+        return None
+    chunk_samples = int(round(chunk_seconds * SAMPLE_RATE))
+    chunk_columns = num_columns(chunk_samples, patch_size) if chunk_samples > 0 else 0
+    if chunk_columns == 0:
+        raise ValueError(f"chunk_seconds={chunk_seconds} is shorter than one column "
+                         f"({((patch_size - 1) * FRAME_SHIFT + FRAME_LENGTH) / SAMPLE_RATE} s)")
+    step = column_samples(patch_size)
+    hop = chunk_seconds / 2 if hop_seconds is None else hop_seconds
+    hop_columns = int(hop * SAMPLE_RATE // step)
+    if not 1 <= hop_columns <= chunk_columns:
+        raise ValueError(f"hop_seconds={hop}: must be between one column ({step / SAMPLE_RATE} s) and the "
+                         f"chunk ({chunk_columns * step / SAMPLE_RATE} s)")
+    return chunk_samples, chunk_columns, hop_columns
+
+
 def _backbone(model):
     backbone = getattr(model, "backbone", model)
     if not hasattr(backbone, "extract_features") or not hasattr(backbone, "patch_size"):
@@ -125,20 +146,12 @@ def frame_features(
     if total == 0:
         raise ValueError(f"{source.size(1)} samples give no complete 16-frame column: BEATs needs at least "
                          f"{(patch - 1) * FRAME_SHIFT + FRAME_LENGTH} samples")
-    chunk_samples = None if chunk_seconds is None else int(round(chunk_seconds * SAMPLE_RATE))
-    if chunk_samples is None or source.size(1) <= chunk_samples:
+    grid = chunk_grid(chunk_seconds, hop_seconds, patch)
+    if grid is None or source.size(1) <= grid[0]:
         feats, _ = backbone.extract_features(source, padding_mask, layer=layer)
         feats = _reduce(feats, freq, reduce)
     else:
-        chunk_columns = num_columns(chunk_samples, patch)
-        if chunk_columns == 0:
-            raise ValueError(f"chunk_seconds={chunk_seconds} is shorter than one column "
-                             f"({(patch - 1) * FRAME_SHIFT + FRAME_LENGTH} samples)")
-        hop = chunk_seconds / 2 if hop_seconds is None else hop_seconds
-        hop_columns = int(hop * SAMPLE_RATE // step)
-        if not 1 <= hop_columns <= chunk_columns:
-            raise ValueError(f"hop_seconds={hop}: must be between one column ({step / SAMPLE_RATE} s) and the "
-                             f"chunk ({chunk_columns * step / SAMPLE_RATE} s)")
+        chunk_samples, chunk_columns, hop_columns = grid
         feats = _chunked(backbone, source, padding_mask, columns, total, chunk_samples, chunk_columns,
                          hop_columns, layer, reduce)
     mask = torch.arange(total, device=feats.device)[None, :] >= torch.tensor(columns, device=feats.device)[:, None]

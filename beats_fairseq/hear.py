@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .features import REDUCTIONS, frame_features
+from .features import REDUCTIONS, chunk_grid, frame_features
 from .modules.fbank import FRAME_LENGTH, FRAME_SHIFT, NUM_MEL_BINS, SAMPLE_RATE
 
 
@@ -43,6 +43,7 @@ class BeatsHearModel(nn.Module):
         if layer is not None and not -layers <= layer < layers:
             raise ValueError(f"layer={layer}: the encoder has {layers} layers (0..{layers - 1}, or negative)")
         self.layer = None if layer is None else layer % layers
+        chunk_grid(chunk_seconds, hop_seconds, backbone.patch_size)  # fails now on bad values
         self.reduce, self.chunk_seconds, self.hop_seconds = reduce, chunk_seconds, hop_seconds
         self.min_samples = (backbone.patch_size - 1) * FRAME_SHIFT + FRAME_LENGTH
         width = backbone.cfg.encoder_embed_dim * (NUM_MEL_BINS // backbone.patch_size if reduce == "concat" else 1)

@@ -129,6 +129,8 @@ def test_bad_arguments(small):
         frame_features(small, wav, chunk_seconds=5.0, hop_seconds=6.0)
     with pytest.raises(ValueError, match="column"):
         frame_features(small, wav[:, :2000])
+    with pytest.raises(ValueError, match="chunk_seconds"):
+        frame_features(small, wav, chunk_seconds=0.1)
 
 
 def test_extract_cli_frames_and_timestamps(small, oracle, tmp_path):
@@ -163,6 +165,7 @@ def test_extract_cli_frames_and_timestamps(small, oracle, tmp_path):
     assert np.allclose(clip, np.stack([feats[offsets[i]: offsets[i + 1]].mean(0) for i in range(2)]), atol=1e-5)
     header = (out / "index.tsv").read_text().splitlines()[0].split("\t")
     assert header[-2:] == ["frame_offset", "num_frames"]
+    assert main(args + ["--overwrite", "--chunk-seconds", "0.1"]) == 1  # shorter than one column
 
 
 def test_long_audio_memory_benchmark_smoke(tmp_path):

@@ -28,7 +28,7 @@ import sys
 import numpy as np
 import torch
 
-from ..features import REDUCTIONS, frame_features
+from ..features import REDUCTIONS, chunk_grid, frame_features
 from .common import (
     BatchReader,
     CliError,
@@ -162,9 +162,11 @@ def run(args) -> int:
     backbone = model.backbone
     labeller, label_patch = find_labeller(model, kind, args.tokenizer, device)
     outputs = parse_outputs(args.outputs, labeller is not None, args.frames)
-    if args.chunk_seconds < 0 or (args.hop_seconds is not None and args.hop_seconds <= 0):
-        raise CliError("--chunk-seconds must be >= 0 and --hop-seconds > 0")
     chunk_seconds = args.chunk_seconds or None
+    try:
+        chunk_grid(chunk_seconds, args.hop_seconds, backbone.patch_size)
+    except ValueError as exc:
+        raise CliError(f"--chunk-seconds {args.chunk_seconds} / --hop-seconds {args.hop_seconds}: {exc}") from None
     if "labels" in outputs and labeller is None:
         raise CliError(f"{args.checkpoint} is a {kind} checkpoint without a tokenizer: pass --tokenizer for labels")
     if "labels" in outputs and label_patch != backbone.patch_size:
@@ -200,12 +202,9 @@ def run(args) -> int:
                     feats, _ = backbone.extract_features(batch.source, batch.padding_mask, layer=layer)
                     feats = feats.float().cpu().numpy()
                 if frames:
-                    try:
-                        columns = frame_features(backbone, batch.source, batch.padding_mask, layer=layer,
-                                                 reduce=args.frame_reduce, chunk_seconds=chunk_seconds,
-                                                 hop_seconds=args.hop_seconds)
-                    except ValueError as exc:
-                        raise CliError(f"--chunk-seconds/--hop-seconds: {exc}") from exc
+                    columns = frame_features(backbone, batch.source, batch.padding_mask, layer=layer,
+                                             reduce=args.frame_reduce, chunk_seconds=chunk_seconds,
+                                             hop_seconds=args.hop_seconds)
                     column_feats = columns.features.float().cpu().numpy()
                     stamps = columns.timestamps.numpy()
                 if "labels" in outputs:
