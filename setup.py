@@ -21,7 +21,10 @@ setup(
         "scikit-learn",
         "tqdm",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest", "onnx", "onnxruntime", "onnxscript"],
+        "onnx": ["onnx", "onnxruntime", "onnxscript"],
+    },
     entry_points={
         "console_scripts": [
             "beats-make-demo-data=beats_fairseq.data.demo:main",
@@ -33,6 +36,7 @@ setup(
             "beats-pipeline=beats_fairseq.cli.pipeline:main",
             "beats-precompute-labels=beats_fairseq.cli.precompute_labels:main",
             "beats-probe=beats_fairseq.probe:main",
+            "beats-export=beats_fairseq.cli.export:main",
         ]
     },
 )

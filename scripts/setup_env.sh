@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Create .venv in the repository and install beats-fairseq (editable) with its pinned
 # dependencies: torch 2.11.0, torchaudio 2.11.0, ve-fairseq 0.12.3 (import name fairseq),
-# soundfile, numpy, scikit-learn, tqdm, pytest. Safe to run again: it only installs what
-# is missing. Needs Python >= 3.11 (set PYTHON=/path/to/python3.11 to choose one).
+# soundfile, numpy, scikit-learn, tqdm, and for the tests pytest, onnx, onnxruntime, onnxscript
+# and hearvalidator (without its tensorflow dependency: it uses tensorflow only for TensorFlow
+# models). Safe to run again: it only installs what is missing. Needs Python >= 3.11
+# (set PYTHON=/path/to/python3.11 to choose one).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
@@ -13,7 +15,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $("$PYTHON" --version)"
   "$PYTHON" -m venv .venv
 fi
-if .venv/bin/python -c "import beats_fairseq, fairseq, torchaudio, soundfile, sklearn, pytest" >/dev/null 2>&1 \
+if .venv/bin/python -c "import beats_fairseq, fairseq, torchaudio, soundfile, sklearn, pytest, onnxruntime, onnxscript, hearvalidator" >/dev/null 2>&1 \
    && [ "$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null)" = "2.11.0" ]; then
   echo "[setup] .venv is ready"
   exit 0
@@ -22,5 +24,6 @@ echo "[setup] installing dependencies into .venv (about 1-2 minutes; log: .venv/
 {
   .venv/bin/python -m pip install --upgrade pip
   .venv/bin/python -m pip install -e ".[test]" --config-settings editable_mode=compat
+  .venv/bin/python -m pip install --no-deps "hearvalidator==2021.0.2"
 } >.venv/install.log 2>&1 || { tail -n 40 .venv/install.log >&2; echo "[setup] install failed: see .venv/install.log" >&2; exit 1; }
 echo "[setup] done: $(.venv/bin/python -c 'import torch, fairseq; print("torch", torch.__version__, "fairseq", fairseq.__version__)' 2>/dev/null)"

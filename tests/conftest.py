@@ -4,10 +4,29 @@ import os
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 ORACLE = Path(os.environ.get("BEATS_ORACLE_DIR", REPO.parent / "shared" / "oracle"))
+DEVDATA = REPO.parent / "shared" / "devdata"
+
+
+def real_audio(seconds: float, first: int = 0) -> torch.Tensor:
+    """(1, samples): devdata clips (1 s each) concatenated."""
+    files = sorted(DEVDATA.glob("*/audio/*/*.flac"))
+    if not files:
+        pytest.fail(f"no devdata clips under {DEVDATA}")
+    need = int(seconds * 16000)
+    parts, total = [], 0
+    for path in files[first:]:
+        wav, sr = sf.read(str(path), dtype="float32")
+        assert sr == 16000
+        parts.append(torch.from_numpy(wav))
+        total += len(wav)
+        if total >= need:
+            break
+    return torch.cat(parts)[:need].unsqueeze(0)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,11 @@ Output folder (formats in docs/cli.md):
   ``patch_offsets[i]:patch_offsets[i+1]``, time-major (patch n = 8 * t + f for 16x16 patches);
 * ``labels.npy``         int64 ``(sum N_i,)``: tokenizer labels, rows aligned with the patches;
 * ``patch_offsets.npy``  int64 ``(M + 1,)``;
+* with ``--frames``: ``frame_features.npy`` float32 ``(sum T_i, C)`` (one row per 160 ms time column:
+  its 8 frequency patches averaged, or concatenated with ``--frame-reduce concat``),
+  ``frame_timestamps.npy`` float64 ``(sum T_i,)`` (column centres in seconds, rows aligned with
+  ``frame_features.npy``) and ``frame_offsets.npy`` int64 ``(M + 1,)``; long clips run in
+  overlapping chunks (``--chunk-seconds``, ``--hop-seconds``; see ``beats_fairseq/features.py``);
 * ``index.tsv``          one line per written clip: row, manifest entry, relpath, samples, offset, patches;
 * ``info.json``          checkpoint, layer, sizes, skipped clips.
 
@@ -23,6 +28,7 @@ import sys
 import numpy as np
 import torch
 
+from ..features import REDUCTIONS, chunk_grid, frame_features
 from .common import (
     BatchReader,
     CliError,
@@ -37,8 +43,9 @@ from .common import (
 
 logger = logging.getLogger("beats_fairseq.cli.extract")
 
-OUTPUTS = ("clip", "patch", "labels")
-FILES = ("clip_features.npy", "patch_features.npy", "labels.npy", "patch_offsets.npy", "index.tsv", "info.json")
+OUTPUTS = ("clip", "patch", "labels", "frames")
+FILES = ("clip_features.npy", "patch_features.npy", "labels.npy", "patch_offsets.npy", "frame_features.npy",
+         "frame_timestamps.npy", "frame_offsets.npy", "index.tsv", "info.json")
 _HEADER_BYTES = 128  # fixed .npy header size (a multiple of 64), rewritten once the row count is known
 
 
@@ -89,15 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer",
                         help="tokenizer checkpoint for labels (default: the checkpoint itself if it is a tokenizer, "
                              "or the tokenizer of a beats pre-training checkpoint)")
+    parser.add_argument("--frames", action="store_true",
+                        help="also write frame-level features: one row per 160 ms time column, with timestamps "
+                             "(auto outputs become clip,frames; clip features are then the mean over the columns)")
+    parser.add_argument("--frame-reduce", choices=REDUCTIONS, default="mean",
+                        help="how a column's 8 frequency patches are combined (default: mean)")
+    parser.add_argument("--chunk-seconds", type=float, default=10.0,
+                        help="with --frames: clips longer than this run in overlapping chunks of this length on "
+                             "the 160 ms column grid; 0 = whole clips in one pass (default: 10)")
+    parser.add_argument("--hop-seconds", type=float, default=None,
+                        help="with --frames: start of one chunk to the next (default: half a chunk)")
     parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     add_inference_args(parser)
     return parser
 
 
-def parse_outputs(value: str, has_tokenizer: bool):
+def parse_outputs(value: str, has_tokenizer: bool, frames: bool = False):
     if value == "auto":
-        return ["clip", "patch"] + (["labels"] if has_tokenizer else [])
-    outputs = [v.strip() for v in value.split(",") if v.strip()]
+        return ["clip", "frames" if frames else "patch"] + (["labels"] if has_tokenizer else [])
+    outputs = [v.strip() for v in value.split(",") if v.strip()] + (["frames"] if frames else [])
+    outputs = list(dict.fromkeys(outputs))
     unknown = [v for v in outputs if v not in OUTPUTS]
     if unknown or not outputs:
         raise CliError(f"--outputs {value!r}: choose a comma-separated subset of {','.join(OUTPUTS)} (or auto)")
@@ -143,14 +161,20 @@ def run(args) -> int:
     kind = model_kind(model)
     backbone = model.backbone
     labeller, label_patch = find_labeller(model, kind, args.tokenizer, device)
-    outputs = parse_outputs(args.outputs, labeller is not None)
+    outputs = parse_outputs(args.outputs, labeller is not None, args.frames)
+    chunk_seconds = args.chunk_seconds or None
+    try:
+        chunk_grid(chunk_seconds, args.hop_seconds, backbone.patch_size)
+    except ValueError as exc:
+        raise CliError(f"--chunk-seconds {args.chunk_seconds} / --hop-seconds {args.hop_seconds}: {exc}") from None
     if "labels" in outputs and labeller is None:
         raise CliError(f"{args.checkpoint} is a {kind} checkpoint without a tokenizer: pass --tokenizer for labels")
     if "labels" in outputs and label_patch != backbone.patch_size:
         raise CliError(f"the tokenizer uses {label_patch}x{label_patch} patches but the model "
                        f"{backbone.patch_size}x{backbone.patch_size}: their rows would not align")
     layer = resolve_layer(args.layer, backbone.cfg.encoder_layers)
-    need_features = "clip" in outputs or "patch" in outputs
+    frames = "frames" in outputs
+    need_patches = "patch" in outputs or ("clip" in outputs and not frames)
     prepare_out(args.out, args.overwrite)
 
     dim = backbone.cfg.encoder_embed_dim
@@ -161,29 +185,52 @@ def run(args) -> int:
         writers["patch"] = NpyRowWriter(os.path.join(args.out, "patch_features.npy"), np.float32, (dim,))
     if "labels" in outputs:
         writers["labels"] = NpyRowWriter(os.path.join(args.out, "labels.npy"), np.int64)
-    offsets, index_lines = [0], ["row\tentry\tpath\tnum_samples\tpatch_offset\tnum_patches"]
+    if frames:
+        width = dim * (128 // backbone.patch_size if args.frame_reduce == "concat" else 1)
+        writers["frames"] = NpyRowWriter(os.path.join(args.out, "frame_features.npy"), np.float32, (width,))
+        writers["timestamps"] = NpyRowWriter(os.path.join(args.out, "frame_timestamps.npy"), np.float64)
+    offsets, frame_offsets = [0], [0]
+    index_lines = ["row\tentry\tpath\tnum_samples\tpatch_offset\tnum_patches"
+                   + ("\tframe_offset\tnum_frames" if frames else "")]
 
     reader = BatchReader(clips, args, device, desc="extract")
     try:
         with torch.inference_mode():
             for batch in reader:
-                feats = labels = None
-                if need_features:
+                feats = labels = columns = None
+                if need_patches:
                     feats, _ = backbone.extract_features(batch.source, batch.padding_mask, layer=layer)
                     feats = feats.float().cpu().numpy()
+                if frames:
+                    columns = frame_features(backbone, batch.source, batch.padding_mask, layer=layer,
+                                             reduce=args.frame_reduce, chunk_seconds=chunk_seconds,
+                                             hop_seconds=args.hop_seconds)
+                    column_feats = columns.features.float().cpu().numpy()
+                    stamps = columns.timestamps.numpy()
                 if "labels" in outputs:
                     labels = labeller(batch.source, batch.padding_mask).reshape(len(batch.lengths), -1).cpu().numpy()
                 for row, (pos, length) in enumerate(zip(batch.positions, batch.lengths)):
                     n = num_patches(length, backbone.patch_size)
+                    t = n // (128 // backbone.patch_size)
                     if feats is not None:
-                        if "clip" in writers:
+                        if "clip" in writers and not frames:
                             writers["clip"].append(feats[row, :n].mean(axis=0, keepdims=True))
                         if "patch" in writers:
                             writers["patch"].append(feats[row, :n])
+                    if columns is not None:
+                        if "clip" in writers:
+                            clip_feats = column_feats[row, :t].reshape(t, -1, dim).mean(axis=(0, 1))
+                            writers["clip"].append(clip_feats[None])
+                        writers["frames"].append(column_feats[row, :t])
+                        writers["timestamps"].append(stamps[:t])
                     if labels is not None:
                         writers["labels"].append(labels[row, :n])
                     clip = clips[pos]
-                    index_lines.append(f"{len(offsets) - 1}\t{clip.entry}\t{clip.key}\t{length}\t{offsets[-1]}\t{n}")
+                    line = f"{len(offsets) - 1}\t{clip.entry}\t{clip.key}\t{length}\t{offsets[-1]}\t{n}"
+                    if frames:
+                        line += f"\t{frame_offsets[-1]}\t{t}"
+                        frame_offsets.append(frame_offsets[-1] + t)
+                    index_lines.append(line)
                     offsets.append(offsets[-1] + n)
     finally:
         for writer in writers.values():
@@ -191,6 +238,8 @@ def run(args) -> int:
     reader.report()
 
     np.save(os.path.join(args.out, "patch_offsets.npy"), np.asarray(offsets, dtype=np.int64))
+    if frames:
+        np.save(os.path.join(args.out, "frame_offsets.npy"), np.asarray(frame_offsets, dtype=np.int64))
     with open(os.path.join(args.out, "index.tsv"), "w", encoding="utf-8") as f:
         f.write("\n".join(index_lines) + "\n")
     info = {
@@ -207,6 +256,8 @@ def run(args) -> int:
         "num_clips": len(offsets) - 1,
         "num_patches": offsets[-1],
         "max_seconds": args.max_seconds,
+        "frames": {"reduce": args.frame_reduce, "hop_seconds": 0.01 * backbone.patch_size,
+                   "chunk_seconds": chunk_seconds, "chunk_hop_seconds": args.hop_seconds} if frames else None,
         "skipped": [{"entry": c.entry, "path": c.key, "error": e} for c, e in reader.skipped],
     }
     with open(os.path.join(args.out, "info.json"), "w", encoding="utf-8") as f:

@@ -48,6 +48,17 @@ def _povey_window(device: torch.device) -> torch.Tensor:
     return _mel_cache[key]
 
 
+def _frame_indices(num_samples, device: torch.device) -> torch.Tensor:
+    """Sample indices ``(T, 400)`` of every frame: ``wav[:, idx]`` equals ``wav.unfold(1, 400, 160)``.
+
+    Written with ``arange`` and a gather so that ONNX export keeps the length dynamic
+    (the exporter cannot lower ``unfold`` over a dynamic axis).
+    """
+    count = (num_samples - FRAME_LENGTH) // FRAME_SHIFT + 1
+    starts = torch.arange(count, device=device) * FRAME_SHIFT
+    return starts[:, None] + torch.arange(FRAME_LENGTH, device=device)[None, :]
+
+
 def num_frames(num_samples: int) -> int:
     """Frames Kaldi produces for a waveform of ``num_samples`` (snip_edges=True)."""
     if num_samples < FRAME_LENGTH:
@@ -74,7 +85,7 @@ def compute_fbank(
         )
     with torch.autocast(device_type=source.device.type, enabled=False):
         wav = source.float() * WAVEFORM_SCALE
-        frames = wav.unfold(1, FRAME_LENGTH, FRAME_SHIFT)  # (B, T, 400), snip_edges
+        frames = wav[:, _frame_indices(wav.size(1), wav.device)]  # (B, T, 400), snip_edges
         frames = frames - frames.mean(dim=-1, keepdim=True)  # remove_dc_offset
         previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
         frames = frames - PREEMPHASIS * previous
