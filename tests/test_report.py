@@ -71,6 +71,7 @@ def test_evaluation_bars_read_the_evaluation_block_else_the_probe():
     block = {"random": {"mean": 0.3, "std": 0.02, "runs": [0.28, 0.32]}, "fbank": {"mean": 0.4, "std": 0.0, "runs": 1},
              "iter1": {"mean": 0.5, "std": 0.01, "runs": 3}}
     metric, names, values, stds = evaluation_bars({"probe": probe, "evaluation": block})
+    assert metric == "linear probe accuracy, mean ± std over runs"
     assert names == ["random (n=2)", "fbank", "iter1 (n=3)"] and values == [0.3, 0.4, 0.5] and stds[0] == 0.02
     assert evaluation_bars({"probe": []}) is None
 

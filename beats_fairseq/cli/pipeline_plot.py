@@ -104,7 +104,7 @@ def draw_stage(axes, name: str, title: str, kind: str, curves: Dict[str, Series]
 
 def evaluation_bars(summary: dict) -> Optional[Tuple[str, List[str], List[float], Optional[List[float]]]]:
     """(metric, names, values, stds) of the run's evaluation, or None when there is none."""
-    block = summary.get("evaluation")
+    block, probe = summary.get("evaluation"), summary.get("probe") or []
     if block:
         rows = block.get("rows", block) if isinstance(block, dict) else block
         items = list(rows.items()) if isinstance(rows, dict) else [(r.get("name", r.get("encoder")), r) for r in rows]
@@ -115,10 +115,10 @@ def evaluation_bars(summary: dict) -> Optional[Tuple[str, List[str], List[float]
                 runs = len(runs) if isinstance(runs, list) else runs
                 return f"{name} (n={runs})" if isinstance(runs, int) and runs > 1 else name
 
-            metric = block.get("metric", "score") if isinstance(block, dict) else "score"
-            return (str(metric), [label(n, r) for n, r in items], [float(r["mean"]) for _, r in items],
-                    [float(r.get("std") or 0.0) for _, r in items])
-    probe = summary.get("probe") or []
+            metric = block.get("metric") if isinstance(block, dict) else None
+            metric = metric or (f"linear probe {probe[0]['metric']}" if probe else "score")
+            return (f"{metric}, mean ± std over runs", [label(n, r) for n, r in items],
+                    [float(r["mean"]) for _, r in items], [float(r.get("std") or 0.0) for _, r in items])
     if not probe:
         return None
     return (f"linear probe {probe[0]['metric']}", [r["encoder"] for r in probe], [float(r["value"]) for r in probe],
