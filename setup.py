@@ -12,6 +12,8 @@ setup(
     python_requires=">=3.11",
     # examples/ (the hydra config dirs) is installed as beats_fairseq/examples: one copy of every
     # recipe, found by beats_fairseq.recipes in a checkout and in every kind of install.
+    # hydra_plugins (a namespace package, no __init__.py) is listed itself so that setuptools'
+    # editable installs put its folder on hydra_plugins.__path__, which Hydra's plugin scan lists.
     packages=find_packages(include=["beats_fairseq", "beats_fairseq.*"])
     + ["beats_fairseq.examples", "hydra_plugins", "hydra_plugins.beats_fairseq_resolver"],
     package_dir={"beats_fairseq.examples": "examples"},
