@@ -53,6 +53,8 @@ def _plot(ax, curves: Dict[str, Series], key: str, label: str, color: str = "tab
     for split, style in (("train", "-"), ("valid", "o--")):
         if key in curves[split]:
             xs, ys = curves[split][key]
+            if split == "train" and len(xs) < 3:
+                style = "s-"  # a line through one or two points is hard to see
             ax.plot(xs, ys, style, color=color, label=f"{label} ({split})", markersize=4, linewidth=1.3)
             drawn = True
     return drawn
