@@ -11,6 +11,7 @@
 # beats-fairseq itself, in the mode under test, and anything else it needs. FULL=1 installs
 # everything into each venv instead (about 5 GB and a few minutes per mode).
 set -euo pipefail
+if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODES=("$@")
 [ ${#MODES[@]} -gt 0 ] || MODES=(wheel regular editable strict compat)
