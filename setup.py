@@ -10,8 +10,14 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
+    # examples/ (the hydra config dirs) is installed as beats_fairseq/examples: one copy of every
+    # recipe, found by beats_fairseq.recipes in a checkout and in every kind of install.
+    # hydra_plugins (a namespace package, no __init__.py) is listed itself so that setuptools'
+    # editable installs put its folder on hydra_plugins.__path__, which Hydra's plugin scan lists.
     packages=find_packages(include=["beats_fairseq", "beats_fairseq.*"])
-    + ["hydra_plugins.beats_fairseq_resolver"],
+    + ["beats_fairseq.examples", "hydra_plugins", "hydra_plugins.beats_fairseq_resolver"],
+    package_dir={"beats_fairseq.examples": "examples"},
+    package_data={"beats_fairseq.examples": ["*/*.yaml", "*/*.py", "*/*.sh"]},
     install_requires=[
         "torch==2.11.0",
         "torchaudio==2.11.0",
@@ -20,6 +26,8 @@ setup(
         "numpy",
         "scikit-learn",
         "tqdm",
+        "tensorboardX",  # fairseq's common.tensorboard_logdir
+        "matplotlib",  # beats-pipeline's report.png, beats-evaluate --plot
     ],
     extras_require={
         "test": ["pytest", "onnx", "onnxruntime", "onnxscript"],
@@ -37,6 +45,7 @@ setup(
             "beats-precompute-labels=beats_fairseq.cli.precompute_labels:main",
             "beats-probe=beats_fairseq.probe:main",
             "beats-export=beats_fairseq.cli.export:main",
+            "beats-config-dir=beats_fairseq.cli.config_dir:main",
         ]
     },
 )

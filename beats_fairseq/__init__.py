@@ -7,11 +7,5 @@ project or any official BEATs checkpoint.
 
 __version__ = "0.1.0"
 
-import logging as _logging
-
-# fairseq's text_to_speech task logs "Please install tensorboardX" at import time; it is
-# not needed here, so keep that logger quiet before fairseq is imported.
-_logging.getLogger("fairseq.tasks.text_to_speech").setLevel(_logging.WARNING)
-
-from . import criterions, models, optim, tasks  # noqa: E402,F401  (registration)
-from .checkpoint import load  # noqa: E402,F401
+from . import criterions, models, optim, tasks  # noqa: F401  (registration)
+from .checkpoint import load  # noqa: F401

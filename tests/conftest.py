@@ -56,6 +56,19 @@ def run_train(config_dir, config_name, *overrides, cwd=None, timeout=900):
     return log
 
 
+def assert_picture(path, min_width=400, min_height=300):
+    """``path`` is a PNG of at least that size with real content (many distinct colours, not one flat fill)."""
+    import numpy as np
+    from PIL import Image
+
+    assert path.is_file() and path.stat().st_size > 10_000, path
+    image = np.asarray(Image.open(path).convert("RGB"))
+    height, width, _ = image.shape
+    assert width >= min_width and height >= min_height, (path, width, height)
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50, path  # curves, text, bars: not a blank canvas
+    assert (image < 128).any(axis=2).mean() > 0.005, path  # some dark ink (text, lines)
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
     """The bundled demo corpus (small default size), generated once per test session."""

@@ -13,6 +13,7 @@ from beats_fairseq.checkpoint import load, read_checkpoint
 from beats_fairseq.cli import convert, evaluate, extract, manifest, predict
 from beats_fairseq.cli.common import num_patches
 from beats_fairseq.data import read_audio, write_class_map
+from conftest import assert_picture
 
 TOOLS = {"beats-predict": predict, "beats-extract": extract, "beats-evaluate": evaluate,
          "beats-convert": convert, "beats-manifest": manifest}
@@ -230,7 +231,8 @@ def test_evaluate_map_and_accuracy(corpus, oracle, capsys):
     write_class_map(corpus / "classes.csv", [f"name {m[-1]}" for m in mids], mids)
     lbl = write_labelled_manifest(corpus, ["4", "3", "0"], "lbl")
     assert evaluate.main([ckpt, str(corpus / "test.tsv"), lbl, "--class-map", str(corpus / "classes.csv"),
-                          "--csv", str(table), "--batch-size", "2", *FAST]) == 0
+                          "--csv", str(table), "--batch-size", "2", "--plot", str(corpus / "per_class.png"), *FAST]) == 0
+    assert_picture(corpus / "per_class.png", min_width=500, min_height=150)
     rows = list(csv.DictReader(open(table)))
     assert [r["mid"] for r in rows] == mids and "accuracy" in rows[0]
     predicted = probs[:, ::-1].argmax(1)

@@ -10,6 +10,7 @@ from beats_fairseq.cli import pipeline
 from beats_fairseq.models.beats_encoder import BeatsEncoderModel, BeatsEncoderModelConfig
 from beats_fairseq.models.beats_tokenizer import BeatsTokenizerConfig, BeatsTokenizerModel
 from beats_fairseq.probe import fit_and_score
+from conftest import assert_picture
 
 # the architecture of examples/beats_iter1/tiny.yaml (so the random probe baseline matches it)
 TINY_ENCODER = dict(input_patch_size=16, embed_dim=64, encoder_layers=2, encoder_embed_dim=128,
@@ -151,6 +152,9 @@ def test_pipeline_resumes_after_finished_stages_and_probes_beside_a_random_encod
                for r in probe.values())
     md = (run / "summary.md").read_text()
     assert "| iter2 | iter2 pre-training | 4 |" in md and "| random |" in md and "linear probe accuracy (test)" in md
+    assert_picture(run / "report.png", min_width=1000, min_height=900)
+    assert "<td>iter2</td>" in (run / "report.html").read_text()
+    assert list((run / "iter2" / "tensorboard").glob("*/events.out.tfevents.*"))  # TensorBoard logs per stage
 
     # everything is finished now: a second run trains nothing and prints the same table
     code, out = run_pipeline(capsys, *args)

@@ -121,8 +121,9 @@ def warn_not_representable(model, src: str) -> None:
         logger.warning("%s uses fbank_mean=%s, fbank_std=%s; official checkpoints cannot store them: call the official "
                        "extract_features(..., fbank_mean=%s, fbank_std=%s)", src, mean, std, mean, std)
     if model_kind(model) == "classifier" and not model.cfg.multilabel:
-        logger.warning("%s is a single-label (softmax) classifier; the official extract_features applies a sigmoid to "
-                       "the same logits (same ranking, different scores)", src)
+        logger.warning("%s is a single-label (softmax) classifier: the official extract_features of the converted "
+                       "checkpoint returns sigmoid scores of the same logits, while beats_fairseq.load returns softmax "
+                       "probabilities (same argmax and ranking, different scores)", src)
 
 
 # ---------------------------------------------------------------------------- verification

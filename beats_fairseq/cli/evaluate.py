@@ -1,6 +1,6 @@
 """beats-evaluate: mAP (multi-label) or accuracy (single-label) of a classifier on a manifest.
 
-    beats-evaluate CHECKPOINT test.tsv test.mlbl --class-map labels.csv --csv per_class.csv
+    beats-evaluate CHECKPOINT test.tsv test.mlbl --class-map labels.csv --csv per_class.csv --plot per_class.png
 
 Label ids in the label file are class-map indices when ``--class-map`` is given (the model's
 outputs are matched to them by MID if it has an official ``label_dict``, whose order is not
@@ -13,6 +13,7 @@ import argparse
 import csv
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,8 +57,34 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: per_class.csv")
     parser.add_argument("--scores", help="also save the (clips x classes) score matrix as .npy (rows: evaluated "
                                          "clips in manifest order, columns: --class-map / output order)")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="also draw the per-class AP or accuracy as a sorted bar chart with the class names "
+                             "(the %d best and %d worst classes when there are more than %d)"
+                             % (PLOT_CLASSES // 2, PLOT_CLASSES // 2, PLOT_CLASSES))
     add_inference_args(parser)
     return parser
+
+
+PLOT_CLASSES = 60  # most bars drawn by --plot
+
+
+def plot_per_class(path: str, names, values, counts, metric: str, title: str) -> None:
+    """Sorted horizontal bars of the per-class ``values`` (classes without a value are left out)."""
+    from ..plots import bar_chart, pyplot
+
+    rows = sorted(((float(v), f"{n} ({int(c)})") for n, v, c in zip(names, values, counts) if not np.isnan(v)),
+                  reverse=True)
+    shown = len(rows)
+    if shown > PLOT_CLASSES:
+        half = PLOT_CLASSES // 2
+        rows = rows[:half] + [(float("nan"), f"... {shown - PLOT_CLASSES} more classes ...")] + rows[-half:]
+        title += f": the {half} best and {half} worst of {shown} classes"
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.24 * len(rows)), dpi=100)
+    bar_chart(ax, [n for _, n in rows], [v for v, _ in rows], xlabel=f"{metric} (class (clips))")
+    ax.set_title(title, fontsize=10)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
 
 
 def align_to_class_map(mids, class_map: str):
@@ -133,7 +160,11 @@ def run(args) -> int:
             value = "" if np.isnan(values[c]) else f"{values[c]:.6f}"
             writer.writerow([c, mids[c], names[c], value, int(counts[c])])
     skipped = f", {len(reader.skipped)} skipped" if reader.skipped else ""
-    print(f"{text} ({len(kept)} clips{skipped}); per-class {column} in {args.csv}")
+    if args.plot:
+        plot_per_class(args.plot, names, values, counts, "AP" if metric == "map" else "accuracy",
+                       f"{text}: {'/'.join(Path(args.checkpoint).parts[-3:])}")
+    plotted = f", bar chart in {args.plot}" if args.plot else ""
+    print(f"{text} ({len(kept)} clips{skipped}); per-class {column} in {args.csv}{plotted}")
     return 0
 
 

@@ -17,7 +17,9 @@ pass-through overrides) and written to ``RUN_DIR/<stage>/stage.yaml``; the run i
 and a stage interrupted mid-way resumes from its own ``checkpoint_last.pt`` (fairseq does that
 when relaunched with the same ``save_dir``). At the end a table of every stage (losses, masked
 accuracy or distillation cosine, codebook usage, time) and the probe table are printed and
-saved to ``RUN_DIR/summary.md`` and ``RUN_DIR/summary.json``.
+saved to ``RUN_DIR/summary.md`` and ``RUN_DIR/summary.json``; ``RUN_DIR/report.png`` draws every
+stage's curves and the evaluation, ``RUN_DIR/report.html`` shows it with the tables. Each
+training stage also logs to TensorBoard in ``RUN_DIR/<stage>/tensorboard``.
 
 Pass-through overrides (after the options) use Hydra's ``key=value`` syntax and go to every
 stage whose config has the key; ``pretrain:key=value``, ``tokenizer:key=value`` and
@@ -37,6 +39,7 @@ from typing import List
 from omegaconf import OmegaConf
 
 from .common import CliError, run_main
+from .pipeline_plot import write_report
 from .pipeline_report import format_seconds, progress_text, read_metrics, stage_row, stage_table
 from .pipeline_stages import (KINDS, RECIPE_ROLES, RECIPES, TINY_UPDATES, Stage, compose, parse_overrides,
                               plan)
@@ -250,7 +253,8 @@ class Pipeline:
         summary = {"command": command_string(), "stages": rows, "probe": probe}
         with open(self.run_dir / "summary.json", "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
-        print("\n" + md, flush=True)
+        png, page = write_report(self.run_dir, self.stages, summary, md)
+        print("\n" + md + f"\nCurves and evaluation: {png} (with the tables: {page})", flush=True)
         return summary
 
 

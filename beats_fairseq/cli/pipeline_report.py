@@ -3,7 +3,7 @@
 import json
 import re
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from .pipeline_stages import Stage
 
@@ -47,19 +47,25 @@ def parse_metrics_line(kind: str, body: str) -> Dict[str, object]:
     return out
 
 
-def read_metrics(log_path: Path) -> Dict[str, Dict[str, object]]:
-    """Last ``train`` (epoch summary), ``valid`` and ``train_inner`` metrics of a fairseq log."""
-    found: Dict[str, Dict[str, object]] = {}
+def read_records(log_path: Path) -> List[Tuple[str, Dict[str, object]]]:
+    """Every metrics line of a fairseq log, in order: ``(kind, metrics)``, kind ``train_inner``
+    (every ``common.log_interval`` updates), ``train`` (epoch summary) or ``valid``."""
+    records: List[Tuple[str, Dict[str, object]]] = []
     if not log_path.is_file():
-        return found
+        return records
     with open(log_path, encoding="utf-8", errors="replace") as f:
         for line in f:
             m = _LINE.search(line)
             if m:
                 metrics = parse_metrics_line(m.group(1), m.group(2))
                 if metrics:
-                    found[m.group(1)] = metrics
-    return found
+                    records.append((m.group(1), metrics))
+    return records
+
+
+def read_metrics(log_path: Path) -> Dict[str, Dict[str, object]]:
+    """Last ``train`` (epoch summary), ``valid`` and ``train_inner`` metrics of a fairseq log."""
+    return dict(read_records(log_path))
 
 
 def format_seconds(seconds: float) -> str:

@@ -10,9 +10,10 @@ from typing import Dict, List, Optional
 
 from omegaconf import OmegaConf
 
+from ..recipes import recipes_root
 from .common import CliError
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = recipes_root()
 KINDS = ("pretrain", "tokenizer", "finetune")
 # Recipe name per scale and role (the yaml in the role's examples/ folder). "supervised_tokenizer" is
 # the iter3+ tokenizer, distilled from a fine-tuned classifier's logits (paper: peak LR 5e-4).
@@ -155,6 +156,8 @@ def compose(stage: Stage, args, overrides) -> None:
     values = dict(tiny_settings(stage.kind)) if args.scale == "tiny" else {}
     values.update(stage.settings)
     values["checkpoint.save_dir"] = str(stage.dir / "checkpoints")
+    values["common.tensorboard_logdir"] = str(stage.dir / "tensorboard")
+    values["common.log_format"] = "json"  # the curves of report.png are read from these lines
     for key, value in values.items():
         OmegaConf.update(cfg, key, value, force_add=True)
     for kind, key, value, add, item in overrides:

@@ -1,7 +1,12 @@
 """Resolvers of the beats-fairseq yamls: ``${beats_user_dir:}`` and ``${beats_required:KEY}``.
 
 Hydra imports every module of the ``hydra_plugins`` namespace package when it starts
-(to discover plugins), before it composes and resolves a config. Importing this module
+(to discover plugins: ``pkgutil.walk_packages`` over ``hydra_plugins.__path__``), before it
+composes and resolves a config. setup.py lists ``hydra_plugins`` itself as a (namespace)
+package: in a setuptools editable install that puts this checkout's ``hydra_plugins`` folder
+into ``hydra_plugins.__path__`` (otherwise the path holds only the editable finder's
+placeholder, which pkgutil cannot list, and Hydra never imports this module); a wheel, a
+compat editable install and a clone on ``sys.path`` have the folder anyway. Importing this module
 registers the OmegaConf resolver ``beats_user_dir``, which returns the folder of the
 importable ``beats_fairseq`` package (a source checkout installed with ``pip install -e``
 or a ``pip install .``). fairseq then imports its user dir from exactly the copy Python
