@@ -37,6 +37,7 @@ from omegaconf import II, MISSING
 from ..data.audio import MIN_SAMPLES_ONE_PATCH
 from ..data.audio_dataset import AudioDataset
 from ..distributed import NonFiniteGuard, enable_cpu_ddp, zero_loss, zeroed
+from ..safe_checkpoints import enable_safe_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,12 @@ class BeatsPretrainingTaskConfig(FairseqDataclass):
                   "exact (fbank and labels as in float32); default: on with common.bf16, set it for common.fp16"},
     )
     seed: int = II("common.seed")
+    # Read by fairseq's FairseqTask.get_batch_iterator; fixed here, not options (docs/scale.md):
+    # new batches every epoch from (seed, epoch), so the batches of epoch e do not depend on the
+    # epoch at which the iterator was first built (a resumed run builds it in the epoch it
+    # resumes in); fresh DataLoader workers every epoch, forked after the dataset's set_epoch.
+    rebuild_batches: bool = True
+    persistent_workers: bool = False
 
 
 def _flag(cfg, name: str, default=False) -> bool:
@@ -127,6 +134,7 @@ class BeatsPretrainingTask(FairseqTask):
     @classmethod
     def setup_task(cls, cfg, **kwargs):
         enable_cpu_ddp()
+        enable_safe_checkpoints()
         return cls(cfg)
 
     def build_model(self, cfg, from_checkpoint=False):
