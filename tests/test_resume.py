@@ -246,6 +246,32 @@ def test_finetuning_resume_over_epochs_is_exact(epoch_data, tmp_path):
     assert type(best) is float and 0.0 < best <= 1.0
 
 
+@pytest.mark.slow
+def test_known_bad_files_are_logged_once_per_run_and_counted_every_epoch(demo_data, tmp_path):
+    """Bad files, 2 DataLoader workers, 3 epochs in two launches (stopped at the end of epoch 2 by
+    max_update, which writes checkpoint_last.pt there, as the end-of-epoch save a kill would follow):
+    each bad file is warned about once (per split) in the whole run, since workers forked for a
+    later epoch and the relaunch (the set is in the checkpoint) skip it unopened; every epoch still
+    counts all its bad clips."""
+    from test_distributed import BAD_READ, make_bad_manifest
+
+    data = make_bad_manifest(tmp_path / "data", demo_data, num_good=12)  # 18 clips, 4 unreadable
+    save = tmp_path / "ckpt"
+    args = override(pretrain_args(data, save, 6), "dataset.num_workers=2", "++lr_scheduler.total_num_update=9",
+                    "checkpoint.save_interval_updates=0", "dataset.validate_interval_updates=0")
+    first = train(ITER1, "tiny", *override(args, "optimization.max_update=6"))
+    second = train(ITER1, "tiny", *override(args, "optimization.max_update=9"))
+    epochs = parse_metrics(first, "train") + parse_metrics(second, "train")
+    assert [e["bad_audio"] for e in epochs] == [len(BAD_READ)] * 3, epochs
+    assert [v["bad_audio"] for v in parse_metrics(first + second, "valid")] == [len(BAD_READ)] * 3
+    for name in BAD_READ:
+        warned = [line for line in (first + second).splitlines() if "skipping bad audio" in line and name in line]
+        assert len(warned) == 2, (name, warned)  # once for train, once for valid
+        assert not any(name in line for line in second.splitlines() if "skipping bad audio" in line)
+    known = checkpoint(save)["extra_state"]["BeatsPretrainingTask"]["known_bad_audio"]
+    assert set(known) == {"train", "valid"} and all(len(ids) == len(BAD_READ) for ids in known.values())
+
+
 # --------------------------------------------------------------------------- crash-safe checkpoint files
 KILL_DURING_COPY = """
 import shutil, sys, time

@@ -22,6 +22,7 @@ Shared by the three training tasks (this one, ``beats_tokenizer_training`` and
 * multi-process training on CPU (gloo) works with ``ddp_backend=pytorch_ddp``.
 """
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -114,8 +115,10 @@ class _GoodFirstBatch:
     def first_batch(self):
         if not getattr(self.dataset, "supports_fetch_outside_dataloader", True):
             return "DUMMY"
+        probe = getattr(self.dataset, "probe", contextlib.nullcontext)
         for batch in self.frozen_batches:
-            sample = self.collate_fn([self.dataset[i] for i in batch])
+            with probe():  # not an epoch's read: no bad-audio count, log line or known-bad entry
+                sample = self.collate_fn([self.dataset[i] for i in batch])
             if sample:
                 return sample
         raise RuntimeError("every clip of the dataset was skipped as bad audio (see the warnings above)")
@@ -217,6 +220,26 @@ class BeatsPretrainingTask(FairseqTask):
             with torch.autocast(device_type=device, enabled=amp):
                 return criterion(model, sample)
 
+    def remember_bad(self, sample, training: bool) -> None:
+        """Items of ``sample`` found bad (in a DataLoader worker, say) join their dataset's ``known_bad``
+        in this process, so the workers of the next epoch skip them without opening them. Only when
+        one dataset of the kind (training or evaluation) is loaded: ids do not name their split."""
+        items = (sample or {}).get("bad_items")
+        datasets = [d for s, d in self.datasets.items() if hasattr(d, "remember_bad")
+                    and s.startswith(EVAL_SPLIT_PREFIXES) != training]
+        if items and len(datasets) == 1:
+            datasets[0].remember_bad(items)
+
+    def get_checkpoint_dict(self):
+        """Saved by fairseq in ``extra_state[task class name]``: the known-bad items of every split."""
+        known = {s: sorted(d.known_bad) for s, d in self.datasets.items() if getattr(d, "known_bad", None)}
+        return {type(self).__name__: {"known_bad_audio": known}}
+
+    def set_checkpoint_dict(self, state) -> None:
+        for split, ids in (state or {}).get("known_bad_audio", {}).items():
+            if hasattr(self.datasets.get(split), "known_bad"):
+                self.datasets[split].known_bad.update(int(i) for i in ids)
+
     def _counts(self, sample, logging_output, skipped: bool, ignore: bool):
         logging_output["bad_audio"] = 0 if ignore else int((sample or {}).get("num_bad_audio", 0))
         logging_output["nonfinite_skipped"] = int(skipped and not ignore)
@@ -233,6 +256,7 @@ class BeatsPretrainingTask(FairseqTask):
             self.nonfinite.on_nonfinite(loss, self.batch_files(sample, training=True),
                                         f"in training update {update_num + 1}")
             loss, sample_size, logging_output = zero_loss(model), 0, zeroed(logging_output)
+        self.remember_bad(sample, training=True)
         if ignore_grad:
             loss = loss * 0
         with torch.autograd.profiler.record_function("backward"):
@@ -246,6 +270,7 @@ class BeatsPretrainingTask(FairseqTask):
 
     def valid_step(self, sample, model, criterion, **kwargs):
         model.eval()
+        self.remember_bad(sample, training=False)
         with torch.no_grad():
             loss, sample_size, logging_output = criterion(model, sample)
         skipped = not bool(torch.isfinite(loss.detach()).all())
@@ -280,7 +305,7 @@ class BeatsPretrainingTask(FairseqTask):
 
     def begin_epoch(self, epoch, model):
         for split, dataset in self.datasets.items():
-            if getattr(dataset, "num_bad", 0):
+            if getattr(dataset, "known_bad", None):
                 logger.warning("%s: %s", split, dataset.bad_audio_report())
 
     def max_positions(self):
