@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=str(RESULTS), help=f"results file (default: {RESULTS.relative_to(REPO)})")
     p.add_argument("--no-save", action="store_true", help="print only, write no JSON")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: one measurement in a fresh process
+    p.add_argument("--data-dir", help=argparse.SUPPRESS)  # internal: the files the parent wrote
     return p
 
 
@@ -163,35 +164,43 @@ def epoch_of_index_reads(reads, workers: int, folder: str) -> dict:
 
 
 def memory_child(args) -> dict:
+    """One measurement in a fresh process, on the files the parent wrote to ``--data-dir``."""
     sys.path.insert(0, args.code)
-    import numpy as np  # noqa: F401
     import torch
 
     torch.set_num_threads(1)
     import beats_fairseq
-    from beats_fairseq.data.audio_dataset import AudioDataset
 
-    out = {"code": args.code, "beats_fairseq": os.path.dirname(beats_fairseq.__file__), "entries": args.entries}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        manifest = write_manifest(folder, args.entries)
-        base = memory_of()
-        t0 = time.perf_counter()
-        dataset = AudioDataset(str(manifest), max_sample_size=160000)
+    out = {"code": args.code, "beats_fairseq": os.path.dirname(beats_fairseq.__file__)}
+    folder = Path(args.data_dir)
+    base = memory_of()
+    t0 = time.perf_counter()
+    if args.child == "memory_manifest":
+        from beats_fairseq.data.audio_dataset import AudioDataset
+
+        reads = IndexReads(dataset=AudioDataset(str(folder / "train.tsv"), max_sample_size=160000))
         out["load_s"] = round(time.perf_counter() - t0, 2)
-        out["main_growth_mb"] = minus(memory_of(), base)
-        out["manifest"] = epoch_of_index_reads(IndexReads(dataset=dataset), args.workers, tmp)
-        del dataset
+    else:
         from beats_fairseq.data.label_store import LabelStore
 
-        store_dir = write_label_store(folder, args.entries, args.label_patches)
-        base = memory_of()
-        store = LabelStore(str(store_dir), "train")
-        out["label_store"] = {"labels_per_clip": args.label_patches,
-                              "labels_file_mb": round(os.path.getsize(store_dir / "train.labels.npy") / 2**20, 1),
-                              "main_growth_mb": minus(memory_of(), base)}
-        out["label_store"].update(epoch_of_index_reads(IndexReads(store=store), args.workers, tmp))
+        reads = IndexReads(store=LabelStore(str(folder / "labels"), "train"))
+    out["main_growth_mb"] = minus(memory_of(), base)
+    out.update(epoch_of_index_reads(reads, args.workers, str(folder)))
     return out
+
+
+def memory_part(argv, args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_manifest(folder, args.entries)
+        write_label_store(folder, args.entries, args.label_patches)
+        labels_mb = round(os.path.getsize(folder / "labels" / "train.labels.npy") / 2**20, 1)
+        result = {"entries": args.entries, "workers": args.workers,
+                  "manifest": run_child("memory_manifest", argv + ["--data-dir", tmp]),
+                  "label_store": run_child("memory_labels", argv + ["--data-dir", tmp])}
+    result["label_store"].update(labels_per_clip=args.label_patches, labels_file_mb=labels_mb)
+    result["beats_fairseq"] = result["manifest"]["beats_fairseq"]
+    return result
 
 
 # --------------------------------------------------------------------------- throughput (child process)
@@ -288,17 +297,16 @@ def run_child(part: str, argv) -> dict:
 
 
 def print_memory(m: dict) -> None:
-    print(f"\nmemory: {m['entries']:,} manifest entries, code {m['beats_fairseq']}")
+    print(f"\nmemory: {m['entries']:,} entries, {m['workers']} workers, code {m['beats_fairseq']}")
     print(f"{'what':<58}{'RSS MB':>10}{'PSS MB':>10}{'USS MB':>10}")
-    print(f"{'main process after loading the dataset':<58}" + "".join(f"{m['main_growth_mb'][k]:>10.1f}" for k in ("rss", "pss", "uss")))
-    for part, title in (("manifest", "manifest index reads"), ("label_store", "label store reads")):
-        if part == "label_store":
-            g = m[part]["main_growth_mb"]
-            print(f"{'main process after opening the label store':<58}" + "".join(f"{g[k]:>10.1f}" for k in ("rss", "pss", "uss")))
+    for part, opened, title in (("manifest", "main process after loading the dataset", "manifest index reads"),
+                                ("label_store", "main process after opening the label store", "label store reads")):
+        print(f"{opened:<58}" + "".join(f"{m[part]['main_growth_mb'][k]:>10.1f}" for k in ("rss", "pss", "uss")))
         for k, w in enumerate(m[part]["workers"]):
             print(f"{f'worker {k}: growth over an epoch of {title}':<58}"
                   + "".join(f"{w['growth'][key]:>10.1f}" for key in ("rss", "pss", "uss")))
-    print(f"load time {m['load_s']} s; label file {m['label_store']['labels_file_mb']} MB (memory-mapped)")
+    print(f"manifest load {m['manifest']['load_s']} s; label file {m['label_store']['labels_file_mb']} MB, "
+          "memory-mapped (its pages are the page cache's, shared by every process)")
 
 
 def print_throughput(t: dict) -> None:
@@ -321,7 +329,7 @@ def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.child:
-        result = memory_child(args) if args.child == "memory" else throughput_child(args)
+        result = throughput_child(args) if args.child == "throughput" else memory_child(args)
         print(json.dumps(result))
         return result
     child_argv = [a for a in argv if a != "--no-save"]
@@ -330,7 +338,7 @@ def main(argv=None) -> dict:
               "cpus": os.cpu_count(), "load_average_before": load_average()}
     if args.part in ("memory", "all"):
         print(f"memory part: {args.entries:,} entries, {args.workers} workers ...", flush=True)
-        result["memory"] = run_child("memory", child_argv)
+        result["memory"] = memory_part(child_argv, args)
         print_memory(result["memory"])
     if args.part in ("throughput", "all"):
         print(f"throughput part: {args.clips} clips per format ...", flush=True)

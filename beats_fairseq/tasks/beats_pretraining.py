@@ -19,7 +19,11 @@ Shared by the three training tasks (this one, ``beats_tokenizer_training`` and
   hold float64 waveforms, which fairseq's cast of the batch (float32 tensors only) leaves
   alone, so the fbank and the tokenizer labels are computed in float32 from exact samples;
 * **masks**: the model's mask seed is ``common.seed`` (per-clip masks, see ``models/beats.py``);
-* multi-process training on CPU (gloo) works with ``ddp_backend=pytorch_ddp``.
+* multi-process training on CPU (gloo) works with ``ddp_backend=pytorch_ddp``;
+* **exact resume** (``docs/scale.md``): batches rebuilt every epoch from (seed, epoch) and
+  DataLoader workers forked afresh every epoch (``rebuild_batches``/``persistent_workers``
+  below), crash-safe checkpoint files (``beats_fairseq/safe_checkpoints.py``), and the
+  known-bad files of every split kept in the checkpoint (``get_checkpoint_dict``).
 """
 
 import contextlib
@@ -77,12 +81,18 @@ class BeatsPretrainingTaskConfig(FairseqDataclass):
                   "exact (fbank and labels as in float32); default: on with common.bf16, set it for common.fp16"},
     )
     seed: int = II("common.seed")
-    # Read by fairseq's FairseqTask.get_batch_iterator; fixed here, not options (docs/scale.md):
-    # new batches every epoch from (seed, epoch), so the batches of epoch e do not depend on the
-    # epoch at which the iterator was first built (a resumed run builds it in the epoch it
-    # resumes in); fresh DataLoader workers every epoch, forked after the dataset's set_epoch.
-    rebuild_batches: bool = True
-    persistent_workers: bool = False
+    # Read by fairseq's FairseqTask.get_batch_iterator. Not listed in the recipes: exact resume
+    # needs these values (docs/scale.md, "What was wrong before").
+    rebuild_batches: bool = field(
+        default=True,
+        metadata={"help": "new batches every epoch from (seed, epoch); fairseq's default (false) keeps those of the "
+                  "epoch the iterator was built in, which differ after a resume"},
+    )
+    persistent_workers: bool = field(
+        default=False,
+        metadata={"help": "keep DataLoader workers across epochs; false forks them every epoch after set_epoch "
+                  "(persistent workers keep the epoch of their fork: other crops after a resume)"},
+    )
 
 
 def _flag(cfg, name: str, default=False) -> bool:
