@@ -51,6 +51,8 @@ BAD_AUDIO_CHOICES = ChoiceEnum(["skip", "fail"])
 NONFINITE_CHOICES = ChoiceEnum(["fail", "skip"])
 # Splits named like this are read in order, uncropped at the start and unshuffled.
 EVAL_SPLIT_PREFIXES = ("valid", "test", "eval", "dev")
+# Task fields fairseq reads that exact resume needs at their defaults: not tunables, not in the recipes.
+RESUME_FIELDS = ("rebuild_batches", "persistent_workers")
 
 
 @dataclass
