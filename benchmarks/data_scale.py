@@ -24,7 +24,7 @@ batches of ``--batch`` as the training dataset does, with and without precompute
 Reported: clips/s per worker and the workers one GPU needs at ``--gpu-clips-per-s``.
 
     python benchmarks/data_scale.py                                 # both parts, 2M entries, 4 workers
-    python benchmarks/data_scale.py --part memory --code /tmp/old   # the same for an older checkout
+    python benchmarks/data_scale.py --part memory --code ../beats-old # the same for an older checkout
     python benchmarks/data_scale.py --part throughput --clips 64 --gpu-clips-per-s 400
     python benchmarks/data_scale.py --entries 20000 --clips 4 --no-save   # smoke test
 
@@ -171,7 +171,8 @@ def memory_child(args) -> dict:
     torch.set_num_threads(1)
     import beats_fairseq
 
-    out = {"code": args.code, "beats_fairseq": os.path.dirname(beats_fairseq.__file__)}
+    here = Path(beats_fairseq.__file__).resolve().parents[1] == REPO
+    out = {"code": "this checkout" if here else "the --code checkout (see the label)"}
     folder = Path(args.data_dir)
     base = memory_of()
     t0 = time.perf_counter()
@@ -199,7 +200,7 @@ def memory_part(argv, args) -> dict:
                   "manifest": run_child("memory_manifest", argv + ["--data-dir", tmp]),
                   "label_store": run_child("memory_labels", argv + ["--data-dir", tmp])}
     result["label_store"].update(labels_per_clip=args.label_patches, labels_file_mb=labels_mb)
-    result["beats_fairseq"] = result["manifest"]["beats_fairseq"]
+    result["code"] = result["manifest"]["code"]
     return result
 
 
@@ -297,7 +298,7 @@ def run_child(part: str, argv) -> dict:
 
 
 def print_memory(m: dict) -> None:
-    print(f"\nmemory: {m['entries']:,} entries, {m['workers']} workers, code {m['beats_fairseq']}")
+    print(f"\nmemory: {m['entries']:,} entries, {m['workers']} workers, code: {m['code']}")
     print(f"{'what':<58}{'RSS MB':>10}{'PSS MB':>10}{'USS MB':>10}")
     for part, opened, title in (("manifest", "main process after loading the dataset", "manifest index reads"),
                                 ("label_store", "main process after opening the label store", "label store reads")):
