@@ -61,7 +61,7 @@ def test_label_file_errors_name_file_and_line(tmp_path, labels, multilabel, line
 def test_labels_follow_dropped_entries_and_collate(tmp_path):
     make_data(tmp_path, ["0", "1,2", "2"], sizes=[4800, 100, 3200], audio=True)
     ds = dataset(tmp_path)  # entry 1 is shorter than one patch row: dropped with its label line
-    assert ds.labels == [[0], [2]]
+    assert list(ds.labels) == [[0], [2]]
     batch = ds.collater([ds[0], ds[1]])
     assert batch["target"].tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
     single = dataset(make_data(tmp_path, ["0", "1", "2"], audio=True), multilabel=False)
