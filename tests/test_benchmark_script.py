@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/encoder_mfu.py and pretrain_step.py (tiny models, one repeat; nothing is timed here)."""
+"""Smoke tests of benchmarks/encoder_mfu.py, pretrain_step.py and data_scale.py (tiny sizes, one repeat; nothing is timed here)."""
 
 import importlib.util
 import json
@@ -98,3 +98,29 @@ def test_flop_count_corrects_the_grouped_conv_backward():
     forward = 2 * 2 * 41 * 64 * (64 // 8) * 16  # 41 outputs before SamePad
     assert result["gflop"] * 1e9 == 3 * forward
     assert result["conv_backward_as_counted_by_torch_gflop"] * 1e9 == (1 + 8) * forward
+
+
+@pytest.mark.slow
+def test_data_scale_smoke_run_writes_json(tmp_path):
+    """benchmarks/data_scale.py on 3000 entries and 2 clips: the memory and throughput tables and the JSON."""
+    import subprocess
+    import sys
+
+    script = SCRIPT.with_name("data_scale.py")
+    out = tmp_path / "data_scale.json"
+    args = [sys.executable, str(script), "--entries", "3000", "--workers", "2", "--clips", "2", "--repeats", "1",
+            "--label", "smoke", "--json", str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "USS MB" in proc.stdout and "clips/s/worker" in proc.stdout
+    data = json.loads(out.read_text())
+    memory = data["memory"]
+    assert memory["entries"] == 3000 and len(memory["manifest"]["workers"]) == 2
+    for part in ("manifest", "label_store"):
+        for worker in memory[part]["workers"]:
+            assert set(worker["growth"]) == {"rss", "pss", "uss"}
+    rows = data["throughput"]["rows"]
+    assert {(r["format"], r["precomputed_labels"]) for r in rows} == {
+        (f, p) for f in ("wav_16k", "flac_16k", "wav_44k_resampled") for p in (False, True)}
+    assert all(r["clips_per_s_per_worker"] > 0 and r["workers_per_gpu"] >= 1 for r in rows)
+    assert [h["label"] for h in data["history"]] == ["smoke"]

@@ -148,7 +148,7 @@ def test_dataset_bad_audio_skip_and_fail(tmp_path, caplog):
     assert len(warns) == 2 and "c1.wav" in warns[0] and "could not decode" in warns[0]
     assert "c2.wav" in warns[1] and "1000 samples" in warns[1]
     assert ds.num_bad == 3 and [p.split("/")[-1] for p in ds.bad_paths] == ["c1.wav", "c2.wav"]
-    assert "c1.wav" in ds.bad_audio_report() and "3 item" in ds.bad_audio_report()
+    assert "c1.wav" in ds.bad_audio_report() and "2 known bad" in ds.bad_audio_report()
     batch = ds.collater([ds[0], ds[1], ds[2]])
     assert batch["id"].tolist() == [0] and batch["net_input"]["source"].shape == (1, 4000)
     assert ds.collater([None, None]) == {}
@@ -296,3 +296,28 @@ def test_demo_classes_distinguishable(tmp_path):
     assert ncm >= 0.4, ncm  # nearest class mean
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(xtr, ytr)
     assert clf.score(xva, yva) >= 0.55
+
+
+def test_known_bad_files_are_skipped_without_reopening(tmp_path, monkeypatch, caplog):
+    """A file that failed once is not opened again (nor logged), still counted; a copy of the
+    dataset (the main process) learns the failures of another (a DataLoader worker) from the batch."""
+    from beats_fairseq.data import audio_dataset
+
+    tsv = _corpus(tmp_path, [4000, 4000, 4000], corrupt=(1,))
+    worker, main = AudioDataset(tsv), AudioDataset(tsv)
+    opened = []
+    real = audio_dataset.read_audio
+    monkeypatch.setattr(audio_dataset, "read_audio", lambda path, rate: opened.append(path) or real(path, rate))
+    with caplog.at_level(logging.WARNING, logger="beats_fairseq.data.audio_dataset"):
+        first = worker.collater([worker[i] for i in (0, 1, 2)])
+        second = worker.collater([worker[i] for i in (2, 1, 0)])
+    assert [p.split("/")[-1] for p in opened] == ["c0.wav", "c1.wav", "c2.wav", "c2.wav", "c0.wav"]
+    assert len([r for r in caplog.records if "c1.wav" in r.getMessage()]) == 1
+    assert first["num_bad_audio"] == second["num_bad_audio"] == 1 and worker.num_bad == 2
+    assert [i for i, _ in first["bad_items"]] == [1] and second["bad_items"] == []  # with the batch that found it
+    main.remember_bad(first["bad_items"])
+    opened.clear()
+    assert main[1] is None and opened == [] and main.num_bad == 1
+    # an all-bad batch collates to {} (fairseq drops it): its ids travel with the next batch
+    fresh = AudioDataset(tsv)
+    assert fresh.collater([fresh[1]]) == {} and [i for i, _ in fresh.collater([fresh[0]])["bad_items"]] == [1]

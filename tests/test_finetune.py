@@ -61,7 +61,7 @@ def test_label_file_errors_name_file_and_line(tmp_path, labels, multilabel, line
 def test_labels_follow_dropped_entries_and_collate(tmp_path):
     make_data(tmp_path, ["0", "1,2", "2"], sizes=[4800, 100, 3200], audio=True)
     ds = dataset(tmp_path)  # entry 1 is shorter than one patch row: dropped with its label line
-    assert ds.labels == [[0], [2]]
+    assert list(ds.labels) == [[0], [2]]
     batch = ds.collater([ds[0], ds[1]])
     assert batch["target"].tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
     single = dataset(make_data(tmp_path, ["0", "1", "2"], audio=True), multilabel=False)
@@ -370,10 +370,12 @@ def test_recipes_use_known_keys(name):
     from dataclasses import fields
 
     from beats_fairseq.models.beats_classifier import BeatsClassifierConfig
+    from beats_fairseq.tasks.beats_pretraining import RESUME_FIELDS
 
     cfg = OmegaConf.load(REPO_EXAMPLES / f"{name}.yaml")
     assert set(cfg.model) - {"_name"} == {f.name for f in fields(BeatsClassifierConfig)} - {"_name"}
-    assert set(cfg.task) - {"_name"} == {f.name for f in fields(BeatsAudioClassificationConfig)} - {"_name", "seed"}
+    assert set(cfg.task) - {"_name"} == ({f.name for f in fields(BeatsAudioClassificationConfig)}
+                                         - {"_name", "seed", *RESUME_FIELDS})
     assert cfg.task._name == "beats_audio_classification" and cfg.criterion._name == "beats_classification"
     assert cfg.dataset.required_batch_size_multiple == 1 and cfg.common.all_gather_list_size >= 1 << 20
     metric = "mAP" if cfg.task.multilabel else "accuracy"

@@ -1,14 +1,18 @@
-"""Exact resume and non-finite losses, for pre-training, tokenizer training and fine-tuning.
+"""Exact resume, crash-safe checkpoints and non-finite losses, for pre-training (iter1, iter2 with
+on-the-fly and precomputed labels), tokenizer training and fine-tuning.
 
-A run killed with SIGKILL right after its checkpoint at update 2 and restarted with the same
-command (fairseq resumes from ``checkpoint_last.pt``: model, optimizer, lr schedule, iterator
-position) reaches, after 4 updates, exactly the model and validation metrics of an
-uninterrupted run: same data order and crops, same masks (pre-training), same k-means / EMA
-codebook / dead-code re-seeding (tokenizer), same mixup / SpecAugment / roll draws
-(fine-tuning). Every checkpoint loads with ``torch.load(weights_only=True)``.
+A run killed with SIGKILL right after a checkpoint and relaunched with the same command (fairseq
+resumes from ``checkpoint_last.pt``: model, optimizer, lr schedule, iterator position) ends with
+exactly the model, optimizer state and validation metrics of an uninterrupted run, over several
+epochs: killed mid-epoch and at an epoch end, with 0 or 2 DataLoader workers, and with a
+``checkpoint_last.pt`` truncated as by a kill while it was written (the relaunch names it and
+resumes from the newest intact checkpoint). Kills are real SIGKILLs sent once the log reports the
+checkpoint; a kill inside a checkpoint copy is a SIGKILL of a process stalled in the middle of it.
+Every checkpoint loads with ``torch.load(weights_only=True)``.
 """
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -91,17 +95,7 @@ def check_same_run(ref_dir, ref_log, save, killed, resumed, valid_kind, keys):
     assert_weights_only_loadable(save)
 
 
-# --------------------------------------------------------------------------- resume
-@pytest.mark.slow
-def test_pretraining_resume_after_sigkill_is_exact(demo_data, pretrain_reference, tmp_path):
-    ref_dir, ref_log = pretrain_reference
-    save, killed, resumed = resume_after_kill(ITER1, pretrain_args(demo_data, "unused", 8), tmp_path)
-    check_same_run(ref_dir, ref_log, save, killed, resumed, "valid", VALID_KEYS["pretrain"])
-    # the random-projection tokenizer travels in the checkpoint unchanged
-    ref = checkpoint(ref_dir)["model"]
-    assert {"tokenizer.projection", "tokenizer.codebook", "tokenizer.seed"} <= set(ref)
-
-
+# --------------------------------------------------------------------------- resume (4 updates)
 @pytest.mark.slow
 def test_pretraining_resume_after_max_update_stop_is_exact(demo_data, pretrain_reference, tmp_path):
     """Stop at max_update=2 (same lr schedule: total_num_update=4), continue to 4 in the same save_dir."""
@@ -114,17 +108,6 @@ def test_pretraining_resume_after_max_update_stop_is_exact(demo_data, pretrain_r
 
 
 @pytest.mark.slow
-def test_tokenizer_resume_after_sigkill_is_exact(demo_data, teacher, tmp_path):
-    """k-means initialisation before the kill, EMA codebook updates on both sides of it."""
-    args = tokenizer_args(demo_data, tmp_path / "ref", 8, teacher, kmeans=True)
-    ref_log = train(TOKENIZER, "tiny", *args)
-    assert "codebook k-means initialised" in ref_log
-    save, killed, resumed = resume_after_kill(TOKENIZER, args, tmp_path)
-    assert "k-means" not in resumed  # the codebook came back from the checkpoint
-    check_same_run(tmp_path / "ref", ref_log, save, killed, resumed, "valid", VALID_KEYS["tokenizer"])
-
-
-@pytest.mark.slow
 def test_tokenizer_resume_with_dead_code_reseeding_is_exact(demo_data, teacher, tmp_path):
     """Dead-code re-seeding at update 3, after the kill at update 2."""
     args = tokenizer_args(demo_data, tmp_path / "ref", 8, teacher, kmeans=True, dead_codes=True)
@@ -134,16 +117,220 @@ def test_tokenizer_resume_with_dead_code_reseeding_is_exact(demo_data, teacher, 
     check_same_run(tmp_path / "ref", ref_log, save, killed, resumed, "valid", VALID_KEYS["tokenizer"])
 
 
+# --------------------------------------------------------------------------- resume over epochs
+# 24 clips of 3 s, batch 8: 3 updates per epoch, 8 updates = 2 epochs and 2 of 3 batches. Random
+# 1 s crops (their offsets depend on the epoch), batch order shuffled every epoch (curriculum 0),
+# validation and a checkpoint at every epoch end (updates 3, 6) and at updates 4 and 8. The kills
+# come right after the checkpoint at update 4 (mid-epoch: epoch 2, 1 of 3 batches done) or at
+# update 6 (the end of epoch 2). The old bugs showed in both: fairseq froze the batches at the
+# epoch its iterator was first built (epoch 1 in an uninterrupted run, the resumed epoch after a
+# restart), and persistent DataLoader workers kept the epoch of their fork (crops).
+EPOCHS = ["optimization.max_update=8", "checkpoint.save_interval_updates=4", "dataset.validate_interval_updates=4",
+          "checkpoint.keep_interval_updates=1", "dataset.curriculum=0", "task.max_sample_size=16000"]
+ITER2 = ITER1.parent / "beats_iter2"
+
+
+@pytest.fixture(scope="module")
+def epoch_data(demo_data, tmp_path_factory):
+    """24 training and 8 validation clips of the demo corpus, single- and multi-label splits."""
+    from beats_fairseq.data.manifest import read_manifest, write_manifest
+
+    out = tmp_path_factory.mktemp("epoch_data")
+    for split, num in (("train", 24), ("valid", 8), ("train_multi", 24), ("valid_multi", 8)):
+        m = read_manifest(str(demo_data / f"{split}.tsv"))
+        write_manifest(str(out / f"{split}.tsv"), "/", [(m.abspath(i).lstrip("/"), int(m.sizes[i])) for i in range(num)])
+        for ext in ("lbl", "mlbl"):
+            if (demo_data / f"{split}.{ext}").exists():
+                lines = (demo_data / f"{split}.{ext}").read_text().splitlines()[:num]
+                (out / f"{split}.{ext}").write_text("\n".join(lines) + "\n")
+    shutil.copy(demo_data / "labels.csv", out / "labels.csv")
+    return out
+
+
+def valid_by_update(kind, *logs):
+    """Validation metrics keyed by update (a later log overrides an earlier one)."""
+    out = {}
+    for log in logs:
+        for metrics in parse_metrics(log, kind):
+            out[int(metrics["num_updates"])] = metrics
+    return out
+
+
+def run_with_kill(config_dir, args, save, kill_at, truncate_last=False, workers=0):
+    """Run, SIGKILL right after the checkpoint at update ``kill_at``, optionally truncate
+    ``checkpoint_last.pt`` (a kill while it was being written), relaunch: the logs."""
+    args = override(args, f"checkpoint.save_dir={save}", f"dataset.num_workers={workers}")
+    killed = train_and_kill(config_dir, "tiny", *args, after_updates=kill_at)
+    assert num_updates(checkpoint(save)) == kill_at
+    if truncate_last:
+        last = save / "checkpoint_last.pt"
+        with open(last, "r+b") as f:
+            f.truncate(last.stat().st_size // 2)
+    resumed = train(config_dir, "tiny", *args)
+    assert "Traceback" not in resumed and f"@ {kill_at} updates" in resumed, resumed[-4000:]
+    if truncate_last:
+        warning = [line for line in resumed.splitlines() if "is not an intact checkpoint" in line]
+        assert warning and str(save / "checkpoint_last.pt") in warning[0], resumed[-4000:]
+    return killed, resumed
+
+
+def check_resumed_equals_reference(ref, ref_log, save, logs, kind, keys):
+    a, b = checkpoint(ref), checkpoint(save)
+    assert num_updates(a) == num_updates(b) == 8
+    assert a["extra_state"]["train_iterator"] == b["extra_state"]["train_iterator"]
+    assert_identical(a["model"], b["model"])
+    assert_nested_equal(a["last_optimizer_state"], b["last_optimizer_state"])
+    want, got = valid_by_update(kind, ref_log), valid_by_update(kind, *logs)
+    assert sorted(want) == sorted(got) == [3, 4, 6, 8], (want, got)
+    for update in want:
+        for key in keys:
+            assert want[update][key] == got[update][key], (update, key, want[update], got[update])
+    assert_weights_only_loadable(save)
+
+
+@pytest.fixture(scope="module")
+def iter1_epochs_reference(epoch_data, tmp_path_factory):
+    save = tmp_path_factory.mktemp("iter1_epochs") / "ref"
+    args = override(pretrain_args(epoch_data, save, 8), *EPOCHS)
+    return args, save, train(ITER1, "tiny", *args)
+
+
 @pytest.mark.slow
-def test_finetuning_resume_after_sigkill_is_exact(demo_data, tmp_path):
+@pytest.mark.parametrize("kill_at, truncate_last, workers", [(4, True, 2), (6, False, 0)],
+                         ids=["mid_epoch-killed_while_writing-2_workers", "epoch_end-0_workers"])
+def test_pretraining_resume_over_epochs_is_exact(iter1_epochs_reference, kill_at, truncate_last, workers, tmp_path):
+    args, ref, ref_log = iter1_epochs_reference
+    logs = run_with_kill(ITER1, args, tmp_path / "resumed", kill_at, truncate_last, workers)
+    check_resumed_equals_reference(ref, ref_log, tmp_path / "resumed", logs, "valid", VALID_KEYS["pretrain"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("labels", ["on_the_fly", "precomputed"])
+def test_iter2_resume_over_epochs_is_exact(epoch_data, labels, tmp_path):
+    from test_iterations import make_tokenizer, precompute
+
+    tokenizer = make_tokenizer(tmp_path / "tokenizer.pt")
+    args = override(pretrain_args(epoch_data, tmp_path / "ref", 8), *EPOCHS, f"model.tokenizer_path={tokenizer}")
+    if labels == "precomputed":  # a precomputed label belongs to one crop: the start of the clip
+        precompute(tokenizer, epoch_data, tmp_path / "labels", "--splits", "train", "valid",
+                   "--max-sample-size", "16000")
+        args = override(args, f"task.precomputed_labels={tmp_path / 'labels'}", "task.crop=start")
+    ref_log = train(ITER2, "tiny", *args)
+    assert ("precomputed labels from" in ref_log) == (labels == "precomputed")
+    logs = run_with_kill(ITER2, args, tmp_path / "resumed", 4, workers=2)
+    check_resumed_equals_reference(tmp_path / "ref", ref_log, tmp_path / "resumed", logs, "valid",
+                                   VALID_KEYS["pretrain"])
+
+
+@pytest.mark.slow
+def test_tokenizer_resume_over_epochs_is_exact(epoch_data, teacher, tmp_path):
+    """k-means initialisation before the kill, EMA codebook updates on both sides of it."""
+    args = override(tokenizer_args(epoch_data, tmp_path / "ref", 8, teacher, kmeans=True), *EPOCHS)
+    ref_log = train(TOKENIZER, "tiny", *args)
+    logs = run_with_kill(TOKENIZER, args, tmp_path / "resumed", 4)
+    assert "k-means" not in logs[1]  # the codebook came back from the checkpoint
+    check_resumed_equals_reference(tmp_path / "ref", ref_log, tmp_path / "resumed", logs, "valid",
+                                   VALID_KEYS["tokenizer"])
+
+
+@pytest.mark.slow
+def test_finetuning_resume_over_epochs_is_exact(epoch_data, tmp_path):
     """mixup, SpecAugment and roll draw the same randomness in the resumed run."""
-    args = finetune_args(demo_data, tmp_path / "ref", 6, augment=True)
+    args = override(finetune_args(epoch_data, tmp_path / "ref", 8, augment=True), *EPOCHS)
     ref_log = train(FINETUNE, "tiny", *args)
-    save, killed, resumed = resume_after_kill(FINETUNE, args, tmp_path)
-    check_same_run(tmp_path / "ref", ref_log, save, killed, resumed, "valid_multi", VALID_KEYS["finetune"])
+    logs = run_with_kill(FINETUNE, args, tmp_path / "resumed", 6, workers=2)
+    check_resumed_equals_reference(tmp_path / "ref", ref_log, tmp_path / "resumed", logs, "valid_multi",
+                                   VALID_KEYS["finetune"])
     # the best metric is stored as a plain float (numpy scalars break weights-only loading)
-    best = checkpoint(save)["extra_state"]["best"]
+    best = checkpoint(tmp_path / "resumed")["extra_state"]["best"]
     assert type(best) is float and 0.0 < best <= 1.0
+
+
+@pytest.mark.slow
+def test_known_bad_files_are_logged_once_per_run_and_counted_every_epoch(demo_data, tmp_path):
+    """Bad files, 2 DataLoader workers, 3 epochs in two launches (stopped at the end of epoch 2 by
+    max_update, which writes checkpoint_last.pt there, as the end-of-epoch save a kill would follow):
+    each bad file is warned about once (per split) in the whole run, since workers forked for a
+    later epoch and the relaunch (the set is in the checkpoint) skip it unopened; every epoch still
+    counts all its bad clips."""
+    from test_distributed import BAD_READ, make_bad_manifest
+
+    data = make_bad_manifest(tmp_path / "data", demo_data, num_good=12)  # 18 clips, 4 unreadable
+    save = tmp_path / "ckpt"
+    args = override(pretrain_args(data, save, 6), "dataset.num_workers=2", "++lr_scheduler.total_num_update=9",
+                    "checkpoint.save_interval_updates=0", "dataset.validate_interval_updates=0")
+    first = train(ITER1, "tiny", *override(args, "optimization.max_update=6"))
+    second = train(ITER1, "tiny", *override(args, "optimization.max_update=9"))
+    epochs = parse_metrics(first, "train") + parse_metrics(second, "train")
+    assert [e["bad_audio"] for e in epochs] == [len(BAD_READ)] * 3, epochs
+    assert [v["bad_audio"] for v in parse_metrics(first + second, "valid")] == [len(BAD_READ)] * 3
+    for name in BAD_READ:
+        warned = [line for line in (first + second).splitlines() if "skipping bad audio" in line and name in line]
+        assert len(warned) == 2, (name, warned)  # once for train, once for valid
+        assert not any(name in line for line in second.splitlines() if "skipping bad audio" in line)
+    known = checkpoint(save)["extra_state"]["BeatsPretrainingTask"]["known_bad_audio"]
+    assert set(known) == {"train", "valid"} and all(len(ids) == len(BAD_READ) for ids in known.values())
+
+
+# --------------------------------------------------------------------------- crash-safe checkpoint files
+KILL_DURING_COPY = """
+import shutil, sys, time
+from beats_fairseq import safe_checkpoints
+def stalled_copy(src, dst, length=0):
+    dst.write(src.read(1000)); dst.flush(); print("writing", flush=True); time.sleep(60)
+shutil.copyfileobj = stalled_copy
+safe_checkpoints.atomic_copy(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_sigkill_during_a_checkpoint_copy_leaves_the_old_file_intact(tmp_path):
+    """fairseq copies checkpoint_E_U.pt to checkpoint_last.pt: a SIGKILL in the middle of the copy
+    leaves the previous checkpoint_last.pt complete (the copy goes to a temporary name)."""
+    import subprocess
+    import sys
+
+    from beats_fairseq.safe_checkpoints import checkpoint_problem
+
+    last, new = tmp_path / "checkpoint_last.pt", tmp_path / "checkpoint_2_8.pt"
+    torch.save({"model": {"w": torch.zeros(4)}}, last)
+    torch.save({"model": {"w": torch.ones(100000)}}, new)
+    before = last.read_bytes()
+    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_COPY, str(new), str(last)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.kill()
+    proc.wait()
+    assert last.read_bytes() == before and checkpoint_problem(str(last)) is None
+    assert (tmp_path / "checkpoint_last.pt.tmp").stat().st_size == 1000  # the interrupted copy
+    assert checkpoint_problem(str(tmp_path / "checkpoint_last.pt.tmp")) is not None
+
+
+def test_broken_checkpoint_last_resumes_from_the_newest_intact_one(tmp_path, caplog):
+    import os
+
+    from omegaconf import OmegaConf
+
+    from beats_fairseq.safe_checkpoints import BrokenCheckpointError, _checked_load_checkpoint
+
+    calls = []
+    load = _checked_load_checkpoint(lambda cfg, trainer, **kw: calls.append(cfg.restore_file) or "loaded")
+    cfg = OmegaConf.create({"save_dir": str(tmp_path), "restore_file": "checkpoint_last.pt"})
+    trainer = type("Trainer", (), {"checkpoint_suffix": ""})()
+    assert load(cfg, trainer) == "loaded" and calls == ["checkpoint_last.pt"]  # nothing to resume: fairseq's way
+    older, newer, last = (tmp_path / n for n in ("checkpoint_1_4.pt", "checkpoint_2_8.pt", "checkpoint_last.pt"))
+    for i, path in enumerate((older, newer, last)):
+        torch.save({"model": {"w": torch.full((4,), float(i))}}, path)
+        os.utime(path, (1000 + i, 1000 + i))
+    assert load(cfg, trainer) == "loaded" and calls[-1] == "checkpoint_last.pt"  # intact: loaded as usual
+    newer.write_bytes(newer.read_bytes()[:100])  # a broken one is passed over as well
+    for size in (0, last.stat().st_size // 2):
+        last.write_bytes(last.read_bytes()[:size])
+        with caplog.at_level("WARNING"):
+            assert load(cfg, trainer) == "loaded"
+        assert calls[-1] == str(older) and cfg.restore_file == "checkpoint_last.pt"
+        assert f"{last} is not an intact checkpoint" in caplog.text and f"resuming from {older}" in caplog.text
+    older.unlink()
+    with pytest.raises(BrokenCheckpointError, match=rf"{last} is not an intact checkpoint .* no other intact"):
+        load(cfg, trainer)
 
 
 # --------------------------------------------------------------------------- non-finite loss

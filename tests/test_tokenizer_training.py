@@ -187,11 +187,13 @@ def test_recipes_list_every_tunable_and_follow_the_paper(name):
     import dataclasses
 
     from beats_fairseq.criterions.beats_tokenizer_distillation import BeatsTokenizerDistillationConfig
+    from beats_fairseq.tasks.beats_pretraining import RESUME_FIELDS
 
     cfg = OmegaConf.load(REPO / "examples" / "beats_tokenizer" / f"{name}.yaml")
     for section, schema in (("task", BeatsTokenizerTrainingTaskConfig), ("model", BeatsTokenizerConfig),
                             ("criterion", BeatsTokenizerDistillationConfig)):
-        fixed = {"_name", "seed", "activation_fn", "layer_norm_first"}  # one supported value, not tunables
+        # one supported value, not tunables
+        fixed = {"_name", "seed", "activation_fn", "layer_norm_first", *RESUME_FIELDS}
         fields = {f.name for f in dataclasses.fields(schema) if f.name not in fixed}
         keys = set(cfg[section]) - {"_name"}
         assert keys == fields, (section, sorted(fields - keys), sorted(keys - fields))

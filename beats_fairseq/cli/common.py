@@ -176,7 +176,7 @@ class Clip:
 
 def clips_from_manifest(path: str) -> List[Clip]:
     manifest = read_manifest(path)
-    return [Clip(rel, manifest.abspath(i), i) for i, rel in enumerate(manifest.paths)]
+    return [Clip(manifest.relpath(i), manifest.abspath(i), i) for i in range(len(manifest))]
 
 
 def clips_from_files(paths) -> List[Clip]:

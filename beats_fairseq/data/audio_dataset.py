@@ -1,6 +1,7 @@
 """Raw-waveform dataset over a fairseq ``.tsv`` manifest."""
 
 import logging
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -37,6 +38,12 @@ class AudioDataset(FairseqDataset):
       ``None`` (dropped by :meth:`collater`); ``"fail"`` raises
       :class:`AudioReadError`. Counters live in the process that reads the
       audio (DataLoader workers keep their own copies).
+    * Known-bad items (``known_bad``, dataset indices) are skipped without opening the file
+      and still counted. The warning naming a bad file comes from the main process, once:
+      a DataLoader worker only reports the ``(index, reason)`` with its batch (``bad_items``;
+      the task passes it to :meth:`remember_bad`), so the workers forked for the next epoch
+      skip the file too. Skipping instead of re-reading changes nothing but the time (a bad
+      file yields the same empty sample either way): batches, counts and resume stay exact.
 
     * Batches carry ``num_bad_audio``, the number of bad clips dropped from them, so the
       task can count bad clips per epoch in the main process whatever the number of
@@ -77,7 +84,7 @@ class AudioDataset(FairseqDataset):
         self.kept_indices = np.flatnonzero(keep).astype(np.int64)
         self.skipped_indices = np.flatnonzero(~keep).astype(np.int64)
         if len(self.skipped_indices):
-            names = [self.manifest.paths[j] for j in self.skipped_indices[:5]]
+            names = [self.manifest.relpath(j) for j in self.skipped_indices[:5]]
             more = ", ..." if len(self.skipped_indices) > 5 else ""
             logger.warning("%s: dropped %d of %d entries shorter than min_sample_size=%d samples (%s%s)",
                            self.manifest.manifest_path, len(self.skipped_indices), len(raw),
@@ -90,7 +97,8 @@ class AudioDataset(FairseqDataset):
 
         self.num_bad = 0
         self.bad_paths = []
-        self._bad_seen = set()
+        self.known_bad = set()
+        self._new_bad = []  # (index, reason) found bad since the last collated batch (in this process)
         logger.info("loaded %d clips from %s (root %s)", len(self), self.manifest.manifest_path,
                     self.manifest.root)
 
@@ -146,13 +154,40 @@ class AudioDataset(FairseqDataset):
                 path, reason, "fix or remove the file, or set bad_audio='skip' to skip unreadable clips"
             ) from err
         self.num_bad += 1
-        if path not in self._bad_seen:
-            self._bad_seen.add(path)
-            self.bad_paths.append(path)
-            logger.warning("skipping bad audio %s (item %d): %s", path, index, reason)
+        if self._probing:
+            return None
+        self._new_bad.append((int(index), reason))
+        if torch.utils.data.get_worker_info() is None:  # a DataLoader worker only reports it with the batch
+            self.remember_bad([(index, reason)])
         return None
 
+    _probing = False
+
+    @contextmanager
+    def probe(self):
+        """Reads that are not part of an epoch (fairseq's dummy batch): bad items are neither logged,
+        counted, nor remembered (a relaunch restores ``known_bad`` only after fairseq took its dummy batch)."""
+        state = (self.num_bad, getattr(self, "_pending_bad", 0), list(self._new_bad))
+        self._probing = True
+        try:
+            yield self
+        finally:
+            self._probing = False
+            self.num_bad, self._pending_bad, self._new_bad = state
+
+    def remember_bad(self, items) -> None:
+        """Add ``(index, reason)`` items found bad (here or in a DataLoader worker) to ``known_bad``,
+        with one warning for each item not known before."""
+        for index, reason in items:
+            if int(index) not in self.known_bad:
+                self.known_bad.add(int(index))
+                self.bad_paths.append(self.path(index))
+                logger.warning("skipping bad audio %s (item %d): %s", self.path(index), index, reason)
+
     def __getitem__(self, index):
+        if index in self.known_bad:
+            self.num_bad += 1
+            return None
         path = self.path(index)
         try:
             wav = read_audio(path, self.sample_rate)
@@ -185,6 +220,7 @@ class AudioDataset(FairseqDataset):
             return {}
         num_bad += getattr(self, "_pending_bad", 0)
         self._pending_bad = 0
+        bad_items, self._new_bad = self._new_bad, []
         lengths = [s["source"].numel() for s in samples]
         target = self.pad_to if self.pad_to is not None else max(lengths)
         source = torch.zeros(len(samples), target, dtype=self.source_dtype)
@@ -197,6 +233,7 @@ class AudioDataset(FairseqDataset):
             "id": torch.LongTensor([s["id"] for s in samples]),
             "net_input": {"source": source, "padding_mask": padding_mask},
             "num_bad_audio": num_bad,  # bad clips dropped from this batch (and from empty ones before it)
+            "bad_items": bad_items,  # (index, reason) of the newly found ones, for the main process
         }
         self.collate_extra(samples, batch)
         return batch
@@ -207,8 +244,8 @@ class AudioDataset(FairseqDataset):
 
     def bad_audio_report(self):
         """One-line summary of skipped bad files (this process only)."""
-        if not self.num_bad:
-            return f"{self.manifest.manifest_path}: no bad audio files seen (in this process)"
+        if not self.known_bad:
+            return f"{self.manifest.manifest_path}: no bad audio files seen"
         shown = ", ".join(self.bad_paths[:3]) + (", ..." if len(self.bad_paths) > 3 else "")
-        return (f"{self.manifest.manifest_path}: skipped {self.num_bad} item(s) from "
-                f"{len(self.bad_paths)} bad file(s): {shown}")
+        return (f"{self.manifest.manifest_path}: {len(self.known_bad)} known bad file(s), skipped without "
+                f"reading: {shown}")

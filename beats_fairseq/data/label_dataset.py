@@ -12,6 +12,10 @@ Weighted sampling (AS-2M style): with ``sample_weights`` (one weight per manifes
 1 / count(c)``), each epoch draws ``epoch_samples`` clips with replacement, with probability
 proportional to ``w_i``. The draw uses ``np.random`` inside :meth:`ordered_indices`, which
 fairseq seeds with ``seed + epoch``: reproducible, resumable and identical on every rank.
+
+The class ids of all clips are held in two numpy arrays (:class:`ClipLabels`), not one Python
+list per clip, for the reason the manifest's paths are (``manifest.Manifest``): fork-started
+DataLoader workers would copy the pages of 2M small lists as they touch their reference counts.
 """
 
 import logging
@@ -54,6 +58,24 @@ def read_weights_file(path: str, num_lines: int) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
+class ClipLabels:
+    """Class ids of every clip: ``values`` (int32) and ``offsets`` (int64); ``labels[i]`` is a list."""
+
+    def __init__(self, lists: Sequence[Sequence[int]]):
+        self.offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+        self.offsets[1:] = np.cumsum([len(ids) for ids in lists])
+        self.values = np.fromiter((c for ids in lists for c in ids), dtype=np.int32, count=int(self.offsets[-1]))
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i) -> List[int]:
+        return self.values[self.offsets[i]:self.offsets[i + 1]].tolist()
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
 class LabelledAudioDataset(AudioDataset):
     """:class:`AudioDataset` with class targets; see the module docstring."""
 
@@ -79,7 +101,8 @@ class LabelledAudioDataset(AudioDataset):
                         f"{label_path}, line {lineno}: single-label task but {len(ids)} class ids {ids} "
                         "(set task.multilabel=true for multi-label data)"
                     )
-        self.labels: List[List[int]] = [all_labels[j] for j in self.kept_indices]
+        self.labels = ClipLabels([all_labels[j] for j in self.kept_indices])
+        del all_labels
 
         self.sample_weights = None
         if sample_weights is not None:
@@ -98,10 +121,7 @@ class LabelledAudioDataset(AudioDataset):
         self.epoch_samples = int(epoch_samples) if epoch_samples else len(self)
 
     def class_counts(self) -> np.ndarray:
-        counts = np.zeros(self.num_classes, dtype=np.int64)
-        for ids in self.labels:
-            counts[ids] += 1
-        return counts
+        return np.bincount(self.labels.values, minlength=self.num_classes).astype(np.int64)
 
     @property
     def can_reuse_epoch_itr_across_epochs(self):

@@ -290,7 +290,7 @@ class PrecomputedLabelsDataset(AudioDataset):
             expected = num_patches(min(s["source"].numel(), length), self.patch_size)
             if len(labels) != expected:
                 self.store.mismatch(
-                    f"patches of manifest entry {s['entry']} ({self.manifest.paths[s['entry']]})",
+                    f"patches of manifest entry {s['entry']} ({self.manifest.relpath(s['entry'])})",
                     len(labels), f"{expected} (the audio file changed since the labels were computed)",
                 )
             target[k, :expected] = torch.from_numpy(labels)

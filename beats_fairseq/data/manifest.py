@@ -19,7 +19,7 @@ Class map: AudioSet ``class_labels_indices.csv`` form with the header
 
 import csv
 import os
-from dataclasses import dataclass
+from array import array
 
 import numpy as np
 
@@ -43,59 +43,88 @@ def _read_lines(path, what):
     return path, lines
 
 
-@dataclass
 class Manifest:
-    """Parsed manifest: ``root`` (absolute), relative ``paths``, ``sizes``
-    (int64 num_samples) and the absolute ``manifest_path``."""
+    """Parsed manifest: ``root`` (absolute), ``sizes`` (int64 num_samples), the absolute
+    ``manifest_path``, and the relative paths stored compactly: one numpy byte buffer of the
+    UTF-8 paths and their int64 offsets, so a manifest of 2M entries holds two arrays instead
+    of 2M Python strings. (Forked DataLoader workers share the parent's pages until they are
+    written; the reference counts of 2M string objects would be written, and their pages
+    copied, by every worker that touches them.) ``relpath(i)``/``abspath(i)`` decode one entry;
+    ``paths`` builds the whole list (tools and tests, not the data path)."""
 
-    root: str
-    paths: list
-    sizes: np.ndarray
-    manifest_path: str
+    def __init__(self, root: str, path_bytes: np.ndarray, path_offsets: np.ndarray, sizes: np.ndarray,
+                 manifest_path: str):
+        self.root = root
+        self.path_bytes = path_bytes
+        self.path_offsets = path_offsets
+        self.sizes = sizes
+        self.manifest_path = manifest_path
 
     def __len__(self):
-        return len(self.paths)
+        return len(self.sizes)
+
+    def relpath(self, i):
+        """Relative path of entry ``i`` (0-based)."""
+        start, end = self.path_offsets[i], self.path_offsets[i + 1]
+        return self.path_bytes[start:end].tobytes().decode("utf-8")
 
     def abspath(self, i):
         """Absolute path of entry ``i`` (0-based)."""
-        return os.path.join(self.root, self.paths[i])
+        return os.path.join(self.root, self.relpath(i))
+
+    @property
+    def paths(self):
+        """All relative paths, as a new list."""
+        return [self.relpath(i) for i in range(len(self))]
 
 
 def read_manifest(path, allow_empty=False):
     """Parse a fairseq ``.tsv`` manifest; raise :class:`ManifestError` naming
     the file and line on any problem (missing file, empty manifest, empty
     line, no tab, non-integer or negative num_samples). A manifest with a root
-    but no entries is an error unless ``allow_empty``."""
-    path, lines = _read_lines(path, "manifest")
-    if not lines or not lines[0].strip():
-        raise _err(path, 1, "empty manifest: the first line must be the audio root directory")
-    root = lines[0].strip()
-    if "\t" in root:
-        raise _err(path, 1, f"the first line must be the root directory only, found a tab in {root!r} "
-                            "(did you forget the root line?)")
-    root = os.path.normpath(os.path.join(os.path.dirname(path), os.path.expanduser(root)))
-    paths, sizes = [], []
-    for lineno, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            raise _err(path, lineno, "empty line (remove it; every line after the root must be "
-                                     "'relpath<TAB>num_samples')")
-        cols = line.split("\t")
-        if len(cols) < 2:
-            raise _err(path, lineno, f"expected 'relpath<TAB>num_samples' but found no tab in {line!r}")
-        rel, n = cols[0], cols[1].strip()
-        if not rel.strip():
-            raise _err(path, lineno, "empty relative path before the tab")
-        try:
-            size = int(n)
-        except ValueError:
-            raise _err(path, lineno, f"num_samples must be an integer, found {n!r}") from None
-        if size < 0:
-            raise _err(path, lineno, f"num_samples must be >= 0, found {size}")
-        paths.append(rel)
-        sizes.append(size)
-    if not paths and not allow_empty:
+    but no entries is an error unless ``allow_empty``. The file is read line by
+    line into the compact arrays (no list of all lines is ever held)."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise _err(path, None, "manifest file not found (check the path / task.data directory)")
+    buffer, ends, sizes = bytearray(), array("q"), array("q")
+    with open(path, "rb") as f:
+        root = f.readline().decode("utf-8").rstrip("\r\n").strip()
+        if not root:
+            raise _err(path, 1, "empty manifest: the first line must be the audio root directory")
+        if "\t" in root:
+            raise _err(path, 1, f"the first line must be the root directory only, found a tab in {root!r} "
+                                "(did you forget the root line?)")
+        for lineno, line in enumerate(f, start=2):
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                raise _err(path, lineno, "empty line (remove it; every line after the root must be "
+                                         "'relpath<TAB>num_samples')")
+            rel, tab, rest = line.partition(b"\t")
+            if not tab:
+                raise _err(path, lineno, f"expected 'relpath<TAB>num_samples' but found no tab in "
+                                         f"{line.decode('utf-8', 'replace')!r}")
+            if not rel.strip():
+                raise _err(path, lineno, "empty relative path before the tab")
+            n = rest.partition(b"\t")[0].strip()
+            try:
+                size = int(n)
+            except ValueError:
+                raise _err(path, lineno, f"num_samples must be an integer, found "
+                                         f"{n.decode('utf-8', 'replace')!r}") from None
+            if size < 0:
+                raise _err(path, lineno, f"num_samples must be >= 0, found {size}")
+            buffer += rel
+            ends.append(len(buffer))
+            sizes.append(size)
+    if not sizes and not allow_empty:
         raise _err(path, 2, "empty manifest: it has a root line but no 'relpath<TAB>num_samples' entries")
-    return Manifest(root=root, paths=paths, sizes=np.asarray(sizes, dtype=np.int64), manifest_path=path)
+    root = os.path.normpath(os.path.join(os.path.dirname(path), os.path.expanduser(root)))
+    offsets = np.zeros(len(ends) + 1, dtype=np.int64)
+    offsets[1:] = np.frombuffer(ends, dtype=np.int64) if len(ends) else 0
+    return Manifest(root=root, path_bytes=np.frombuffer(bytes(buffer), dtype=np.uint8), path_offsets=offsets,
+                    sizes=np.frombuffer(sizes, dtype=np.int64).copy() if len(sizes) else np.zeros(0, np.int64),
+                    manifest_path=path)
 
 
 def write_manifest(path, root, rows):

@@ -19,9 +19,14 @@ Shared by the three training tasks (this one, ``beats_tokenizer_training`` and
   hold float64 waveforms, which fairseq's cast of the batch (float32 tensors only) leaves
   alone, so the fbank and the tokenizer labels are computed in float32 from exact samples;
 * **masks**: the model's mask seed is ``common.seed`` (per-clip masks, see ``models/beats.py``);
-* multi-process training on CPU (gloo) works with ``ddp_backend=pytorch_ddp``.
+* multi-process training on CPU (gloo) works with ``ddp_backend=pytorch_ddp``;
+* **exact resume** (``docs/scale.md``): batches rebuilt every epoch from (seed, epoch) and
+  DataLoader workers forked afresh every epoch (``rebuild_batches``/``persistent_workers``
+  below), crash-safe checkpoint files (``beats_fairseq/safe_checkpoints.py``), and the
+  known-bad files of every split kept in the checkpoint (``get_checkpoint_dict``).
 """
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -37,6 +42,7 @@ from omegaconf import II, MISSING
 from ..data.audio import MIN_SAMPLES_ONE_PATCH
 from ..data.audio_dataset import AudioDataset
 from ..distributed import NonFiniteGuard, enable_cpu_ddp, zero_loss, zeroed
+from ..safe_checkpoints import enable_safe_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +51,8 @@ BAD_AUDIO_CHOICES = ChoiceEnum(["skip", "fail"])
 NONFINITE_CHOICES = ChoiceEnum(["fail", "skip"])
 # Splits named like this are read in order, uncropped at the start and unshuffled.
 EVAL_SPLIT_PREFIXES = ("valid", "test", "eval", "dev")
+# Task fields fairseq reads that exact resume needs at their defaults: not tunables, not in the recipes.
+RESUME_FIELDS = ("rebuild_batches", "persistent_workers")
 
 
 @dataclass
@@ -75,6 +83,18 @@ class BeatsPretrainingTaskConfig(FairseqDataclass):
                   "exact (fbank and labels as in float32); default: on with common.bf16, set it for common.fp16"},
     )
     seed: int = II("common.seed")
+    # Read by fairseq's FairseqTask.get_batch_iterator. Not listed in the recipes: exact resume
+    # needs these values (docs/scale.md, "What was wrong before").
+    rebuild_batches: bool = field(
+        default=True,
+        metadata={"help": "new batches every epoch from (seed, epoch); fairseq's default (false) keeps those of the "
+                  "epoch the iterator was built in, which differ after a resume"},
+    )
+    persistent_workers: bool = field(
+        default=False,
+        metadata={"help": "keep DataLoader workers across epochs; false forks them every epoch after set_epoch "
+                  "(persistent workers keep the epoch of their fork: other crops after a resume)"},
+    )
 
 
 def _flag(cfg, name: str, default=False) -> bool:
@@ -107,8 +127,10 @@ class _GoodFirstBatch:
     def first_batch(self):
         if not getattr(self.dataset, "supports_fetch_outside_dataloader", True):
             return "DUMMY"
+        probe = getattr(self.dataset, "probe", contextlib.nullcontext)
         for batch in self.frozen_batches:
-            sample = self.collate_fn([self.dataset[i] for i in batch])
+            with probe():  # not an epoch's read: no bad-audio count, log line or known-bad entry
+                sample = self.collate_fn([self.dataset[i] for i in batch])
             if sample:
                 return sample
         raise RuntimeError("every clip of the dataset was skipped as bad audio (see the warnings above)")
@@ -127,6 +149,7 @@ class BeatsPretrainingTask(FairseqTask):
     @classmethod
     def setup_task(cls, cfg, **kwargs):
         enable_cpu_ddp()
+        enable_safe_checkpoints()
         return cls(cfg)
 
     def build_model(self, cfg, from_checkpoint=False):
@@ -209,6 +232,26 @@ class BeatsPretrainingTask(FairseqTask):
             with torch.autocast(device_type=device, enabled=amp):
                 return criterion(model, sample)
 
+    def remember_bad(self, sample, training: bool) -> None:
+        """Items of ``sample`` found bad (in a DataLoader worker, say) join their dataset's ``known_bad``
+        in this process, so the workers of the next epoch skip them without opening them. Only when
+        one dataset of the kind (training or evaluation) is loaded: ids do not name their split."""
+        items = (sample or {}).get("bad_items")
+        datasets = [d for s, d in self.datasets.items() if hasattr(d, "remember_bad")
+                    and s.startswith(EVAL_SPLIT_PREFIXES) != training]
+        if items and len(datasets) == 1:
+            datasets[0].remember_bad(items)
+
+    def get_checkpoint_dict(self):
+        """Saved by fairseq in ``extra_state[task class name]``: the known-bad items of every split."""
+        known = {s: sorted(d.known_bad) for s, d in self.datasets.items() if getattr(d, "known_bad", None)}
+        return {type(self).__name__: {"known_bad_audio": known}}
+
+    def set_checkpoint_dict(self, state) -> None:
+        for split, ids in (state or {}).get("known_bad_audio", {}).items():
+            if hasattr(self.datasets.get(split), "known_bad"):
+                self.datasets[split].known_bad.update(int(i) for i in ids)
+
     def _counts(self, sample, logging_output, skipped: bool, ignore: bool):
         logging_output["bad_audio"] = 0 if ignore else int((sample or {}).get("num_bad_audio", 0))
         logging_output["nonfinite_skipped"] = int(skipped and not ignore)
@@ -225,6 +268,7 @@ class BeatsPretrainingTask(FairseqTask):
             self.nonfinite.on_nonfinite(loss, self.batch_files(sample, training=True),
                                         f"in training update {update_num + 1}")
             loss, sample_size, logging_output = zero_loss(model), 0, zeroed(logging_output)
+        self.remember_bad(sample, training=True)
         if ignore_grad:
             loss = loss * 0
         with torch.autograd.profiler.record_function("backward"):
@@ -238,6 +282,7 @@ class BeatsPretrainingTask(FairseqTask):
 
     def valid_step(self, sample, model, criterion, **kwargs):
         model.eval()
+        self.remember_bad(sample, training=False)
         with torch.no_grad():
             loss, sample_size, logging_output = criterion(model, sample)
         skipped = not bool(torch.isfinite(loss.detach()).all())
@@ -272,7 +317,7 @@ class BeatsPretrainingTask(FairseqTask):
 
     def begin_epoch(self, epoch, model):
         for split, dataset in self.datasets.items():
-            if getattr(dataset, "num_bad", 0):
+            if getattr(dataset, "known_bad", None):
                 logger.warning("%s: %s", split, dataset.bad_audio_report())
 
     def max_positions(self):

@@ -1,0 +1,177 @@
+"""Crash-safe checkpoint files, and resuming past a broken ``checkpoint_last.pt``.
+
+fairseq saves a checkpoint by writing the first file (``checkpoint_E_U.pt`` or
+``checkpoint_last.pt``) to ``NAME.tmp`` and renaming it, then *copies* it to the other names
+(``checkpoint_last.pt``, ``checkpoint_best.pt``, ...). A copy is written in place, so a kill
+during the copy leaves a truncated ``checkpoint_last.pt``, and the next launch stops in
+``torch.load`` with ``EOFError``. :func:`enable_safe_checkpoints` (called by the tasks'
+``setup_task``) patches two spots of ``fairseq.checkpoint_utils``:
+
+* every checkpoint file, copies included, is written to ``NAME.tmp``, flushed to disk
+  (``fsync``) and renamed over ``NAME`` (``os.replace``, atomic on a POSIX file system), so a
+  file named ``checkpoint*.pt`` is either the old complete file or the new complete one;
+  paths that are not local files (other ``PathManager`` back-ends) keep fairseq's behaviour;
+* ``load_checkpoint``: a ``checkpoint_last.pt`` that is not an intact checkpoint (empty,
+  truncated, not a zip archive, or its pickled record fails its CRC) is reported with one
+  warning naming it, and training resumes from the newest intact ``checkpoint*.pt`` of
+  ``checkpoint.save_dir`` (by modification time; each holds the full training state of its
+  update). With none intact the launch stops with a message naming the folder, never a
+  silent start from scratch.
+"""
+
+import logging
+import os
+import shutil
+import zipfile
+from typing import Optional
+
+import torch
+from omegaconf import open_dict
+
+logger = logging.getLogger(__name__)
+
+
+class BrokenCheckpointError(SystemExit):
+    """No intact checkpoint to resume from (a SystemExit: the message, no traceback)."""
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in str(path)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: str, write) -> None:
+    """``write(f)`` into ``path + ".tmp"``, fsync, rename over ``path``."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path)
+
+
+def atomic_copy(src: str, dst: str) -> None:
+    def copy(f):
+        with open(src, "rb") as s:
+            shutil.copyfileobj(s, f, length=16 << 20)
+
+    write_atomically(dst, copy)
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+    """Why ``path`` is not an intact torch checkpoint, or None. Reads the zip directory (at the
+    end of the file: a truncated file has none) and CRC-checks every member (one read of the file)."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "the file is empty (0 bytes)"
+        with zipfile.ZipFile(path) as archive:
+            if not any(n.endswith("data.pkl") for n in archive.namelist()):
+                return "no data.pkl record: not a torch checkpoint"
+            bad = archive.testzip()
+            if bad is not None:
+                return f"member {bad} fails its CRC check"
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"not a complete checkpoint archive ({type(e).__name__}: {e}; {size} bytes)"
+    return None
+
+
+def newest_intact_checkpoint(save_dir: str, suffix: str = "", exclude: str = "") -> Optional[str]:
+    """The intact ``checkpoint*{suffix}.pt`` of ``save_dir`` written last (``exclude`` left out)."""
+    try:
+        names = os.listdir(save_dir)
+    except OSError:
+        return None
+    paths = [os.path.join(save_dir, n) for n in names
+             if n.startswith("checkpoint") and n.endswith(f"{suffix}.pt")]
+    paths = [p for p in paths if os.path.abspath(p) != os.path.abspath(exclude) and os.path.isfile(p)]
+    for path in sorted(paths, key=os.path.getmtime, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning("checkpoint %s is not intact either (%s)", path, problem)
+    return None
+
+
+def _safe_torch_persistent_save(original):
+    def torch_persistent_save(obj, filename, async_write: bool = False):
+        if async_write or not _is_local(filename):
+            return original(obj, filename, async_write=async_write)
+        write_atomically(filename, lambda f: torch.save(obj, f))
+
+    torch_persistent_save.beats_safe = True
+    return torch_persistent_save
+
+
+def _atomic_copy_path_manager(base):
+    class AtomicCopyPathManager(base):
+        """fairseq's PathManager whose ``copy`` of local files is atomic (temporary name + rename)."""
+
+        @staticmethod
+        def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+            if not (_is_local(src_path) and _is_local(dst_path)):
+                return base.copy(src_path, dst_path, overwrite)
+            if os.path.exists(dst_path) and not overwrite:
+                return False
+            atomic_copy(src_path, dst_path)
+            return True
+
+    AtomicCopyPathManager.beats_safe = True
+    return AtomicCopyPathManager
+
+
+def _checked_load_checkpoint(original):
+    def load_checkpoint(cfg, trainer, **passthrough_args):
+        suffix = getattr(trainer, "checkpoint_suffix", "") or ""
+        last = os.path.join(cfg.save_dir, f"checkpoint_last{suffix}.pt")
+        if cfg.restore_file != "checkpoint_last.pt" or not os.path.exists(last):
+            return original(cfg, trainer, **passthrough_args)
+        problem = checkpoint_problem(last)
+        if problem is None:
+            return original(cfg, trainer, **passthrough_args)
+        fallback = newest_intact_checkpoint(cfg.save_dir, suffix, exclude=last)
+        if fallback is None:
+            msg = (f"{last} is not an intact checkpoint ({problem}; a run killed while writing it?) and "
+                   f"{cfg.save_dir} holds no other intact checkpoint*.pt to resume from: move the broken file "
+                   "away to start from scratch, or set checkpoint.restore_file to a checkpoint")
+            logger.error(msg)
+            raise BrokenCheckpointError(msg)
+        logger.warning("%s is not an intact checkpoint (%s; a run killed while writing it?): resuming from %s, "
+                       "the newest intact checkpoint in %s", last, problem, fallback, cfg.save_dir)
+        restore = os.path.abspath(fallback)
+        restore = restore[:-len(f"{suffix}.pt")] + ".pt"  # fairseq inserts the suffix before ".pt" itself
+        with open_dict(cfg):
+            cfg.restore_file = restore
+        try:
+            return original(cfg, trainer, **passthrough_args)
+        finally:
+            with open_dict(cfg):
+                cfg.restore_file = "checkpoint_last.pt"
+
+    load_checkpoint.beats_safe = True
+    return load_checkpoint
+
+
+def enable_safe_checkpoints() -> None:
+    """Patch ``fairseq.checkpoint_utils`` (idempotent): atomic writes and copies, checked resume."""
+    from fairseq import checkpoint_utils
+
+    if not getattr(checkpoint_utils.torch_persistent_save, "beats_safe", False):
+        checkpoint_utils.torch_persistent_save = _safe_torch_persistent_save(checkpoint_utils.torch_persistent_save)
+    if not getattr(checkpoint_utils.PathManager, "beats_safe", False):
+        checkpoint_utils.PathManager = _atomic_copy_path_manager(checkpoint_utils.PathManager)
+    if not getattr(checkpoint_utils.load_checkpoint, "beats_safe", False):
+        checkpoint_utils.load_checkpoint = _checked_load_checkpoint(checkpoint_utils.load_checkpoint)
