@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cli.common import model_kind
+from .loading import model_kind
 from .modules.encoder import WeightNormConv1d
 from .modules.fbank import FRAME_LENGTH, FRAME_SHIFT, SAMPLE_RATE
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from .features import REDUCTIONS, chunk_grid, frame_features
+from .loading import load
 from .modules.fbank import FRAME_LENGTH, FRAME_SHIFT, NUM_MEL_BINS, SAMPLE_RATE
 
 
@@ -59,8 +60,6 @@ def load_model(model_file_path: str = "", layer: Optional[int] = None, reduce: s
     """
     if not model_file_path:
         raise ValueError("beats_fairseq.hear.load_model needs a checkpoint path (hear-eval-kit: --model CKPT)")
-    from .checkpoint import load
-
     return BeatsHearModel(load(model_file_path), layer, reduce, chunk_seconds, hop_seconds)
 
 

@@ -47,10 +47,11 @@ for path in (REPO, REPO / "benchmarks"):
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from beats_fairseq.loading import load_frozen_tokenizer  # noqa: E402
 from beats_fairseq.models.beats import BeatsConfig, BeatsModel  # noqa: E402
 from beats_fairseq.models.beats_classifier import BeatsClassifierConfig, BeatsClassifierModel  # noqa: E402
 from beats_fairseq.models.beats_tokenizer import BeatsTokenizerConfig, BeatsTokenizerModel  # noqa: E402
-from beats_fairseq.tokenizers import load_frozen_tokenizer  # noqa: E402
+from beats_fairseq.tokenizers import FrozenTokenizer  # noqa: E402
 from encoder_mfu import TINY, Timer, autocast_context, cpu_model, git_commit, load_average, matmul_gflops  # noqa: E402
 from flops import count_flops  # noqa: E402
 
@@ -173,7 +174,15 @@ def model_size(args) -> dict:
 def pretrain_model(args, device, **extra) -> BeatsModel:
     cfg = BeatsConfig(**model_size(args), attention_backend=args.attention_backend, torch_compile=args.compile,
                       **({"attention_dropout": 0.0} if args.attention_backend == "flex" else {}), **extra)
-    return BeatsModel(cfg).to(device).train()
+    return with_tokenizer(BeatsModel(cfg)).to(device).train()
+
+
+def with_tokenizer(model: BeatsModel) -> BeatsModel:
+    """iter2: attach the frozen tokenizer of ``tokenizer_path``, as the beats_pretraining task does."""
+    path = model.cfg.tokenizer_path
+    if path:
+        model.set_tokenizer(FrozenTokenizer(load_frozen_tokenizer(path), source=path))
+    return model
 
 
 def finetune_model(args, device) -> BeatsClassifierModel:
@@ -263,12 +272,12 @@ def build_variant(name, args, device, dtype, batch, timer, tokenizer_path) -> Va
     target_fn = None
     if name == "iter2_precomputed":
         with torch.no_grad():
-            labels = model.tokenizer.extract_labels(source)
+            labels = model.frozen_tokenizer(source)
         target_fn = lambda: labels  # noqa: E731
     step = pretrain_update(model, source, clip_ids, dtype, sections, target_fn)
     flop_step = None
     if not eager_sdpa:  # FLOPs of the same maths, counted on an eager SDPA copy
-        plain = BeatsModel(BeatsConfig(**model_size(args), **extra)).to(device).train()
+        plain = with_tokenizer(BeatsModel(BeatsConfig(**model_size(args), **extra))).to(device).train()
         flop_step = pretrain_update(plain, source, clip_ids, dtype, Sections(timer), target_fn)
     return Variant(name, step, batch, extra.get("num_masks", 1), sections, flop_step)
 

@@ -9,7 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from beats_fairseq.checkpoint import load, read_checkpoint
+from beats_fairseq.checkpoint import read_checkpoint
+from beats_fairseq.loading import load
 from beats_fairseq.cli import convert, evaluate, extract, manifest, predict
 from beats_fairseq.cli.common import num_patches
 from beats_fairseq.data import read_audio, write_class_map

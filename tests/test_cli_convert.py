@@ -5,7 +5,8 @@ import pytest
 import torch
 from fairseq import checkpoint_utils
 
-from beats_fairseq.checkpoint import is_official, load, read_checkpoint
+from beats_fairseq.checkpoint import is_official, read_checkpoint
+from beats_fairseq.loading import load
 from beats_fairseq.cli import convert
 from beats_fairseq.cli.common import load_model
 

@@ -4,6 +4,8 @@ labels) and tiny iter2 runs in both label modes."""
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +23,8 @@ from beats_fairseq.data.label_store import (
     num_patches,
     tokenizer_identity,
 )
+from beats_fairseq.loading import load_frozen_tokenizer
 from beats_fairseq.models.beats_tokenizer import BeatsTokenizerConfig, BeatsTokenizerModel
-from beats_fairseq.tokenizers import load_frozen_tokenizer
 
 from conftest import REPO, run_train
 
@@ -195,13 +197,54 @@ def _inner_losses(log):
     return [m.group(1) for m in re.finditer(r"\[train_inner\]\[INFO\] - epoch \d+:\s+\d+ / \d+ loss=([0-9.]+)", log)]
 
 
+def test_models_rebuilt_from_a_checkpoint_never_read_the_tokenizer(demo_data, tokenizers, tmp_path):
+    from beats_fairseq.models.beats import BeatsConfig
+
+    task = make_task(demo_data)
+    cfg = OmegaConf.structured(BeatsConfig(encoder_layers=1, encoder_embed_dim=64, encoder_ffn_embed_dim=64,
+                                           embed_dim=32, encoder_attention_heads=4, conv_pos=16,
+                                           label_predictor_layers=1, tokenizer_path=str(tmp_path / "gone.pt")))
+    with open_dict(cfg):
+        cfg._name = "beats"
+    with pytest.raises(FileNotFoundError, match="gone.pt"):
+        task.build_model(cfg)  # for training: the tokenizer is needed
+    model = task.build_model(cfg, from_checkpoint=True)  # inference: it is not read
+    assert model.frozen_tokenizer is None and model.tokenizer is None and model.num_codes == 1024
+    with pytest.raises(RuntimeError, match="no tokenizer attached"):
+        model(torch.zeros(1, 16000))
+    # for training, the task attaches the tokenizer and writes its codebook size into the config
+    cfg.tokenizer_path = tokenizers[0]
+    model = task.build_model(cfg)
+    assert cfg.codebook_size == model.num_codes == 32 and model.frozen_tokenizer.source == tokenizers[0]
+    assert not any(k.startswith("frozen_tokenizer") for k in model.state_dict())
+
+
+STANDALONE = """
+import os, sys, torch, beats_fairseq
+from fairseq import checkpoint_utils
+path, tokenizer = sys.argv[1:]
+assert not os.path.exists(tokenizer)
+models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path])
+assert cfg.model.tokenizer_path == tokenizer and cfg.model.codebook_size == 32
+model = beats_fairseq.load(path)
+assert model.frozen_tokenizer is None and models[0].label_head.out_features == 32
+x = torch.randn(2, 16000) * 0.1
+a, b = model.extract_features(x)[0], models[0].eval().extract_features(x)[0]
+assert a.shape == (2, 48, 128) and torch.equal(a, b)
+print("STANDALONE-OK")
+"""
+
+
 @pytest.mark.slow
 def test_iter2_tiny_runs_with_on_the_fly_and_precomputed_labels(demo_data, labels, tokenizers, tmp_path):
-    common = [f"task.data={demo_data}", f"model.tokenizer_path={tokenizers[0]}", "optimization.max_update=4",
+    own = tmp_path / "tokenizer.pt"  # a copy of tokenizers[0]: deleted below
+    shutil.copy(tokenizers[0], own)
+    common = [f"task.data={demo_data}", "optimization.max_update=4",
               "common.log_interval=1", "dataset.validate_interval_updates=4", "checkpoint.save_interval_updates=4"]
-    fly = run_train(REPO / "examples" / "beats_iter2", "tiny", *common, f"checkpoint.save_dir={tmp_path / 'fly'}")
+    fly = run_train(REPO / "examples" / "beats_iter2", "tiny", *common, f"checkpoint.save_dir={tmp_path / 'fly'}",
+                    f"model.tokenizer_path={own}")
     pre = run_train(REPO / "examples" / "beats_iter2", "tiny", *common, f"checkpoint.save_dir={tmp_path / 'pre'}",
-                    f"task.precomputed_labels={labels}", "task.crop=start")
+                    f"model.tokenizer_path={tokenizers[0]}", f"task.precomputed_labels={labels}", "task.crop=start")
     assert "precomputed labels from" in pre and "precomputed labels from" not in fly
     for save in ("fly", "pre"):
         assert (tmp_path / save / "checkpoint_last.pt").is_file()
@@ -214,4 +257,9 @@ def test_iter2_tiny_runs_with_on_the_fly_and_precomputed_labels(demo_data, label
     model = beats_fairseq.load(str(tmp_path / "pre" / "checkpoint_last.pt"))
     feats, _ = model.extract_features(torch.zeros(1, 16000))
     assert feats.shape[-1] == 128
+    # the checkpoint is self-contained: it loads and extracts features in a new process without its tokenizer
+    os.remove(own)
+    proc = subprocess.run([sys.executable, "-c", STANDALONE, str(tmp_path / "fly" / "checkpoint_last.pt"), str(own)],
+                          capture_output=True, text=True, cwd="/")
+    assert "STANDALONE-OK" in proc.stdout, proc.stderr[-3000:]
     shutil.rmtree(tmp_path / "fly", ignore_errors=True)

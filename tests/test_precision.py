@@ -23,7 +23,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from beats_fairseq.loading import load_frozen_tokenizer
 from beats_fairseq.models.beats import BeatsConfig, BeatsModel
+from beats_fairseq.tokenizers import FrozenTokenizer
 from beats_fairseq.tokenizers.quantizer import NormEMAVectorQuantizer
 from test_distributed import (
     FINETUNE,
@@ -88,12 +90,17 @@ def test_fbank_and_labels_of_a_bf16_model_equal_float32():
 
 
 def test_trained_tokenizer_labels_of_a_bf16_model_equal_float32(oracle):
-    """iter2+: the frozen trained tokenizer follows the model's device but stays float32."""
+    """iter2+: the frozen trained tokenizer (attached as the task does) is outside the model's module
+    tree: never saved with it and never cast with it, so it stays float32."""
     torch.manual_seed(0)
-    cfg = dict(TINY, tokenizer_path=str(oracle.dir / "tokenizer_small.pt"))
+    path = str(oracle.dir / "tokenizer_small.pt")
+    tokenizer = FrozenTokenizer(load_frozen_tokenizer(path), source=path)
+    cfg = dict(TINY, tokenizer_path=path, codebook_size=tokenizer.codebook_size)
     model = BeatsModel(OmegaConf.structured(BeatsConfig(**cfg))).eval()
+    model.set_tokenizer(tokenizer)
+    assert not any(k.startswith(("tokenizer.", "frozen_tokenizer.")) for k in model.state_dict())
     half = copy.deepcopy(model).to(torch.bfloat16)
-    assert all(p.dtype == torch.float32 for p in half.tokenizer.parameters())
+    assert all(p.dtype == torch.float32 for p in half.frozen_tokenizer.model.parameters())
     assert half.label_head.weight.dtype == torch.bfloat16
     wav = waveforms(batch=2)
     labels32 = model.compute_labels(wav, None, None)

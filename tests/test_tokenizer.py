@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from beats_fairseq.checkpoint import CheckpointKeyError, from_official, load
+from beats_fairseq.checkpoint import CheckpointKeyError
+from beats_fairseq.loading import from_official, load, load_frozen_tokenizer
 from beats_fairseq.models.beats_tokenizer import BeatsTokenizerConfig, BeatsTokenizerModel
-from beats_fairseq.tokenizers import NotATokenizerError, NormEMAVectorQuantizer, l2norm, load_frozen_tokenizer
+from beats_fairseq.tokenizers import NotATokenizerError, NormEMAVectorQuantizer, l2norm
 
 TINY = dict(embed_dim=32, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
             encoder_attention_heads=4, conv_pos=16, conv_pos_groups=4, dropout=0.0, attention_dropout=0.0,

@@ -16,7 +16,7 @@ from beats_fairseq.tasks.beats_tokenizer_training import (
     BeatsTokenizerTrainingTask,
     BeatsTokenizerTrainingTaskConfig,
 )
-from beats_fairseq.tokenizers import load_teacher
+from beats_fairseq.loading import load_teacher
 
 from conftest import REPO, run_train
 
@@ -142,7 +142,7 @@ def _metric(log, split, key):
 RELOAD = """
 import sys, torch, beats_fairseq
 from fairseq import checkpoint_utils
-from beats_fairseq.tokenizers import load_frozen_tokenizer
+from beats_fairseq.loading import load_frozen_tokenizer
 path = sys.argv[1]
 models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path])
 assert type(models[0]).__name__ == "BeatsTokenizerModel", type(models[0])
@@ -154,7 +154,7 @@ frozen = load_frozen_tokenizer(path)
 x = torch.randn(2, 32000) * 0.1
 a, b, c = model.extract_labels(x), models[0].eval().extract_labels(x), frozen.extract_labels(x)
 assert a.shape == (2, 96) and torch.equal(a, b) and torch.equal(a, c)
-official = beats_fairseq.checkpoint.from_official(model.to_official())
+official = beats_fairseq.from_official(model.to_official())
 assert torch.equal(official.extract_labels(x), a)
 print("RELOAD-OK", (torch.bincount(a.flatten(), minlength=32) > 0).sum().item())
 """

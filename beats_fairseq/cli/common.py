@@ -17,9 +17,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..checkpoint import is_official, load, read_checkpoint
+from ..checkpoint import is_official, read_checkpoint
 from ..data.audio import MIN_SAMPLES_ONE_PATCH, AudioReadError, read_audio
 from ..data.manifest import ManifestError, read_class_map, read_manifest
+from ..loading import load, model_kind
 from ..modules.fbank import NUM_MEL_BINS, num_frames
 
 logger = logging.getLogger("beats_fairseq.cli")
@@ -122,20 +123,6 @@ def load_model(path: str, device) -> torch.nn.Module:
         if not is_official(state) and state.get("label_dict"):
             model.label_dict = dict(state["label_dict"])
     return model
-
-
-def model_kind(model) -> str:
-    """``classifier``, ``tokenizer``, ``pretraining`` (model ``beats``) or ``encoder``."""
-    from ..models.beats import BeatsModel
-    from ..models.beats_classifier import BeatsClassifierModel
-
-    if isinstance(model, BeatsClassifierModel):
-        return "classifier"
-    if getattr(model, "is_tokenizer", False) or type(model).__name__ == "BeatsTokenizerModel":
-        return "tokenizer"
-    if isinstance(model, BeatsModel):
-        return "pretraining"
-    return "encoder"
 
 
 def class_table(model, class_map: Optional[str] = None):

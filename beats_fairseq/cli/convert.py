@@ -21,7 +21,8 @@ import sys
 
 import torch
 
-from ..checkpoint import from_official, is_official, official_kind, read_checkpoint, save_official
+from ..checkpoint import is_official, official_kind, read_checkpoint, save_official
+from ..loading import from_official
 from ..modules.fbank import FBANK_MEAN, FBANK_STD
 from .common import CliError, load_model, model_kind, run_main
 

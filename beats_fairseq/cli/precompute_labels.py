@@ -39,6 +39,8 @@ from ..data.label_store import (
     tokenizer_identity,
     write_label_store,
 )
+from ..loading import load_frozen_tokenizer
+from ..tokenizers import NotATokenizerError
 from .common import CliError, resolve_device, run_main
 
 logger = logging.getLogger("beats_fairseq.cli.precompute_labels")
@@ -138,8 +140,6 @@ def up_to_date(out, split, dataset, identity, min_sample_size) -> bool:
 
 
 def run(args) -> int:
-    from ..tokenizers import NotATokenizerError, load_frozen_tokenizer
-
     if args.batch_size <= 0:
         raise CliError(f"--batch-size must be > 0, got {args.batch_size}")
     device = resolve_device(args.device)

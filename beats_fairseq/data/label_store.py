@@ -42,6 +42,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..modules.backbone import ENCODER_FIELDS
 from ..modules.fbank import NUM_MEL_BINS, num_frames
 from .audio_dataset import AudioDataset
 
@@ -83,8 +84,6 @@ def num_patches(num_samples: int, patch_size: int = 16) -> int:
 # ---------------------------------------------------------------------------- identities
 def tokenizer_identity(tokenizer, path: Optional[str] = None) -> dict:
     """What defines a tokenizer's labels: a fingerprint of its state dict and label-relevant config."""
-    from ..modules.backbone import ENCODER_FIELDS
-
     cfg = tokenizer.cfg
     settings = {k: getattr(cfg, k) for k in ENCODER_FIELDS if k not in _TRAINING_ONLY_FIELDS}
     settings.update(quant_n=int(cfg.quant_n), quant_dim=int(cfg.quant_dim))

@@ -2,7 +2,8 @@
 
 Per update: waveform -> fbank -> patch embeddings; discrete labels for every patch from
 the acoustic tokenizer (iter1: frozen random projection; iter2+: a trained tokenizer
-named by ``tokenizer_path``; or labels precomputed to disk, passed in the batch);
+named by ``tokenizer_path``, attached by the task for training only; or labels precomputed
+to disk, passed in the batch);
 ``mask_prob`` (75%) of the patches are masked at random and **only the visible patches
 enter the encoder**. They keep their true positions: the relative position bias is
 computed from the patches' indices in the full sequence, and the convolutional
@@ -43,6 +44,7 @@ from ..modules.encoder import TransformerEncoder, init_encoder_weights
 from ..modules.fbank import downsample_padding_mask
 from ..seeding import derived_seed
 from ..tokenizers.random_projection import RandomProjectionTokenizer
+from ..tokenizers.trained import FrozenTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +73,11 @@ class BeatsConfig(BeatsEncoderConfig):
         metadata={"help": "trained tokenizer checkpoint (iter2+; this project's or official); "
                   "empty: the iter1 random-projection tokenizer"},
     )
-    codebook_size: int = field(default=1024, metadata={"help": "random-projection tokenizer: number of codes K"})
+    codebook_size: int = field(
+        default=1024,
+        metadata={"help": "number of codes K of the labels: of the random-projection tokenizer (iter1); with "
+                  "tokenizer_path, written by the task from the trained tokenizer (kept in the checkpoint config)"},
+    )
     codebook_dim: int = field(default=256, metadata={"help": "random-projection tokenizer: projection dimension"})
     tokenizer_seed: int = field(default=1337, metadata={"help": "random-projection tokenizer: seed of W and the codebook"})
 
@@ -97,18 +103,13 @@ class BeatsModel(BaseFairseqModel):
             stack.set_attention_backend(cfg.attention_backend)
             if cfg.torch_compile:
                 stack.compile_layers()
-        if cfg.tokenizer_path:
-            from ..tokenizers import load_frozen_tokenizer
-
-            # Kept out of the state dict: the tokenizer is a separate, frozen checkpoint.
-            self.__dict__["tokenizer"] = load_frozen_tokenizer(cfg.tokenizer_path)
-            num_codes = self.tokenizer.codebook_size
-        else:
-            self.tokenizer = RandomProjectionTokenizer(
-                cfg.codebook_size, cfg.codebook_dim, cfg.input_patch_size, cfg.tokenizer_seed
-            )
-            num_codes = cfg.codebook_size
-        self.label_head = nn.Linear(cfg.encoder_embed_dim, num_codes)
+        # iter1: the random-projection tokenizer, saved with the model. iter2+: a trained tokenizer
+        # (``tokenizer_path``) that the task attaches for training (set_tokenizer); never saved here.
+        self.tokenizer = None if cfg.tokenizer_path else RandomProjectionTokenizer(
+            cfg.codebook_size, cfg.codebook_dim, cfg.input_patch_size, cfg.tokenizer_seed
+        )
+        self.frozen_tokenizer: Optional[FrozenTokenizer] = None
+        self.label_head = nn.Linear(cfg.encoder_embed_dim, cfg.codebook_size)
         self.num_updates = 0
         self.mask_seed = 1  # the task sets common.seed
 
@@ -120,23 +121,25 @@ class BeatsModel(BaseFairseqModel):
     def num_codes(self) -> int:
         return self.label_head.out_features
 
-    def _apply(self, fn, *args, **kwargs):
-        # A trained tokenizer lives outside the module tree; move it with the model, but keep it
-        # float32 when the model is cast (fairseq common.bf16/fp16): its labels stay the float32 ones.
-        tokenizer = self.__dict__.get("tokenizer")
-        if tokenizer is not None and not isinstance(tokenizer, RandomProjectionTokenizer):
-            probe = fn(torch.zeros((), dtype=torch.float32))
-            if probe.dtype == torch.float32:
-                tokenizer._apply(fn, *args, **kwargs)
-            else:
-                tokenizer.to(probe.device)
-        return super()._apply(fn, *args, **kwargs)
+    def set_tokenizer(self, tokenizer: FrozenTokenizer) -> None:
+        """Attach the frozen trained tokenizer of ``tokenizer_path`` (done by the ``beats_pretraining`` task)."""
+        if self.tokenizer is not None:
+            raise RuntimeError("model.tokenizer_path is empty: this model labels with its random-projection tokenizer")
+        if tokenizer.codebook_size != self.num_codes:
+            raise ValueError(f"tokenizer {tokenizer.source!r} has {tokenizer.codebook_size} codes but "
+                             f"model.codebook_size={self.num_codes}")
+        self.frozen_tokenizer = tokenizer
 
     @torch.no_grad()
     def compute_labels(self, source, padding_mask, fbank):
-        if isinstance(self.tokenizer, RandomProjectionTokenizer):
+        if self.tokenizer is not None:
             return self.tokenizer.labels_from_fbank(fbank)
-        return self.tokenizer.extract_labels(source, padding_mask)
+        if self.frozen_tokenizer is None:
+            raise RuntimeError(
+                f"no tokenizer attached for model.tokenizer_path={self.cfg.tokenizer_path!r}: build the model for "
+                "training through the beats_pretraining task (it loads the tokenizer), or pass precomputed labels"
+            )
+        return self.frozen_tokenizer(source, padding_mask)
 
     def set_num_updates(self, num_updates):
         super().set_num_updates(num_updates)

@@ -301,7 +301,7 @@ class TransformerEncoder(nn.Module):
                 positions = torch.arange(x.size(1), device=x.device).unsqueeze(0)
             attention = self.layers[0].self_attn
             if attention.backend == "flex":
-                position_bias = RelativeBiasTable(attention, positions)
+                position_bias = RelativeBiasTable(attention, positions, relative_position_bucket)
             else:
                 position_bias = attention.compute_bias(positions)
         # without autograd the layers share one attention-mask buffer (see MultiheadAttention)

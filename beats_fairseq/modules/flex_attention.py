@@ -31,12 +31,11 @@ def _kernel(device: torch.device):
 class RelativeBiasTable:
     """Per-forward relative bias of the flex path: a ``(H, 2 * span - 1)`` table and positions ``(B|1, L)``."""
 
-    def __init__(self, attention, positions: torch.Tensor):
-        from .encoder import relative_position_bucket
-
+    def __init__(self, attention, positions: torch.Tensor, bucket):
+        """``bucket``: ``encoder.relative_position_bucket`` (passed in: the encoder imports this module)."""
         span = int(positions.max().item()) + 1
         relative = torch.arange(-(span - 1), span, device=positions.device)
-        buckets = relative_position_bucket(relative, attention.num_buckets, attention.max_distance)
+        buckets = bucket(relative, attention.num_buckets, attention.max_distance)
         self.table = attention.relative_attention_bias(buckets).t().contiguous()  # (H, 2 * span - 1)
         self.offset = span - 1
         self.positions = positions

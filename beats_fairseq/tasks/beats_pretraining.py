@@ -37,12 +37,15 @@ from fairseq import metrics
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import FairseqTask, register_task
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, open_dict
 
 from ..data.audio import MIN_SAMPLES_ONE_PATCH
 from ..data.audio_dataset import AudioDataset
+from ..data.label_store import LabelStore, PrecomputedLabelsDataset, tokenizer_identity
 from ..distributed import NonFiniteGuard, enable_cpu_ddp, zero_loss, zeroed
+from ..loading import load_frozen_tokenizer
 from ..safe_checkpoints import enable_safe_checkpoints
+from ..tokenizers.trained import FrozenTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +156,20 @@ class BeatsPretrainingTask(FairseqTask):
         return cls(cfg)
 
     def build_model(self, cfg, from_checkpoint=False):
+        """Models built for training (also when resuming) get the frozen tokenizer of
+        ``model.tokenizer_path``, whose codebook size is written into ``model.codebook_size``;
+        models rebuilt from a checkpoint (``from_checkpoint``: inference) never read it."""
+        tokenizer = None
+        path = getattr(cfg, "tokenizer_path", None)
+        if path and not from_checkpoint:
+            tokenizer = FrozenTokenizer(load_frozen_tokenizer(path), source=path)
+            if cfg.codebook_size != tokenizer.codebook_size:
+                logger.info("model.codebook_size=%d from tokenizer %s", tokenizer.codebook_size, path)
+                with open_dict(cfg):
+                    cfg.codebook_size = tokenizer.codebook_size  # kept in the checkpoint config
         model = super().build_model(cfg, from_checkpoint)
+        if tokenizer is not None:
+            model.set_tokenizer(tokenizer)
         if hasattr(model, "set_seed"):
             model.set_seed(self.cfg.seed)
         if getattr(self.cfg, "precomputed_labels", None) and not from_checkpoint:
@@ -186,8 +202,6 @@ class BeatsPretrainingTask(FairseqTask):
     def load_dataset(self, split: str, combine: bool = False, task_cfg=None, **kwargs):
         label_dir = getattr(self.cfg, "precomputed_labels", None)
         if label_dir:
-            from ..data.label_store import LabelStore, PrecomputedLabelsDataset
-
             store = LabelStore(label_dir, split)
             if self.label_tokenizer is not None:
                 store.check_tokenizer(self.label_tokenizer)
@@ -301,16 +315,14 @@ class BeatsPretrainingTask(FairseqTask):
 
     def check_label_tokenizer(self, model) -> None:
         """Precomputed labels must come from the model's tokenizer (``model.tokenizer_path``)."""
-        from ..data.label_store import tokenizer_identity
-
-        tokenizer = model.__dict__.get("tokenizer")
+        tokenizer = getattr(model, "frozen_tokenizer", None)
         path = getattr(model.cfg, "tokenizer_path", None)
-        if not path or not hasattr(tokenizer, "extract_labels"):
+        if not path or tokenizer is None:
             raise ValueError(
                 "task.precomputed_labels is set but model.tokenizer_path is empty: name the trained tokenizer the "
                 "labels were computed with (it is checked against the labels and sets the codebook size)"
             )
-        self.label_tokenizer = tokenizer_identity(tokenizer, path)
+        self.label_tokenizer = tokenizer_identity(tokenizer.model, path)
         for dataset in self.datasets.values():
             if hasattr(dataset, "store"):
                 dataset.store.check_tokenizer(self.label_tokenizer)

@@ -3,7 +3,7 @@
 The data side is the pre-training task's (``beats_pretraining``: ``task.data`` folder with
 ``{split}.tsv`` manifests, cropping, bad-audio policy); this task only adds the teacher.
 When a model is built for training, the teacher named by ``model.teacher_path`` is loaded with
-:func:`beats_fairseq.checkpoint.load`, frozen and attached to the model, and its target size is
+:func:`beats_fairseq.loading.load_teacher`, frozen and attached to the model, and its target size is
 written into ``model.teacher_dim`` (hence into the checkpoint's config). Models rebuilt from a
 checkpoint (``load_model_ensemble_and_task``, ``beats_fairseq.load``) never read the teacher.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fairseq.tasks import register_task
 from omegaconf import open_dict
 
-from ..tokenizers.teacher import load_teacher
+from ..loading import load_teacher
 from .beats_pretraining import BeatsPretrainingTask, BeatsPretrainingTaskConfig
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ A teacher maps a waveform batch to per-patch targets ``(B, N, D)``:
   checkpoints; the iter3+ supervised teacher).
 
 ``auto`` picks ``logits`` for models with ``patch_logits`` and ``features`` otherwise. The
-teacher is loaded with :func:`beats_fairseq.checkpoint.load`, frozen (no gradients, eval
+teacher is loaded with :func:`beats_fairseq.loading.load_teacher`, frozen (no gradients, eval
 mode for good) and kept outside the student's modules, so it is never saved in tokenizer
 checkpoints and never seen by the optimizer or DDP; it follows the input's device lazily.
 """
@@ -36,6 +36,15 @@ def freeze(module: nn.Module) -> nn.Module:
         p.requires_grad_(False)
     module.train = types.MethodType(_stay_in_eval, module)  # survives copy.deepcopy
     return module.eval()
+
+
+def follow_device(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """Move ``module`` (kept outside a model's module tree) to ``tensor``'s device; its first parameter."""
+    param = next(module.parameters())
+    if param.device != tensor.device:
+        module.to(tensor.device)
+        param = next(module.parameters())
+    return param
 
 
 class Teacher:
@@ -68,10 +77,7 @@ class Teacher:
     @torch.no_grad()
     def __call__(self, source: torch.Tensor, padding_mask=None):
         """(targets ``(B, N, D)`` float32, patch padding mask or None)."""
-        param = next(self.model.parameters())
-        if param.device != source.device:
-            self.model.to(source.device)
-        source = source.to(param.dtype)
+        source = source.to(follow_device(self.model, source).dtype)
         if self.target == "logits":
             out, mask = self.model.patch_logits(source, padding_mask)
         else:
@@ -79,15 +85,3 @@ class Teacher:
         if out.dim() != 3:
             raise RuntimeError(f"teacher {self.source!r} gave {tuple(out.shape)}, expected per-patch (B, N, D) targets")
         return out.float(), mask
-
-
-def load_teacher(path: str, target: str = "auto") -> Teacher:
-    """Load ``path`` (any checkpoint :func:`beats_fairseq.load` reads) as a frozen teacher."""
-    from ..checkpoint import load
-
-    if not path:
-        raise ValueError("no teacher checkpoint given: set model.teacher_path to a pre-trained or fine-tuned model")
-    model = load(path)
-    teacher = Teacher(model, target, source=path)
-    logger.info("teacher %s: %s, target %s of size %d", path, type(model).__name__, teacher.target, teacher.dim)
-    return teacher

@@ -1,29 +1,40 @@
-"""Trained acoustic tokenizers as frozen label generators (iter2+ pre-training)."""
+"""Trained acoustic tokenizers as frozen label generators (iter2+ pre-training).
 
+The ``beats_pretraining`` task loads ``model.tokenizer_path`` with
+:func:`beats_fairseq.loading.load_frozen_tokenizer` when it builds a model for training and
+attaches it as a :class:`FrozenTokenizer`; a model loaded from its checkpoint has none.
+"""
+
+import torch
 import torch.nn as nn
+
+from .teacher import follow_device
 
 
 class NotATokenizerError(ValueError):
     """The checkpoint given as a tokenizer holds another kind of model."""
 
 
-def load_frozen_tokenizer(path: str, device: str = "cpu") -> nn.Module:
-    """Load a tokenizer checkpoint (this project's ``beats_tokenizer`` or an official
-    ``Tokenizer_*.pt``) as a frozen module in eval mode for good.
+class FrozenTokenizer:
+    """A frozen trained tokenizer kept outside the pre-training model's module tree.
 
-    The result has ``extract_labels(source, padding_mask=None) -> LongTensor (B, N)``; its
-    parameters need no gradient, a parent's ``.train()`` leaves it in eval mode, and labelling
-    never changes its codebook. Raises :class:`NotATokenizerError` naming ``path`` for any other
-    checkpoint (pre-trained, fine-tuned, ...).
+    So it is never saved in the model's checkpoints, never seen by the optimizer or DDP, and
+    never cast by ``common.bf16``/``fp16``: its labels are the float32 ones. It follows the
+    input's device lazily.
     """
-    from ..checkpoint import load
 
-    model = load(path, device=device)
-    if not getattr(model, "is_tokenizer", False) or not hasattr(model, "extract_labels"):
-        raise NotATokenizerError(
-            f"{path!r} is not a tokenizer checkpoint (it holds a {type(model).__name__}); give a checkpoint "
-            "written by the beats_tokenizer_training task or an official Tokenizer_*.pt"
-        )
-    if not model.quantize.initialised:
-        raise NotATokenizerError(f"{path!r}: the tokenizer codebook was never initialised (no training step ran)")
-    return model.freeze()
+    def __init__(self, model: nn.Module, source: str = "tokenizer"):
+        if not hasattr(model, "extract_labels"):
+            raise NotATokenizerError(f"{source!r} holds a {type(model).__name__}, not a tokenizer")
+        self.model = model
+        self.source = source
+
+    @property
+    def codebook_size(self) -> int:
+        return self.model.codebook_size
+
+    @torch.no_grad()
+    def __call__(self, source: torch.Tensor, padding_mask=None) -> torch.Tensor:
+        """Waveforms ``(B, L)`` -> labels ``(B, N)`` (long)."""
+        follow_device(self.model, source)
+        return self.model.extract_labels(source, padding_mask)

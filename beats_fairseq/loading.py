@@ -1,0 +1,99 @@
+"""Loading checkpoints as models: the one place above ``models/`` that knows the model classes.
+
+* :func:`load`: any checkpoint of this project (through fairseq's
+  ``checkpoint_utils.load_model_ensemble_and_task``) or any official BEATs checkpoint;
+* :func:`from_official`: an official ``{'cfg', 'model'[, 'label_dict']}`` dict as this project's model;
+* :func:`model_kind`: ``classifier``, ``tokenizer``, ``pretraining`` or ``encoder``;
+* :func:`load_teacher` and :func:`load_frozen_tokenizer`: the frozen external checkpoints that
+  the training tasks attach to the model they build (never part of its state dict).
+
+A checkpoint loaded for inference never reads another file: teachers and tokenizers are attached
+by the tasks only when a model is built for training (``from_checkpoint=False``).
+"""
+
+import logging
+from typing import Optional
+
+import torch.nn as nn
+from fairseq import checkpoint_utils
+
+from .checkpoint import is_official, official_kind, read_checkpoint
+from .models.beats import BeatsModel
+from .models.beats_classifier import BeatsClassifierModel
+from .models.beats_encoder import BeatsEncoderModel
+from .models.beats_tokenizer import BeatsTokenizerModel
+from .tokenizers.teacher import Teacher
+from .tokenizers.trained import NotATokenizerError
+
+logger = logging.getLogger(__name__)
+
+OFFICIAL_MODEL_CLASSES = {"encoder": BeatsEncoderModel, "classifier": BeatsClassifierModel,
+                          "tokenizer": BeatsTokenizerModel}
+
+
+def official_model_class(kind: str):
+    """The model class an official checkpoint of ``kind`` (:func:`official_kind`) loads as."""
+    return OFFICIAL_MODEL_CLASSES[kind]
+
+
+def from_official(state: dict, source: str = "official checkpoint"):
+    """Build this project's model from an official ``{'cfg', 'model'[, 'label_dict']}`` dict."""
+    return official_model_class(official_kind(state["cfg"])).from_official(state, source)
+
+
+def load(path: str, device: str = "cpu", arg_overrides: Optional[dict] = None):
+    """Load any checkpoint of this project or any official BEATs checkpoint, in eval mode.
+
+    The architecture always comes from the checkpoint's own config, and no other file is read.
+    Returns a model with ``extract_features(source, padding_mask=None)`` (tokenizers: ``extract_labels``).
+    """
+    state = read_checkpoint(path)
+    if is_official(state):
+        model = from_official(state, source=path)
+    else:
+        if "cfg" not in state or state["cfg"] is None or "model" not in state:
+            raise RuntimeError(f"{path!r} is neither a fairseq checkpoint nor an official BEATs checkpoint")
+        models, _, _ = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=arg_overrides)
+        model = models[0]
+    return model.to(device).eval()
+
+
+def model_kind(model) -> str:
+    """``classifier``, ``tokenizer``, ``pretraining`` (model ``beats``) or ``encoder``."""
+    if isinstance(model, BeatsClassifierModel):
+        return "classifier"
+    if getattr(model, "is_tokenizer", False):
+        return "tokenizer"
+    if isinstance(model, BeatsModel):
+        return "pretraining"
+    return "encoder"
+
+
+def load_teacher(path: str, target: str = "auto") -> Teacher:
+    """Load ``path`` (any checkpoint :func:`load` reads) as a frozen :class:`Teacher`."""
+    if not path:
+        raise ValueError("no teacher checkpoint given: set model.teacher_path to a pre-trained or fine-tuned model")
+    model = load(path)
+    teacher = Teacher(model, target, source=path)
+    logger.info("teacher %s: %s, target %s of size %d", path, type(model).__name__, teacher.target, teacher.dim)
+    return teacher
+
+
+def load_frozen_tokenizer(path: str, device: str = "cpu") -> nn.Module:
+    """Load a tokenizer checkpoint (this project's ``beats_tokenizer`` or an official
+    ``Tokenizer_*.pt``) as a frozen module in eval mode for good.
+
+    The result has ``extract_labels(source, padding_mask=None) -> LongTensor (B, N)``; its
+    parameters need no gradient, a parent's ``.train()`` leaves it in eval mode, and labelling
+    never changes its codebook. Raises :class:`NotATokenizerError` naming ``path`` for any other
+    checkpoint (pre-trained, fine-tuned, ...).
+    """
+    model = load(path, device=device)
+    if model_kind(model) != "tokenizer" or not hasattr(model, "extract_labels"):
+        raise NotATokenizerError(
+            f"{path!r} is not a tokenizer checkpoint (it holds a {type(model).__name__}); give a checkpoint "
+            "written by the beats_tokenizer_training task or an official Tokenizer_*.pt"
+        )
+    if not model.quantize.initialised:
+        raise NotATokenizerError(f"{path!r}: the tokenizer codebook was never initialised (no training step ran)")
+    return model.freeze()
