@@ -23,7 +23,6 @@ MODEL_IMPORTERS = ("models", "loading", "tasks", "cli")
 KNOWN = {
     ("checkpoint", "loading"): "checkpoint.load, kept for probe.py: import beats_fairseq.loading.load there",
     ("probe", "cli.common"): "issue 13 section 3: the data code of cli/common.py moves to data/",
-    ("cli.manifest", "cli.manifest_sources"): "issue 13 section 3: split the manifest writer out",
 }
 
 

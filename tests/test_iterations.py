@@ -235,6 +235,11 @@ print("STANDALONE-OK")
 """
 
 
+def _first_clip(data):
+    lines = Path(data, "test.tsv").read_text().splitlines()
+    return os.path.join(lines[0], lines[1].split("\t")[0])
+
+
 @pytest.mark.slow
 def test_iter2_tiny_runs_with_on_the_fly_and_precomputed_labels(demo_data, labels, tokenizers, tmp_path):
     own = tmp_path / "tokenizer.pt"  # a copy of tokenizers[0]: deleted below
@@ -262,4 +267,16 @@ def test_iter2_tiny_runs_with_on_the_fly_and_precomputed_labels(demo_data, label
     proc = subprocess.run([sys.executable, "-c", STANDALONE, str(tmp_path / "fly" / "checkpoint_last.pt"), str(own)],
                           capture_output=True, text=True, cwd="/")
     assert "STANDALONE-OK" in proc.stdout, proc.stderr[-3000:]
+    # beats-extract labels with the tokenizer model.tokenizer_path names while it exists, and without one after
+    from beats_fairseq.cli import extract
+
+    tokenizer = load_frozen_tokenizer(tokenizers[0])
+    for save, with_labels in (("pre", True), ("fly", False)):
+        out = tmp_path / f"extract_{save}"
+        assert extract.main([str(tmp_path / save / "checkpoint_last.pt"), str(Path(demo_data, "test.tsv")),
+                             "--out", str(out), "--num-workers", "0", "--no-progress"]) == 0
+        assert (out / "labels.npy").exists() == with_labels
+    first = tokenizer.extract_labels(torch.from_numpy(sf.read(_first_clip(demo_data), dtype="float32")[0])[None])
+    labels = np.load(tmp_path / "extract_pre" / "labels.npy")
+    assert torch.equal(torch.from_numpy(labels[:first.numel()]), first.reshape(-1))
     shutil.rmtree(tmp_path / "fly", ignore_errors=True)

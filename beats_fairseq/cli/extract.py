@@ -139,9 +139,12 @@ def find_labeller(model, kind, tokenizer_path, device):
         return tokenizer.extract_labels, tokenizer.backbone.patch_size
     if kind == "tokenizer":
         return model.extract_labels, model.backbone.patch_size
-    tokenizer = getattr(model, "tokenizer", None)
-    if kind == "pretraining" and hasattr(tokenizer, "extract_labels"):
-        return tokenizer.extract_labels, getattr(tokenizer, "patch_size", model.backbone.patch_size)
+    if kind == "pretraining":
+        if model.tokenizer is not None:  # iter1: the random projection, saved in the checkpoint
+            return model.tokenizer.extract_labels, model.tokenizer.patch_size
+        path = model.cfg.tokenizer_path  # iter2+: the trained tokenizer it was trained with, if still there
+        if path and os.path.isfile(path):
+            return find_labeller(model, kind, path, device)
     return None, None
 
 

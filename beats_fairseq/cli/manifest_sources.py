@@ -8,7 +8,7 @@ from typing import Dict, List
 
 from ..data.manifest import read_class_map
 from .common import CliError
-from .manifest import Item, ManifestWriter, find_audio
+from .manifest_writer import Item, ManifestWriter, find_audio
 
 logger = logging.getLogger("beats_fairseq.cli.manifest")
 

@@ -2,6 +2,9 @@
 
 Every module in this folder is imported here, so importing the package registers them
 all, whether fairseq's ``common.user_dir`` or a plain ``import beats_fairseq`` comes first.
+A model reads no other checkpoint when it is built: teachers, trained tokenizers and
+pre-trained backbones are attached by the tasks, and ``beats_fairseq/loading.py`` turns
+checkpoints into models (layers: docs/architecture.md).
 """
 
 import importlib

@@ -2,6 +2,9 @@
 
 Every module in this folder is imported here, so importing the package registers them
 all, whether fairseq's ``common.user_dir`` or a plain ``import beats_fairseq`` comes first.
+When a task builds a model for training (a resumed run included) it attaches the external
+checkpoints the model needs (teacher, frozen tokenizer, pre-trained backbone); a model
+rebuilt from its checkpoint (``from_checkpoint=True``) gets none (docs/architecture.md).
 """
 
 import importlib
