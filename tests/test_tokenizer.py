@@ -169,7 +169,7 @@ def test_dead_code_reseeding_raises_usage():
         torch.manual_seed(0)
         centers = l2norm(torch.randn(32, 16))
         q = NormEMAVectorQuantizer(32, 16, kmeans_init=False, dead_code_threshold=threshold,
-                                   dead_code_interval=10, usage_window=20).train()
+                                   dead_code_interval=10).train()
         bad = l2norm(centers[0] + 0.3 * torch.randn(32, 16))  # every code near one cluster
         q.embedding.weight.copy_(bad)
         q.embedding.embed_avg.copy_(bad)

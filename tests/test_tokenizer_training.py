@@ -22,7 +22,7 @@ from conftest import REPO, run_train
 
 TINY = dict(embed_dim=32, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
             encoder_attention_heads=4, conv_pos=32, conv_pos_groups=16, dropout=0.0, attention_dropout=0.0,
-            quant_n=32, quant_dim=16, estimator_layers=1, dead_code_interval=10, usage_window=10)
+            quant_n=32, quant_dim=16, estimator_layers=1, dead_code_interval=10)
 
 
 STEPS = 30
@@ -118,7 +118,7 @@ def test_tiny_distillation_learns_and_keeps_the_codebook_used(oracle, demo_data)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         cosines.append(log["cosine"] / size)
-        usages.append(float(model.quantize.statistics(log["code_counts"])["usage"]))  # last usage_window updates
+        usages.append(float(model.quantize.statistics(log["code_counts"])["usage"]))  # last dead_code_interval updates
     print("cosine", [round(c, 3) for c in cosines], "usage", usages)
     assert sum(cosines[-5:]) / 5 > sum(cosines[:3]) / 3 + 0.3, cosines
     assert sum(cosines[-5:]) / 5 > 0.7, cosines

@@ -63,8 +63,6 @@ class BeatsTokenizerConfig(BeatsEncoderConfig):
         default=0.01, metadata={"help": "re-seed codes whose usage EMA is below this fraction of the mean usage "
                                         "with random current inputs (0 disables; not in the official code)"})
     dead_code_interval: int = field(default=100, metadata={"help": "training updates between dead-code checks"})
-    usage_window: int = field(default=100, metadata={"help": "codebook usage is logged as the share of codes "
-                                                             "assigned in the last this-many training updates"})
     estimator_layers: int = field(
         default=3, metadata={"help": "Transformer layers of the estimator that predicts the teacher from the "
                                      "quantized vectors (0: inference-only tokenizer, as official checkpoints)"})
@@ -130,7 +128,7 @@ class BeatsTokenizerModel(BaseFairseqModel):
         self.quantize = NormEMAVectorQuantizer(
             cfg.quant_n, cfg.quant_dim, beta=1.0, decay=cfg.quant_decay, eps=cfg.quant_eps,
             kmeans_init=cfg.kmeans_init, kmeans_iters=cfg.kmeans_iters, dead_code_threshold=cfg.dead_code_threshold,
-            dead_code_interval=cfg.dead_code_interval, usage_window=cfg.usage_window,
+            dead_code_interval=cfg.dead_code_interval,
         )
         self.estimator = Estimator(cfg) if cfg.estimator_layers > 0 else None
 
@@ -196,7 +194,7 @@ class BeatsTokenizerModel(BaseFairseqModel):
         (scalar, mean over valid patches), ``codes`` ``(B, N)``, ``local_counts`` (per-code counts of
         this worker's valid patches), and the quantizer's ``counts`` (training: all workers),
         ``perplexity`` (of ``counts``) and ``usage`` (training: share of codes used in the last
-        ``usage_window`` updates).
+        ``dead_code_interval`` updates).
         """
         if self.estimator is None:
             raise RuntimeError("this tokenizer has no estimator (estimator_layers=0), e.g. an official checkpoint: "

@@ -130,7 +130,7 @@ class NormEMAVectorQuantizer(nn.Module):
 
     def __init__(self, n_embed: int = 1024, embedding_dim: int = 256, beta: float = 1.0, decay: float = 0.99,
                  eps: float = 1e-5, kmeans_init: bool = True, kmeans_iters: int = 10,
-                 dead_code_threshold: float = 0.0, dead_code_interval: int = 100, usage_window: int = 100):
+                 dead_code_threshold: float = 0.0, dead_code_interval: int = 100):
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"quantizer decay must be in [0, 1), got {decay}")
@@ -142,7 +142,6 @@ class NormEMAVectorQuantizer(nn.Module):
         self.kmeans_iters = kmeans_iters
         self.dead_code_threshold = dead_code_threshold
         self.dead_code_interval = max(1, int(dead_code_interval))
-        self.usage_window = max(1, int(usage_window))
         self.embedding = EmbeddingEMA(n_embed, embedding_dim, kmeans_init)
         self.register_buffer("cluster_size", torch.zeros(n_embed))
         # Monitoring only (not in checkpoints): training updates done, and the update at which
@@ -182,8 +181,8 @@ class NormEMAVectorQuantizer(nn.Module):
         loss is ``beta * mean over valid vectors of ||sg(e) - l2norm(z)||^2 / dim``. ``stats``
         holds float32 tensors: ``counts`` (per code, valid positions of this batch; training: summed
         over all workers, eval: this worker only), ``perplexity``
-        and ``usage`` (share of codes used in the last ``usage_window`` training updates; in
-        eval mode: share used in this batch).
+        and ``usage`` (share of codes used in the last ``dead_code_interval`` training updates, the
+        codes dead-code re-seeding leaves alone; in eval mode: share used in this batch).
         """
         if z.size(-1) != self.codebook_dim:
             raise ValueError(f"quantizer expects inputs of size {self.codebook_dim}, got {tuple(z.shape)}")
@@ -223,7 +222,7 @@ class NormEMAVectorQuantizer(nn.Module):
         probs = counts / counts.sum().clamp(min=1.0)
         perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum())
         if self.training:
-            recent = self.last_used > self.num_updates - self.usage_window
+            recent = self.last_used > self.num_updates - self.dead_code_interval
             usage = recent.float().mean()
         else:
             usage = (counts > 0).float().mean()
