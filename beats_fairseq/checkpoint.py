@@ -95,13 +95,3 @@ def save_official(path: str, cfg: dict, state_dict: Dict[str, torch.Tensor], lab
         state["label_dict"] = dict(label_dict)
     torch.save(state, path)
     logger.info("wrote official-format checkpoint %s", path)
-
-
-def __getattr__(name):
-    # ``beats_fairseq.checkpoint.load`` moved to ``beats_fairseq.loading.load``; kept for the callers
-    # not yet updated (probe.py). The only import from this module upwards: drop it with them.
-    if name == "load":
-        from .loading import load
-
-        return load
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,8 @@ encoder of the same architecture as the baseline):
 
 1. every clip of the training and evaluation manifests goes through the frozen encoder alone
    (``extract_features``, last layer; clips zero-padded in batches and masked, as elsewhere);
-2. the clip's feature is the mean over its valid (non-padded) patches;
+2. the clip's feature is the mean over its valid (non-padded) patches (``pooling="mean"``), or
+   the mean and the standard deviation (``"mean+std"``); the last layer or ``layer`` (0-based);
 3. features are standardised (mean/std of the training split) and a logistic regression
    (sklearn, L2, ``C``) is fit on the training split: one multinomial model for single-label
    data, one binary model per class (one-vs-rest) for multi-label data;
@@ -37,6 +38,7 @@ from .metrics import mean_average_precision
 logger = logging.getLogger("beats_fairseq.probe")
 
 RANDOM = "random"
+POOLINGS = ("mean", "mean+std")
 
 
 @dataclass
@@ -57,7 +59,7 @@ class ProbeResult:
 # ---------------------------------------------------------------------------- encoders
 def load_backbone(path: str, device="cpu"):
     """The frozen backbone (fbank + patches + Transformer) of any checkpoint ``beats_fairseq.load`` reads."""
-    from .checkpoint import load
+    from .loading import load
 
     model = load(path, device=str(device))
     backbone = getattr(model, "backbone", None)
@@ -81,8 +83,12 @@ def random_backbone(like, seed: int = 0, device="cpu"):
 
 @torch.no_grad()
 def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 8, num_workers: int = 0,
-                  max_seconds: Optional[float] = None, progress: bool = False, desc: str = "features"):
-    """``(M, C)`` float32: the mean last-layer feature over each clip's valid patches, in manifest order."""
+                  max_seconds: Optional[float] = None, progress: bool = False, desc: str = "features",
+                  pooling: str = "mean", layer: Optional[int] = None):
+    """``(M, C)`` float32 (``(M, 2C)`` with mean+std): each clip's pooled feature over its valid
+    patches, of the last layer or of ``layer`` (0-based), in manifest order."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling {pooling!r}: choose one of {POOLINGS}")
     from .cli.common import BatchReader, clips_from_manifest
 
     clips = clips_from_manifest(manifest_path)
@@ -90,13 +96,14 @@ def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 
                               no_progress=not progress, skip_bad=False)
     out = None
     for batch in BatchReader(clips, args, torch.device(device), desc=desc):
-        x, mask = backbone.extract_features(batch.source, batch.padding_mask)
+        x, mask = backbone.extract_features(batch.source, batch.padding_mask, layer=layer)
         x = x.float()
-        if mask is None:
-            pooled = x.mean(dim=1)
-        else:
-            keep = (~mask).unsqueeze(-1).float()
-            pooled = (x * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
+        keep = torch.ones_like(x[..., :1]) if mask is None else (~mask).unsqueeze(-1).float()
+        count = keep.sum(dim=1).clamp_min(1.0)
+        pooled = (x * keep).sum(dim=1) / count
+        if pooling == "mean+std":
+            var = (((x - pooled.unsqueeze(1)) ** 2) * keep).sum(dim=1) / count
+            pooled = torch.cat([pooled, var.sqrt()], dim=-1)
         if out is None:
             out = np.zeros((len(clips), pooled.size(-1)), dtype=np.float32)
         out[batch.positions] = pooled.cpu().numpy()
@@ -154,7 +161,7 @@ def run_probe(encoders: Dict[str, str], data: str, train_split: str = "train", e
               label_ext: str = "lbl", multilabel: Optional[bool] = None, random_baseline: bool = True,
               seed: int = 0, device="cpu", batch_size: int = 8, num_workers: int = 0,
               max_seconds: Optional[float] = None, C: float = 1.0, progress: bool = False,
-              log=print) -> List[ProbeResult]:
+              log=print, pooling: str = "mean", layer: Optional[int] = None) -> List[ProbeResult]:
     """Probe every encoder (``{name: checkpoint}``, in order) and, first, a random one like the first encoder."""
     if not encoders:
         raise ValueError("no encoder to probe")
@@ -180,7 +187,7 @@ def run_probe(encoders: Dict[str, str], data: str, train_split: str = "train", e
         feats = {}
         for split, manifest in ((train_split, train_manifest), (eval_split, eval_manifest)):
             feats[split] = clip_features(backbone, manifest, device, batch_size, num_workers, max_seconds,
-                                         progress, desc=f"{name} {split}")
+                                         progress, desc=f"{name} {split}", pooling=pooling, layer=layer)
         metric, value = fit_and_score(feats[train_split], train_labels, feats[eval_split], eval_labels,
                                       num_classes, multilabel, C)
         result = ProbeResult(name, shown, metric, value, len(train_labels), len(eval_labels),
@@ -221,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: multi-label when a clip has != 1 class ids (default: auto)")
     parser.add_argument("--no-random-baseline", action="store_true", help="skip the random-init encoder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random-init encoder (default: 0)")
+    parser.add_argument("--pooling", choices=POOLINGS, default="mean",
+                        help="clip feature: mean of the patches, or mean and std (default: mean)")
+    parser.add_argument("--layer", type=int, default=None,
+                        help="encoder layer to probe, 0-based (default: the last)")
     parser.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the regression (default: 1)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
@@ -244,7 +255,8 @@ def main(argv=None) -> int:
         multilabel = {"auto": None, "yes": True, "no": False}[args.multilabel]
         results = run_probe(encoders, args.data, args.train_split, args.eval_split, args.label_ext, multilabel,
                             not args.no_random_baseline, args.seed, args.device, args.batch_size, args.num_workers,
-                            args.max_seconds, args.C, args.progress, log=lambda m: logger.info(m))
+                            args.max_seconds, args.C, args.progress, log=lambda m: logger.info(m),
+                            pooling=args.pooling, layer=args.layer)
         table = results_table(results, args.eval_split)
         print(table)
         if args.out:

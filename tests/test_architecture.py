@@ -21,7 +21,6 @@ LAYERS = [
 MODEL_IMPORTERS = ("models", "loading", "tasks", "cli")
 # Known exceptions, each with the change that removes it. Each must still exist (no stale entries).
 KNOWN = {
-    ("checkpoint", "loading"): "checkpoint.load, kept for probe.py: import beats_fairseq.loading.load there",
     ("probe", "cli.common"): "issue 13 section 3: the data code of cli/common.py moves to data/",
 }
 

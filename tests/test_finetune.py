@@ -365,7 +365,7 @@ def test_cosine_warmup_as_long_as_the_run_is_a_clear_error():
     build_recipe_optimizer(tiny_classifier(layer_decay=0.5), max_update=10)  # ends inside the warm-up: fine
 
 
-@pytest.mark.parametrize("name", ["tiny", "as2m", "as20k", "esc50", "spcv2"])
+@pytest.mark.parametrize("name", ["tiny", "small", "as2m", "as20k", "esc50", "spcv2"])
 def test_recipes_use_known_keys(name):
     from dataclasses import fields
 

@@ -22,6 +22,18 @@ TINY_TOKENIZER = dict(input_patch_size=16, embed_dim=32, encoder_layers=1, encod
                       kmeans_init=False, estimator_layers=0)
 
 
+def given_finished_iter1_and_tokenizer(run):
+    """Random tiny iter1 and tokenizer_iter1 checkpoints in ``run``, marked finished in its state.json."""
+    torch.manual_seed(0)
+    for stage, model in (("iter1", BeatsEncoderModel(BeatsEncoderModelConfig(**TINY_ENCODER))),
+                         ("tokenizer_iter1", BeatsTokenizerModel(BeatsTokenizerConfig(**TINY_TOKENIZER)))):
+        (run / stage / "checkpoints").mkdir(parents=True)
+        torch.save(model.to_official(), run / stage / "checkpoints" / "checkpoint_last.pt")
+    done = {"status": "done", "seconds": 12.0,
+            "metrics": {"valid": {"loss": 5.0, "accuracy": 0.1, "code_usage": 0.9, "num_updates": 100}}}
+    (run / "state.json").write_text(json.dumps({"version": 1, "stages": {"iter1": done, "tokenizer_iter1": done}}))
+
+
 def run_pipeline(capsys, *argv):
     code = pipeline.main([str(a) for a in argv])
     out = capsys.readouterr()
@@ -35,7 +47,7 @@ def test_plan_composes_every_stage_config(tmp_path, demo_data, capsys):
     assert code == 0, out
     names = [line.split("]")[1].split(":")[0].strip() for line in out.splitlines() if line.startswith("[stage")]
     assert names == ["iter1", "tokenizer_iter1", "labels_iter2", "iter2", "tokenizer_iter2", "labels_iter3", "iter3",
-                     "probe"]
+                     "fbank", "probe"]
     run = tmp_path / "run"
     from omegaconf import OmegaConf
 
@@ -56,7 +68,7 @@ def test_unknown_override_and_missing_recipe_are_errors(tmp_path, demo_data, cap
     assert code == 1 and "match no key" in out
     code, out = run_pipeline(capsys, "--data", demo_data, "--out", tmp_path / "r", "--dry-run",
                              "--tokenizer-config", "nope")
-    assert code == 1 and "nope.yaml does not exist" in out and "available: tiny" in out
+    assert code == 1 and "nope.yaml does not exist" in out and "available: small, tiny" in out
     code, out = run_pipeline(capsys, "--data", demo_data, "--out", tmp_path / "r", "--dry-run", "--supervised-teacher")
     assert code == 1 and "add --iterations 3" in out
 
@@ -121,29 +133,22 @@ def test_probe_classifier_on_separable_features():
 def test_pipeline_resumes_after_finished_stages_and_probes_beside_a_random_encoder(tmp_path, demo_data, capsys):
     """iter1 and tokenizer_iter1 are marked finished: only iter2 (4 updates) and the probe run."""
     run = tmp_path / "run"
-    torch.manual_seed(0)
-    for stage, model in (("iter1", BeatsEncoderModel(BeatsEncoderModelConfig(**TINY_ENCODER))),
-                         ("tokenizer_iter1", BeatsTokenizerModel(BeatsTokenizerConfig(**TINY_TOKENIZER)))):
-        (run / stage / "checkpoints").mkdir(parents=True)
-        torch.save(model.to_official(), run / stage / "checkpoints" / "checkpoint_last.pt")
-    done = {"status": "done", "seconds": 12.0,
-            "metrics": {"valid": {"loss": 5.0, "accuracy": 0.1, "code_usage": 0.9, "num_updates": 100}}}
-    (run / "state.json").write_text(json.dumps({"version": 1, "stages": {"iter1": done, "tokenizer_iter1": done}}))
+    given_finished_iter1_and_tokenizer(run)
 
     args = ["--data", demo_data, "--out", run, "--probe-train-split", "valid", "pretrain:optimization.max_update=4"]
     code, out = run_pipeline(capsys, *args)
     assert code == 0, out[-4000:]
-    assert "[stage 1/4] iter1: finished earlier (0m12s), skipped" in out
-    assert "[stage 2/4] tokenizer_iter1: finished earlier" in out
-    assert "[stage 3/4] iter2 iter2 pre-training ..." in out and "[stage 4/4] probe" in out
+    assert "[stage 1/5] iter1: finished earlier (0m12s), skipped" in out
+    assert "[stage 2/5] tokenizer_iter1: finished earlier" in out
+    assert "[stage 3/5] iter2 iter2 pre-training ..." in out and "[stage 5/5] probe" in out
     assert not (run / "iter1" / "train.log").exists() and not (run / "tokenizer_iter1" / "train.log").exists()
     assert (run / "iter2" / "stage.yaml").is_file() and (run / "iter2" / "checkpoints" / "checkpoint_last.pt").is_file()
     assert "loss" in (run / "iter2" / "train.log").read_text()
 
     state = json.loads((run / "state.json").read_text())
-    assert all(state["stages"][s]["status"] == "done" for s in ("iter1", "tokenizer_iter1", "iter2", "probe"))
+    assert all(state["stages"][s]["status"] == "done" for s in ("iter1", "tokenizer_iter1", "iter2", "fbank", "probe"))
     summary = json.loads((run / "summary.json").read_text())
-    assert [r["stage"] for r in summary["stages"]] == ["iter1", "tokenizer_iter1", "iter2", "probe"]
+    assert [r["stage"] for r in summary["stages"]] == ["iter1", "tokenizer_iter1", "iter2", "fbank", "probe"]
     iter2 = summary["stages"][2]
     assert iter2["updates"] == 4 and iter2["valid_loss"] > 0 and 0 <= iter2["score"] <= 1 and iter2["code_usage"] > 0
     probe = {r["encoder"]: r for r in summary["probe"]}
@@ -158,7 +163,11 @@ def test_pipeline_resumes_after_finished_stages_and_probes_beside_a_random_encod
 
     # everything is finished now: a second run trains nothing and prints the same table
     code, out = run_pipeline(capsys, *args)
-    assert code == 0 and out.count("skipped") == 4 and "| random |" in out
+    assert code == 0 and out.count("skipped") == 5 and "| random |" in out
+    evaluation = summary["evaluation"]
+    assert evaluation["metric"] == "accuracy" and evaluation["split"] == "test"
+    assert list(evaluation["rows"]) == ["random", "fbank", "iter1", "iter2"]
+    assert evaluation["rows"]["iter2"]["runs"] == [probe["iter2"]["value"]]
     assert (run / "iter2" / "train.log").read_text().count("=====") == 1  # launched once
 
 

@@ -182,7 +182,7 @@ def test_fairseq_tokenizer_run_and_reload(iter1_run, demo_data, tmp_path):
     assert "RELOAD-OK" in proc.stdout, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("name", ["tiny", "tokenizer_as2m", "tokenizer_as2m_supervised_teacher"])
+@pytest.mark.parametrize("name", ["tiny", "small", "tokenizer_as2m", "tokenizer_as2m_supervised_teacher"])
 def test_recipes_list_every_tunable_and_follow_the_paper(name):
     import dataclasses
 

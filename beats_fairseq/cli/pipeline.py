@@ -1,7 +1,13 @@
 """beats-pipeline: the whole BEATs loop on one manifest folder, from one command.
 
     iter1 pre-training -> tokenizer_iter1 -> iter2 pre-training [-> tokenizer_iter2 -> iter3]
-    -> linear probe of every iteration's encoder and of a random one
+    -> raw-fbank baseline -> evaluation of every iteration's encoder and of a random one
+
+The evaluation (``--eval``) is a linear probe (``probe``, default) or, as in the paper,
+fine-tuning (``finetune``): every encoder and a random init are fine-tuned with the same recipe
+for ``--eval-seeds`` seeds, each run's best-validation checkpoint is scored on the test split.
+The table (mean ± std and every run) goes to ``RUN_DIR/summary.md`` and the ``evaluation`` block
+of ``RUN_DIR/summary.json``.
 
 ``--supervised-teacher`` (with ``--iterations 3``, the paper's iter3+) first fine-tunes iter2 on the
 labelled training split and distils the last tokenizer from that classifier. ``--labels
@@ -41,8 +47,8 @@ from omegaconf import OmegaConf
 from .common import CliError, run_main
 from .pipeline_plot import write_report
 from .pipeline_report import format_seconds, progress_text, read_metrics, stage_row, stage_table
-from .pipeline_stages import (KINDS, RECIPE_ROLES, RECIPES, TINY_UPDATES, Stage, compose, parse_overrides,
-                              plan)
+from .pipeline_stages import (EVAL_MODES, KINDS, RANDOM, RECIPE_ROLES, RECIPES, TINY_UPDATES, Stage, compose,
+                              parse_overrides, plan)
 
 STATE_VERSION = 1
 
@@ -182,10 +188,48 @@ class Pipeline:
             if not stage.checkpoint.is_file():
                 raise CliError(f"stage {stage.name} ended without {stage.checkpoint}; see {stage.log_path}")
             entry["metrics"] = read_metrics(stage.log_path)
+            if stage.score_split:
+                self.score_finetuned(stage, entry)
         elif stage.kind == "labels":
             self.run_labels(stage, entry)
+        elif stage.kind == "fbank":
+            self.run_fbank(stage, entry)
         else:
             self.run_probe(stage, entry)
+
+    def device(self) -> str:
+        return "cuda" if self.args.device == "auto" and _cuda() else \
+            ("cpu" if self.args.device == "auto" else self.args.device)
+
+    def score_finetuned(self, stage: Stage, entry: dict) -> None:
+        """Score the run's best-validation checkpoint on the held-out split (``score.json``)."""
+        from .pipeline_evaluation import score_classifier
+
+        if not stage.best_checkpoint.is_file():
+            raise CliError(f"stage {stage.name} ended without {stage.best_checkpoint} (no validation ran); "
+                           f"see {stage.log_path}")
+        metric, value = score_classifier(str(stage.best_checkpoint), str(Path(self.args.data).resolve()),
+                                         stage.score_split, self.args.probe_label_ext, self.device())
+        result = {"encoder": stage.encoder, "seed": int(stage.config.common.seed), "metric": metric,
+                  "value": value, "split": stage.score_split,
+                  "checkpoint": os.path.relpath(stage.best_checkpoint, self.run_dir)}
+        with open(stage.output, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        entry["metrics"]["score"] = result
+        self.say(f"    {stage.name}: {metric} {value:.4f} on {stage.score_split} (best-validation checkpoint)")
+
+    def run_fbank(self, stage: Stage, entry: dict) -> None:
+        from .pipeline_evaluation import FBANK_DESCRIPTION, fbank_baseline
+
+        a = self.args
+        metric, value = fbank_baseline(str(Path(a.data).resolve()), a.probe_train_split, a.probe_split,
+                                       a.probe_label_ext)
+        result = {"metric": metric, "value": value, "split": a.probe_split, "train_split": a.probe_train_split,
+                  "how": FBANK_DESCRIPTION}
+        with open(stage.output, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        entry["metrics"] = {"fbank": result}
+        self.say(f"    fbank baseline: {metric} {value:.4f} on {a.probe_split}")
 
     def run_labels(self, stage: Stage, entry: dict) -> None:
         tokenizer, pretrain = stage.depends[0], stage.pretrain
@@ -214,11 +258,10 @@ class Pipeline:
                 log.flush()
                 self.say(f"    {message}")
 
-            device = "cuda" if self.args.device == "auto" and _cuda() else \
-                ("cpu" if self.args.device == "auto" else self.args.device)
             results = run_probe(encoders, str(Path(self.args.data).resolve()), self.args.probe_train_split,
                                 self.args.probe_split, self.args.probe_label_ext, None, True, seed=0,
-                                device=device, log=say)
+                                device=self.device(), log=say, pooling=self.args.probe_pooling,
+                                layer=self.args.probe_layer)
         for r in results:  # shown relative to the run folder
             if r.checkpoint.startswith(str(self.run_dir) + os.sep):
                 r.checkpoint = os.path.relpath(r.checkpoint, self.run_dir)
@@ -233,7 +276,8 @@ class Pipeline:
         """What a finished probe stage covered: rerun it when this changes (e.g. a new iteration)."""
         a = self.args
         return {"encoders": [d.name for d in stage.depends], "train_split": a.probe_train_split,
-                "eval_split": a.probe_split, "label_ext": a.probe_label_ext}
+                "eval_split": a.probe_split, "label_ext": a.probe_label_ext, "pooling": a.probe_pooling,
+                "layer": a.probe_layer}
 
     # ------------------------------------------------------------------ summary
     def summarise(self) -> dict:
@@ -241,21 +285,56 @@ class Pipeline:
         for stage in self.stages:
             entry = self.state.stage(stage.name)
             rows.append(stage_row(stage, entry))
-        probe = self.state.stage("probe").get("metrics", {}).get("probe", []) if not self.args.no_probe else []
+        probe = self.state.stage("probe").get("metrics", {}).get("probe", []) \
+            if not self.args.no_probe and self.args.eval == "probe" else []
         table = stage_table(rows)
         text = [f"# BEATs pipeline: {self.run_dir}", "", f"Command: `{command_string()}`", "", table]
         if probe:
             from ..probe import ProbeResult, results_table
 
             text += ["", results_table([ProbeResult(**r) for r in probe], self.args.probe_split)]
+        evaluation = None if self.args.no_probe else self.evaluation(probe)
+        if evaluation:
+            from .pipeline_evaluation import evaluation_table
+
+            text += ["", f"Evaluation ({evaluation['how']}):", "", evaluation_table(evaluation)]
         md = "\n".join(text) + "\n"
         (self.run_dir / "summary.md").write_text(md, encoding="utf-8")
         summary = {"command": command_string(), "stages": rows, "probe": probe}
+        if evaluation:
+            summary["evaluation"] = evaluation
         with open(self.run_dir / "summary.json", "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
         png, page = write_report(self.run_dir, self.stages, summary, md)
         print("\n" + md + f"\nCurves and evaluation: {png} (with the tables: {page})", flush=True)
         return summary
+
+
+    def evaluation(self, probe: List[dict]) -> dict:
+        """The ``evaluation`` block: fbank, random and every iteration, one value per run."""
+        from .pipeline_evaluation import evaluation_block
+
+        runs, metric = {}, None
+        fbank = self.state.stage("fbank").get("metrics", {}).get("fbank")
+        if self.args.eval == "probe":
+            for r in probe:
+                runs[r["encoder"]], metric = [r["value"]], r["metric"]
+            how = f"linear probe, {self.args.probe_pooling} pooling, " + \
+                ("last layer" if self.args.probe_layer is None else f"layer {self.args.probe_layer}")
+        else:
+            for stage in self.stages:
+                score = self.state.stage(stage.name).get("metrics", {}).get("score") if stage.score_split else None
+                if score:
+                    runs.setdefault(stage.encoder, []).append(score["value"])
+                    metric = score["metric"]
+            how = f"fine-tuned ({self.args.eval_seeds} seeds), best-validation checkpoint"
+        if fbank:
+            runs = {**{k: v for k, v in runs.items() if k == RANDOM}, "fbank": [fbank["value"]],
+                    **{k: v for k, v in runs.items() if k != RANDOM}}
+            metric = metric or fbank["metric"]
+        if not runs:
+            return {}
+        return evaluation_block(metric, self.args.probe_split, runs, how)
 
 
 def _cuda() -> bool:
@@ -283,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="beats-pipeline",
         description="Run the BEATs iterations on a manifest folder: iter1 pre-training -> tokenizer -> iter2 "
                     "pre-training [-> tokenizer -> iter3], each a fairseq-hydra-train run in RUN_DIR/<stage>, then a "
-                    "linear probe of every iteration's encoder beside a random one. Rerunning the same command "
+                    "raw-fbank baseline and a linear probe (--eval probe) or fine-tuning runs (--eval finetune) of "
+                    "every iteration's encoder beside a random one. Rerunning the same command "
                     "resumes: finished stages are skipped, an interrupted one continues from its checkpoint.",
         epilog="Overrides: key=value (every stage whose recipe has the key), pretrain:key=value, "
                "tokenizer:key=value, finetune:key=value (one kind of stage), +key=value (add a key). Example: "
@@ -294,8 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "for the probe (and labels.csv)")
     parser.add_argument("--out", required=True, help="run folder (RUN_DIR); reuse it to resume")
     parser.add_argument("--scale", choices=sorted(RECIPES), default="tiny",
-                        help="tiny: the tiny recipes with %s updates (CPU, minutes); base: the paper recipes "
-                             "(default: tiny)" % ", ".join(f"{k} {v}" for k, v in TINY_UPDATES.items()))
+                        help="tiny: the tiny recipes with %s updates (CPU, minutes, a smoke test); small: the "
+                             "small.yaml recipes (the whole loop with fine-tuning evaluation in about 30 minutes on "
+                             "2 CPU cores for 1,000-3,000 clips of 1-2 s); base: the paper recipes (default: tiny)"
+                             % ", ".join(f"{k} {v}" for k, v in TINY_UPDATES.items()))
     parser.add_argument("--iterations", type=int, choices=[2, 3], default=2,
                         help="pre-training iterations (default: 2)")
     parser.add_argument("--supervised-teacher", action="store_true",
@@ -308,7 +390,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--probe-train-split", default="train", help="split the probe is fit on (default: train)")
     parser.add_argument("--probe-label-ext", default="lbl",
                         help="probe labels are {split}.{ext} (lbl: single-label accuracy; mlbl: mAP) (default: lbl)")
-    parser.add_argument("--no-probe", action="store_true", help="skip the linear probe")
+    parser.add_argument("--eval", choices=EVAL_MODES, default="probe",
+                        help="how every encoder (and a random init) is evaluated on --probe-split, beside a raw-fbank "
+                             "baseline: probe (logistic regression on frozen features) or finetune (the fine-tuning "
+                             "recipe of --scale, --eval-seeds seeds each, best-validation checkpoint) (default: probe)")
+    parser.add_argument("--eval-seeds", type=int, default=3, help="fine-tuning seeds per encoder with --eval finetune "
+                                                                  "(common.seed 1..N) (default: 3)")
+    parser.add_argument("--probe-pooling", choices=["mean", "mean+std"], default="mean",
+                        help="--eval probe: clip feature pooled over patches (default: mean)")
+    parser.add_argument("--probe-layer", type=int, default=None,
+                        help="--eval probe: encoder layer, 0-based (default: the last)")
+    parser.add_argument("--no-probe", action="store_true", help="skip the evaluation (and the fbank baseline)")
     for role in RECIPE_ROLES:
         what = "iter3+ tokenizer (--supervised-teacher)" if role == "supervised_tokenizer" else role
         folder = "beats_tokenizer" if role.endswith("tokenizer") else ("beats_finetune" if role == "finetune"

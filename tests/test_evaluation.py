@@ -1,0 +1,115 @@
+"""beats-pipeline evaluation: --scale small and --eval plans, the raw-fbank baseline, the summary's
+evaluation block, and --eval finetune end to end on tiny data."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from beats_fairseq.cli import pipeline
+from beats_fairseq.cli.pipeline_stages import recipe_dir
+from beats_fairseq.cli.pipeline_evaluation import evaluation_block, evaluation_table, fbank_baseline, fbank_statistics
+from beats_fairseq.modules.fbank import compute_fbank
+
+from test_pipeline import given_finished_iter1_and_tokenizer, run_pipeline
+
+
+def stage_names(out):
+    return [line.split("]")[1].split(":")[0].strip() for line in out.splitlines() if line.startswith("[stage")]
+
+
+def test_small_scale_with_finetune_evaluation_plans_every_stage(tmp_path, demo_data, capsys):
+    run = tmp_path / "run"
+    code, out = run_pipeline(capsys, "--data", demo_data, "--out", run, "--scale", "small", "--iterations", "3",
+                             "--supervised-teacher", "--eval", "finetune", "--eval-seeds", "2", "--dry-run")
+    assert code == 0, out
+    evals = [f"eval_{e}_seed{s}" for e in ("random", "iter1", "iter2", "iter3") for s in (1, 2)]
+    assert stage_names(out) == ["iter1", "tokenizer_iter1", "iter2", "finetune_iter2", "tokenizer_iter2", "iter3",
+                                "fbank"] + evals
+    cfg = {name: OmegaConf.load(run / name / "stage.yaml") for name in
+           ["iter1", "tokenizer_iter1", "iter3", "finetune_iter2", "tokenizer_iter2"] + evals}
+    small = {d: OmegaConf.load(recipe_dir(d) / "small.yaml") for d in ("beats_iter1", "beats_tokenizer",
+                                                                                "beats_finetune")}
+    # the small recipes, not the tiny update counts
+    assert cfg["iter1"].optimization.max_update == small["beats_iter1"].optimization.max_update
+    assert cfg["iter1"].model.encoder_embed_dim == small["beats_iter1"].model.encoder_embed_dim
+    assert cfg["tokenizer_iter1"].model.quant_n == small["beats_tokenizer"].model.quant_n
+    assert cfg["tokenizer_iter2"].model.teacher_target == "logits"
+    for name in evals:
+        c = cfg[name]
+        encoder, seed = name.split("_")[1], int(name[-1])
+        assert c.common.seed == seed and c.task.data == str(demo_data.resolve())
+        assert c.optimization.max_update == small["beats_finetune"].optimization.max_update
+        assert c.checkpoint.save_dir == str(run / name / "checkpoints")
+        if encoder == "random":
+            assert c.model.pretrained_path is None
+            for key in ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim", "embed_dim"):
+                assert c.model[key] == cfg["iter1"].model[key]  # the architecture of the pre-trained encoders
+        else:
+            assert c.model.pretrained_path == str(run / encoder / "checkpoints" / "checkpoint_last.pt")
+
+    # --eval probe (default): the fbank baseline and one probe stage
+    code, out = run_pipeline(capsys, "--data", demo_data, "--out", tmp_path / "p", "--scale", "small", "--dry-run")
+    assert code == 0 and stage_names(out) == ["iter1", "tokenizer_iter1", "iter2", "fbank", "probe"]
+    code, out = run_pipeline(capsys, "--data", demo_data, "--out", tmp_path / "p", "--eval", "finetune",
+                             "--eval-seeds", "0", "--dry-run")
+    assert code == 1 and "--eval-seeds must be >= 1" in out
+
+
+def test_fbank_statistics_ignore_padding_and_baseline_beats_chance(demo_data):
+    stats = fbank_statistics(str(demo_data / "valid.tsv"), batch_size=5)
+    assert stats.shape == (36, 256) and np.isfinite(stats).all()
+    import soundfile as sf
+
+    from beats_fairseq.data.manifest import read_manifest
+
+    manifest = read_manifest(str(demo_data / "valid.tsv"))
+    wav, _ = sf.read(manifest.abspath(3), dtype="float32")
+    fbank = compute_fbank(torch.from_numpy(wav)[None])[0]
+    assert np.allclose(stats[3, :128], fbank.mean(0).numpy(), atol=1e-5)
+    assert np.allclose(stats[3, 128:], fbank.std(0, unbiased=False).numpy(), atol=1e-5)
+    metric, value = fbank_baseline(str(demo_data), "train", "test")
+    assert metric == "accuracy" and value > 0.5  # 6 classes: chance 0.17
+
+
+def test_evaluation_block_and_table():
+    block = evaluation_block("accuracy", "test", {"random": [0.1, 0.3], "fbank": [0.25], "iter1": [0.4, 0.5]})
+    assert block["rows"]["random"] == {"mean": pytest.approx(0.2), "std": pytest.approx(0.1414, abs=1e-4),
+                                       "runs": [0.1, 0.3]}
+    assert block["rows"]["fbank"]["std"] == 0.0 and list(block["rows"]) == ["random", "fbank", "iter1"]
+    table = evaluation_table(block)
+    assert "| iter1 | 0.450 ± 0.071 | +0.200 | 0.400, 0.500 |" in table
+
+
+@pytest.mark.slow
+def test_finetune_evaluation_runs_end_to_end_and_resumes(tmp_path, demo_data, capsys):
+    """iter1 and tokenizer_iter1 are given: iter2 (4 updates), the fbank baseline and one fine-tuning run
+    (6 updates, 1 seed) each of random, iter1 and iter2, scored on test from checkpoint_best.pt."""
+    run = tmp_path / "run"
+    given_finished_iter1_and_tokenizer(run)
+    args = ["--data", demo_data, "--out", run, "--eval", "finetune", "--eval-seeds", "1",
+            "pretrain:optimization.max_update=4", "finetune:optimization.max_update=6",
+            "finetune:optimizer.groups.default.lr_scheduler.warmup_updates=1"]
+    code, out = run_pipeline(capsys, *args)
+    assert code == 0, out[-4000:]
+    names = ["eval_random_seed1", "eval_iter1_seed1", "eval_iter2_seed1"]
+    for name in names:
+        score = json.loads((run / name / "score.json").read_text())
+        assert score["metric"] == "accuracy" and 0 <= score["value"] <= 1 and score["split"] == "test"
+        assert score["checkpoint"] == f"{name}/checkpoints/checkpoint_best.pt"
+    summary = json.loads((run / "summary.json").read_text())
+    assert [r["stage"] for r in summary["stages"]][-4:] == ["fbank"] + names
+    evaluation = summary["evaluation"]
+    assert evaluation["metric"] == "accuracy" and evaluation["split"] == "test"
+    assert list(evaluation["rows"]) == ["random", "fbank", "iter1", "iter2"]
+    assert evaluation["rows"]["fbank"]["mean"] > 0.5  # the raw-fbank baseline is well above chance (1/6)
+    for row in evaluation["rows"].values():
+        assert len(row["runs"]) == 1 and row["std"] == 0.0 and row["mean"] == row["runs"][0]
+    assert "| fbank |" in out and "| iter2 |" in out and "fine-tuned (1 seeds)" in out
+
+    # a rerun trains nothing and reports the same rows
+    code, out = run_pipeline(capsys, *args)
+    assert code == 0 and out.count("skipped") == 7
+    assert json.loads((run / "summary.json").read_text())["evaluation"] == evaluation
