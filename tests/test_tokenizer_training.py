@@ -200,7 +200,7 @@ def test_recipes_list_every_tunable_and_follow_the_paper(name):
         OmegaConf.merge(OmegaConf.structured(schema), cfg[section])  # types check
     assert cfg.task._name == "beats_tokenizer_training" and cfg.model._name == "beats_tokenizer"
     assert cfg.criterion._name == "beats_tokenizer_distillation"
-    if name in ("tiny", "small"):  # the paper values below are the AS-2M recipes'
+    if name in ("tiny", "small"):  # the paper values below are the AS-2M recipes
         return
     world = cfg.distributed_training.distributed_world_size
     seconds = cfg.dataset.max_tokens * world * cfg.optimization.update_freq[0] / 16000
