@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="run folder (RUN_DIR); reuse it to resume")
     parser.add_argument("--scale", choices=sorted(RECIPES), default="tiny",
                         help="tiny: the tiny recipes with %s updates (CPU, minutes, a smoke test); small: the "
-                             "small.yaml recipes (the whole loop with fine-tuning evaluation in about 30 minutes on "
+                             "small.yaml recipes (the whole loop with fine-tuning evaluation, sized for a 30-minute budget on "
                              "2 CPU cores for 1,000-3,000 clips of 1-2 s); base: the paper recipes (default: tiny)"
                              % ", ".join(f"{k} {v}" for k, v in TINY_UPDATES.items()))
     parser.add_argument("--iterations", type=int, choices=[2, 3], default=2,
