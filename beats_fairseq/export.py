@@ -108,7 +108,7 @@ def export_onnx(model, path: str, layer: Optional[int] = None, opset: int = OPSE
     except ImportError as exc:
         raise ImportError(f"ONNX export needs onnx and onnxscript ({exc}): pip install onnx onnxscript onnxruntime, "
                           "or pip install -e '.[onnx]' in the repository") from None
-    wrapper = OnnxModel(model, layer)
+    wrapper = OnnxModel(model, layer).eval()
     example = example_waveform()
     with torch.no_grad():
         wrapper(example)  # builds the fbank constants (window, mel matrix) outside the trace
