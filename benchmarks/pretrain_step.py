@@ -122,27 +122,26 @@ class Sections:
         self.wrap_method(module, "forward", name)
 
 
-def pretrain_sections(model: BeatsModel, sections: Sections) -> None:
-    backbone = model.backbone
+def backbone_sections(backbone, sections: Sections) -> None:
+    """The sections every model shares: front end and encoder."""
     sections.wrap_method(backbone, "fbank", "fbank")
     sections.wrap_method(backbone, "embed_patches", "patch_embedding")
     sections.wrap_method(backbone, "project", "patch_embedding")
-    sections.wrap_method(model, "compute_labels", "labels")
-    sections.wrap_method(model, "sample_visible", "mask_noise")
     sections.wrap_module(backbone.encoder, "encoder_total")
     sections.wrap_module(backbone.encoder.pos_conv, "encoder_pos_conv")
+
+
+def pretrain_sections(model: BeatsModel, sections: Sections) -> None:
+    backbone_sections(model.backbone, sections)
+    sections.wrap_method(model, "compute_labels", "labels")
+    sections.wrap_method(model, "sample_visible", "mask_noise")
     sections.wrap_module(model.label_predictor, "predictor_total")
     sections.wrap_module(model.label_predictor.pos_conv, "predictor_pos_conv")
     sections.wrap_module(model.label_head, "head")
 
 
 def finetune_sections(model: BeatsClassifierModel, sections: Sections) -> None:
-    backbone = model.backbone
-    sections.wrap_method(backbone, "fbank", "fbank")
-    sections.wrap_method(backbone, "embed_patches", "patch_embedding")
-    sections.wrap_method(backbone, "project", "patch_embedding")
-    sections.wrap_module(backbone.encoder, "encoder_total")
-    sections.wrap_module(backbone.encoder.pos_conv, "encoder_pos_conv")
+    backbone_sections(model.backbone, sections)
     sections.wrap_module(model.head, "head")
 
 

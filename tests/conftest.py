@@ -12,6 +12,21 @@ ORACLE = Path(os.environ.get("BEATS_ORACLE_DIR", REPO.parent / "shared" / "oracl
 DEVDATA = REPO.parent / "shared" / "devdata"
 
 
+TINY_BEATS = dict(embed_dim=32, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
+                  encoder_attention_heads=4, dropout=0.0, attention_dropout=0.0, conv_pos=16,
+                  label_predictor_layers=1, codebook_size=64, codebook_dim=16)
+
+
+def tiny_beats_model(**overrides):
+    """A 2-layer, 64-wide ``BeatsModel`` (seed 0) for unit tests; ``overrides`` are BeatsConfig fields."""
+    from omegaconf import OmegaConf
+
+    from beats_fairseq.models.beats import BeatsConfig, BeatsModel
+
+    torch.manual_seed(0)
+    return BeatsModel(OmegaConf.structured(BeatsConfig(**{**TINY_BEATS, **overrides})))
+
+
 def real_audio(seconds: float, first: int = 0) -> torch.Tensor:
     """(1, samples): devdata clips (1 s each) concatenated."""
     files = sorted(DEVDATA.glob("*/audio/*/*.flac"))

@@ -3,19 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from beats_fairseq.criterions.beats_mam import BeatsMamCriterion
-from beats_fairseq.models.beats import BeatsConfig, BeatsModel
-
-TINY = dict(embed_dim=32, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
-            encoder_attention_heads=4, dropout=0.0, attention_dropout=0.0, conv_pos=16,
-            label_predictor_layers=1, codebook_size=64, codebook_dim=16)
-
-
-def tiny_model(**overrides):
-    torch.manual_seed(0)
-    return BeatsModel(OmegaConf.structured(BeatsConfig(**{**TINY, **overrides})))
+from conftest import tiny_beats_model as tiny_model
 
 
 def waves(batch=2, samples=32000):
