@@ -73,9 +73,9 @@ class OnnxModel(nn.Module):
 
     def forward(self, waveform):
         backbone = self.backbone
-        _, patches, _ = backbone.frontend(waveform)
+        front = backbone.frontend(waveform)
         heads = self.kind in ("classifier", "tokenizer")  # these read the last layer
-        last, layers = backbone.encoder(backbone.project(patches), layer=None if heads else self.layer)
+        last, layers = backbone.encode(front.embeddings, layer=None if heads else self.layer)
         features = last if self.layer is None else layers[self.layer]
         if self.kind == "classifier":
             logits = self.head(last).mean(dim=1)

@@ -7,8 +7,10 @@
 * :func:`accuracy`: share of clips whose top-scoring class is a true class (single-label:
   ``argmax == target``; multi-label targets: the argmax is one of the positives).
 * :func:`accuracy_per_class`: per-class accuracy (recall) of single-label predictions.
+* :func:`code_usage`: usage and perplexity of a histogram of codebook labels (the training
+  criteria's ``code_usage`` and ``code_perplexity``).
 
-Every function takes ``(scores, targets)`` in that order (torch tensors or numpy arrays).
+The classification metrics take ``(scores, targets)`` in that order (torch tensors or numpy arrays).
 
 Every function returns ``float`` (never a numpy scalar: those break torch's weights-only
 ``torch.load`` of fairseq checkpoints that store the best metric).
@@ -19,6 +21,7 @@ import warnings
 from typing import Optional
 
 import numpy as np
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +101,17 @@ def accuracy_per_class(scores, targets):
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(counts > 0, correct / np.maximum(counts, 1), np.nan)
     return per_class, counts
+
+
+def code_usage(counts):
+    """(usage, perplexity) of the code histogram ``counts`` (per-code label counts).
+
+    Usage is the share of codes used at least once; perplexity is exp of the entropy of the
+    code distribution: the number of codes when all are equally frequent, 1 when one code
+    takes every label. Both are 0.0 for an empty histogram.
+    """
+    counts = torch.as_tensor(counts).float()
+    if counts.sum() <= 0:
+        return 0.0, 0.0
+    probs = counts[counts > 0] / counts.sum()
+    return float((counts > 0).float().mean()), float(torch.exp(-(probs * probs.log()).sum()))

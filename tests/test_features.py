@@ -24,8 +24,8 @@ class PatchOnly(torch.nn.Module):
         self.inner, self.patch_size, self.cfg = backbone, backbone.patch_size, backbone.cfg
 
     def extract_features(self, source, padding_mask=None, layer=None):
-        _, patches, mask = self.inner.frontend(source, padding_mask)
-        return self.inner.project(patches), mask
+        front = self.inner.frontend(source, padding_mask)
+        return front.embeddings, front.padding_mask
 
 
 def test_timestamps_are_column_centres():

@@ -14,6 +14,8 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
+from ..metrics import code_usage
+
 
 @dataclass
 class BeatsMamConfig(FairseqDataclass):
@@ -25,17 +27,17 @@ def label_histogram(labels: torch.Tensor, num_codes: int) -> torch.Tensor:
 
 
 def log_code_usage(logging_outputs, key: str = "code_counts") -> None:
-    """Usage and perplexity of the summed code histograms of one update."""
+    """``code_usage`` and ``code_perplexity`` (:func:`beats_fairseq.metrics.code_usage`) of the
+    summed code histograms of one update."""
     counts = [log[key] for log in logging_outputs if key in log]
     if not counts:
         return
     total = torch.stack([torch.as_tensor(c, dtype=torch.float) for c in counts]).sum(0)
     if total.sum() <= 0:
         return
-    probs = total / total.sum()
-    entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
-    metrics.log_scalar("code_usage", float((total > 0).float().mean()), round=3)
-    metrics.log_scalar("code_perplexity", float(entropy.exp()), round=1)
+    usage, perplexity = code_usage(total)
+    metrics.log_scalar("code_usage", usage, round=3)
+    metrics.log_scalar("code_perplexity", perplexity, round=1)
 
 
 @register_criterion("beats_mam", dataclass=BeatsMamConfig)

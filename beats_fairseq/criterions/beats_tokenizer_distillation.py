@@ -31,21 +31,7 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
-
-
-def histogram_usage(counts) -> float:
-    """Share of codes with a non-zero count."""
-    counts = torch.as_tensor(counts).float()
-    return float((counts > 0).float().mean()) if counts.sum() > 0 else 0.0
-
-
-def histogram_perplexity(counts) -> float:
-    """exp(entropy) of the code distribution given by ``counts``."""
-    counts = torch.as_tensor(counts).float()
-    if counts.sum() <= 0:
-        return 0.0
-    probs = counts[counts > 0] / counts.sum()
-    return float(torch.exp(-(probs * probs.log()).sum()))
+from ..metrics import code_usage
 
 
 @dataclass
@@ -93,9 +79,8 @@ class BeatsTokenizerDistillationCriterion(FairseqCriterion):
                       if "code_counts" in log]
         if histograms:  # summed over the span by the meter; "_" keeps it out of the printed stats
             metrics.log_scalar_sum("_code_counts", torch.stack(histograms).sum(0))
-            metrics.log_derived("code_usage", lambda meters: round(histogram_usage(meters["_code_counts"].sum), 3))
-            metrics.log_derived(
-                "code_perplexity", lambda meters: round(histogram_perplexity(meters["_code_counts"].sum), 1))
+            metrics.log_derived("code_usage", lambda meters: round(code_usage(meters["_code_counts"].sum)[0], 3))
+            metrics.log_derived("code_perplexity", lambda meters: round(code_usage(meters["_code_counts"].sum)[1], 1))
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

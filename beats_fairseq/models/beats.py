@@ -31,17 +31,14 @@ masked patches of every view. View 0 draws exactly the K = 1 mask; view ``k > 0`
 
 import logging
 from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 from fairseq.models import BaseFairseqModel, register_model
 
 from ..checkpoint import backbone_to_official
-from ..modules.backbone import ENCODER_FIELDS, BeatsBackbone, BeatsEncoderConfig, encoder_cfg_to_official
-from ..modules.encoder import TransformerEncoder, init_encoder_weights
-from ..modules.fbank import downsample_padding_mask
+from ..modules.backbone import BeatsBackbone, BeatsEncoderConfig, encoder_cfg_to_official, transformer_stack
 from ..seeding import derived_seed
 from ..tokenizers.random_projection import RandomProjectionTokenizer
 from ..tokenizers.trained import FrozenTokenizer
@@ -82,11 +79,13 @@ class BeatsConfig(BeatsEncoderConfig):
     tokenizer_seed: int = field(default=1337, metadata={"help": "random-projection tokenizer: seed of W and the codebook"})
 
 
-def predictor_config(cfg, layers: int):
-    """Encoder fields of ``cfg`` for a small stack without LayerDrop or gradient decay."""
-    values = {name: getattr(cfg, name) for name in ENCODER_FIELDS}
-    values.update(encoder_layers=layers, encoder_layerdrop=0.0)
-    return SimpleNamespace(**values)
+class PatchMask(NamedTuple):
+    """The masking of one update, from :meth:`BeatsModel.sample_mask`; one row per view
+    (``B * num_masks`` rows, view ``k`` of clip ``b`` at row ``b * num_masks + k``)."""
+
+    visible: torch.Tensor  # (R, V) sorted indices of the patches the encoder sees
+    masked: torch.Tensor  # (R, N) bool: the masked, non-padded patches (their labels are predicted)
+    padding: Optional[torch.Tensor]  # (R, N) bool patch padding, None without padding
 
 
 @register_model("beats", dataclass=BeatsConfig)
@@ -97,8 +96,7 @@ class BeatsModel(BaseFairseqModel):
             raise ValueError(f"model.num_masks={cfg.num_masks}: must be 1 (one mask per clip) or more")
         self.cfg = cfg
         self.backbone = BeatsBackbone(cfg)
-        self.label_predictor = TransformerEncoder(predictor_config(cfg, cfg.label_predictor_layers))
-        init_encoder_weights(self.label_predictor, cfg.deep_norm)
+        self.label_predictor = transformer_stack(cfg, cfg.label_predictor_layers)
         for stack in (self.backbone.encoder, self.label_predictor):
             stack.set_attention_backend(cfg.attention_backend)
             if cfg.torch_compile:
@@ -177,49 +175,42 @@ class BeatsModel(BaseFairseqModel):
             noise = noise.masked_fill(padding_mask, 2.0)
         return noise.argsort(dim=1)[:, :num_visible].sort(dim=1).values
 
+    def sample_mask(self, padding_mask, batch: int, length: int, device, clip_ids=None, views: int = 1) -> PatchMask:
+        """The :class:`PatchMask` of ``batch * views`` rows (``padding_mask``: one row per returned row)."""
+        visible = self.sample_visible(padding_mask, batch, length, device, clip_ids, views)
+        masked = torch.ones(visible.size(0), length, dtype=torch.bool, device=device).scatter(1, visible, False)
+        if padding_mask is not None:
+            masked &= ~padding_mask
+        return PatchMask(visible, masked, padding_mask)
+
     def forward(self, source, padding_mask=None, target=None, clip_ids=None, **kwargs):
         """Returns logits at the masked valid patches, their labels, and all labels (for usage stats).
 
         ``clip_ids`` ``(B,)``: dataset indices of the clips, for per-clip masks (see the module doc).
         """
-        fbank = self.backbone.fbank(source)
-        patches = self.backbone.embed_patches(fbank)
-        batch, length, _ = patches.shape
-        patch_mask = None
-        if padding_mask is not None:
-            patch_mask = downsample_padding_mask(downsample_padding_mask(padding_mask, fbank.size(1)), length)
-        labels = target if target is not None else self.compute_labels(source, padding_mask, fbank)
+        front = self.backbone.frontend(source, padding_mask)
+        batch, length, _ = front.embeddings.shape
+        labels = target if target is not None else self.compute_labels(source, padding_mask, front.fbank)
         if labels.shape != (batch, length):
             raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {(batch, length)} patches")
 
-        x = self.backbone.project(patches)
+        # one row per masked view; the front end and the labels ran once per clip
         views = self.cfg.num_masks
-        if views > 1:  # B*K rows, view k of clip b at row b*K + k; the front end ran once per clip
-            x = x.repeat_interleave(views, dim=0)
-            if patch_mask is not None:
-                patch_mask = patch_mask.repeat_interleave(views, dim=0)
-            view_labels = labels.repeat_interleave(views, dim=0)
-        else:
-            view_labels = labels
-        rows = x.size(0)
-        visible = self.sample_visible(patch_mask, batch, length, x.device, clip_ids, views)
-        index = visible.unsqueeze(-1).expand(-1, -1, x.size(-1))
-        visible_pad = patch_mask.gather(1, visible) if patch_mask is not None else None
-        encoded, _ = self.backbone.encoder(x.gather(1, index), visible_pad, positions=visible, full_length=length)
-
-        full = encoded.new_zeros(rows, length, encoded.size(-1)).scatter(1, index, encoded)
-        predicted, _ = self.label_predictor(full, patch_mask)
-        masked = torch.ones(rows, length, dtype=torch.bool, device=x.device).scatter(1, visible, False)
-        if patch_mask is not None:
-            masked &= ~patch_mask
-        masked &= view_labels >= 0  # precomputed labels are -1 where the clip alone has no patch: never predicted
+        x, padding, view_labels = (t if t is None or views == 1 else t.repeat_interleave(views, dim=0)
+                                   for t in (front.embeddings, front.padding_mask, labels))
+        mask = self.sample_mask(padding, batch, length, x.device, clip_ids, views)
+        encoded, _ = self.backbone.encode(x, padding, positions=mask.visible)  # the visible patches only
+        index = mask.visible.unsqueeze(-1).expand(-1, -1, encoded.size(-1))
+        full = encoded.new_zeros(x.size(0), length, encoded.size(-1)).scatter(1, index, encoded)  # zeros: masked
+        predicted, _ = self.label_predictor(full, padding)
+        predict = mask.masked & (view_labels >= 0)  # precomputed labels are -1 where the clip alone has no patch
         labelled = labels >= 0
-        clip_padding = patch_mask[::views] if patch_mask is not None else None
+        if front.padding_mask is not None:
+            labelled &= ~front.padding_mask
         return {
-            "logits": self.label_head(predicted[masked]),
-            "targets": view_labels[masked],
-            # once per clip, whatever num_masks is (code usage statistics)
-            "labels": labels[labelled] if clip_padding is None else labels[labelled & ~clip_padding],
+            "logits": self.label_head(predicted[predict]),
+            "targets": view_labels[predict],
+            "labels": labels[labelled],  # once per clip, whatever num_masks is (code usage statistics)
             "num_codes": self.num_codes,
         }
 

@@ -37,7 +37,6 @@ from ..checkpoint import (
     rename,
 )
 from ..modules.backbone import BeatsBackbone, BeatsEncoderConfig, encoder_cfg_from_official, encoder_cfg_to_official
-from ..modules.fbank import downsample_padding_mask
 
 logger = logging.getLogger(__name__)
 
@@ -230,16 +229,14 @@ class BeatsClassifierModel(BaseFairseqModel):
 
     def encode(self, source, padding_mask=None, rng=None):
         """(encoder output ``(B, N, C)``, patch padding mask); SpecAugment in training mode."""
-        backbone = self.backbone
-        fbank = backbone.fbank(source)
-        frame_mask = None if padding_mask is None else downsample_padding_mask(padding_mask, fbank.size(1))
+        cfg, transform = self.cfg, None
         if self.training:
-            fbank = augment.spec_augment(fbank, self.cfg.specaug_time_ratio, self.cfg.specaug_freq_ratio,
-                                         self.cfg.specaug_num_masks, frame_mask, rng)
-        patches = backbone.embed_patches(fbank)
-        patch_mask = None if frame_mask is None else downsample_padding_mask(frame_mask, patches.size(1))
-        x, _ = backbone.encoder(backbone.project(patches), patch_mask)
-        return x, patch_mask
+            def transform(fbank, frame_mask):
+                return augment.spec_augment(fbank, cfg.specaug_time_ratio, cfg.specaug_freq_ratio,
+                                            cfg.specaug_num_masks, frame_mask, rng)
+        front = self.backbone.frontend(source, padding_mask, fbank_transform=transform)
+        x, _ = self.backbone.encode(front.embeddings, front.padding_mask)
+        return x, front.padding_mask
 
     def patch_logits(self, source, padding_mask=None, rng=None):
         """(per-patch logits ``(B, N, classes)``, patch padding mask or None)."""

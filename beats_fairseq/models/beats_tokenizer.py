@@ -22,7 +22,6 @@ tokenizer (``estimator_layers = 0``) that can label audio but not be trained fur
 
 import logging
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -31,13 +30,12 @@ from fairseq.models import BaseFairseqModel, register_model
 
 from ..checkpoint import backbone_from_official, backbone_to_official, load_strict
 from ..modules.backbone import (
-    ENCODER_FIELDS,
     BeatsBackbone,
     BeatsEncoderConfig,
     encoder_cfg_from_official,
     encoder_cfg_to_official,
+    transformer_stack,
 )
-from ..modules.encoder import TransformerEncoder, init_encoder_weights
 from ..tokenizers.quantizer import NormEMAVectorQuantizer
 from ..tokenizers.teacher import TEACHER_TARGETS
 
@@ -86,11 +84,7 @@ class Estimator(nn.Module):
     def __init__(self, cfg: BeatsTokenizerConfig):
         super().__init__()
         self.proj_in = nn.Linear(cfg.quant_dim, cfg.encoder_embed_dim)
-        # the backbone's layer settings, without LayerDrop (3 layers) or gradient decay
-        layer_cfg = SimpleNamespace(**{name: getattr(cfg, name) for name in ENCODER_FIELDS})
-        layer_cfg.encoder_layerdrop = 0.0
-        self.encoder = TransformerEncoder(layer_cfg, num_layers=cfg.estimator_layers)
-        init_encoder_weights(self.encoder, cfg.deep_norm)
+        self.encoder = transformer_stack(cfg, cfg.estimator_layers)
         self.proj_out = nn.Linear(cfg.encoder_embed_dim, cfg.teacher_dim)
 
     def forward(self, z_q, padding_mask=None):

@@ -8,14 +8,15 @@ one under the attribute ``backbone``, so an official key ``k`` is ``backbone.k``
 """
 
 from dataclasses import dataclass, field, fields
-from typing import Optional
+from types import SimpleNamespace
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 from fairseq.dataclass import FairseqDataclass
 
 from .encoder import TransformerEncoder, init_encoder_weights
-from .fbank import FBANK_MEAN, FBANK_STD, compute_fbank, downsample_padding_mask
+from .fbank import FBANK_MEAN, FBANK_STD, compute_fbank, padding_masks
 
 
 @dataclass
@@ -63,6 +64,24 @@ def check_supported(cfg) -> None:
         raise ValueError(f"activation_fn={cfg.activation_fn!r} is not supported; use 'gelu'")
 
 
+def transformer_stack(cfg, num_layers: int) -> TransformerEncoder:
+    """A ``num_layers``-deep stack with the backbone's layer settings (``cfg``), without LayerDrop or
+    gradient decay, officially initialised: the label predictor and the tokenizer estimator."""
+    values = {name: getattr(cfg, name) for name in ENCODER_FIELDS}
+    values.update(encoder_layers=num_layers, encoder_layerdrop=0.0)
+    stack = TransformerEncoder(SimpleNamespace(**values))
+    init_encoder_weights(stack, cfg.deep_norm)
+    return stack
+
+
+class Frontend(NamedTuple):
+    """What :meth:`BeatsBackbone.frontend` returns."""
+
+    fbank: torch.Tensor  # (B, T, F) normalised log-mel frames
+    embeddings: torch.Tensor  # (B, N, encoder_embed_dim) patch embeddings, the encoder's input
+    padding_mask: Optional[torch.Tensor]  # (B, N) True = padded patch; None without a waveform mask
+
+
 class BeatsBackbone(nn.Module):
     """Waveform -> fbank -> 16x16 patches -> Transformer features, as the official ``BEATs``."""
 
@@ -98,14 +117,31 @@ class BeatsBackbone(nn.Module):
             patches = self.post_extract_proj(patches)
         return self.dropout_input(patches)
 
-    def frontend(self, source: torch.Tensor, padding_mask=None, fbank_mean=None, fbank_std=None):
-        """Waveform -> (fbank, LayerNormed patch features ``(B, N, embed_dim)``, patch padding mask)."""
+    def frontend(self, source, padding_mask=None, fbank_mean=None, fbank_std=None, fbank_transform=None) -> Frontend:
+        """Waveform ``(B, L)`` -> :class:`Frontend`: the fbank, the encoder inputs ``(B, N, C)`` and the
+        patch padding mask (official two-stage rule, ``modules/fbank.py``).
+
+        ``fbank_transform(fbank, frame_mask)`` (SpecAugment in fine-tuning) changes the fbank
+        before the patch embedding; the returned fbank is the transformed one.
+        """
         fbank = self.fbank(source, fbank_mean, fbank_std)
-        patches = self.embed_patches(fbank)
-        if padding_mask is not None:
-            frame_mask = downsample_padding_mask(padding_mask, fbank.size(1))
-            padding_mask = downsample_padding_mask(frame_mask, patches.size(1))
-        return fbank, patches, padding_mask
+        frame_mask, patch_mask = padding_masks(padding_mask, fbank, self.patch_size)
+        if fbank_transform is not None:
+            fbank = fbank_transform(fbank, frame_mask)
+        return Frontend(fbank, self.project(self.embed_patches(fbank)), patch_mask)
+
+    def encode(self, x, padding_mask=None, positions=None, layer: Optional[int] = None):
+        """Encoder inputs ``(B, N, C)`` -> (output, every layer's output), as ``TransformerEncoder``.
+
+        ``positions`` ``(B, V)``: only those patches enter the encoder, at their true positions
+        (masked pre-training); the output is then ``(B, V, C)``.
+        """
+        if positions is None:
+            return self.encoder(x, padding_mask, layer=layer)
+        index = positions.unsqueeze(-1).expand(-1, -1, x.size(-1))
+        visible_padding = None if padding_mask is None else padding_mask.gather(1, positions)
+        return self.encoder(x.gather(1, index), visible_padding, positions=positions, full_length=x.size(1),
+                            layer=layer)
 
     def extract_features(
         self,
@@ -120,9 +156,9 @@ class BeatsBackbone(nn.Module):
         ``fbank_mean``/``fbank_std`` default to the config's; ``layer`` (0-based) returns that
         layer's output instead of the last one.
         """
-        _, patches, padding_mask = self.frontend(source, padding_mask, fbank_mean, fbank_std)
-        x, _ = self.encoder(self.project(patches), padding_mask, layer=layer)
-        return x, padding_mask
+        front = self.frontend(source, padding_mask, fbank_mean, fbank_std)
+        x, _ = self.encode(front.embeddings, front.padding_mask, layer=layer)
+        return x, front.padding_mask
 
 
 # Defaults of the official ``BEATsConfig`` code (not of the released checkpoints): an official

@@ -152,11 +152,11 @@ def reference_fbank(source: torch.Tensor, fbank_mean: float = FBANK_MEAN, fbank_
     return (torch.stack(out) - fbank_mean) / (2 * fbank_std)
 
 
-def frame_and_patch_padding_masks(
-    padding_mask: Optional[torch.Tensor], num_frames_: int, num_patches: int
-):
-    """Waveform mask ``(B, L)`` -> (frame mask ``(B, T)``, patch mask ``(B, N)``) or (None, None)."""
+def padding_masks(padding_mask: Optional[torch.Tensor], fbank: torch.Tensor, patch_size: int = 16):
+    """Waveform mask ``(B, L)`` -> (frame mask ``(B, T)``, patch mask ``(B, N)``) for ``fbank``
+    ``(B, T, F)`` and its patches, by :func:`downsample_padding_mask` twice; (None, None) without one."""
     if padding_mask is None:
         return None, None
-    frame_mask = downsample_padding_mask(padding_mask, num_frames_)
-    return frame_mask, downsample_padding_mask(frame_mask, num_patches)
+    frame_mask = downsample_padding_mask(padding_mask, fbank.size(1))
+    time_patches, freq_patches = patch_grid(fbank.size(1), fbank.size(2), patch_size)
+    return frame_mask, downsample_padding_mask(frame_mask, time_patches * freq_patches)

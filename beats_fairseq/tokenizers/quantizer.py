@@ -45,6 +45,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..modules.buffers import Float32Buffers
+
 logger = logging.getLogger(__name__)
 
 
@@ -125,7 +127,7 @@ class EmbeddingEMA(nn.Module):
         return F.embedding(codes, self.weight)
 
 
-class NormEMAVectorQuantizer(nn.Module):
+class NormEMAVectorQuantizer(Float32Buffers):
     """Cosine vector quantizer with an EMA codebook (see the module docstring)."""
 
     def __init__(self, n_embed: int = 1024, embedding_dim: int = 256, beta: float = 1.0, decay: float = 0.99,
@@ -150,18 +152,6 @@ class NormEMAVectorQuantizer(nn.Module):
         self.register_buffer("last_used", torch.full((n_embed,), -(2**62), dtype=torch.long))
         # Update count at which this process started tracking usage (-1: not yet).
         self.register_buffer("tracking_from", torch.full((), -1, dtype=torch.long))
-
-    def _apply(self, fn, *args, **kwargs):
-        """Device moves apply; dtype casts (``.half()``, ``.bfloat16()``) leave the float32 buffers
-        untouched (restored from a copy made before the cast, so without rounding)."""
-        keep = {(m, n): b for m in (self, self.embedding) for n, b in m._buffers.items()
-                if b is not None and b.dtype == torch.float32}
-        super()._apply(fn, *args, **kwargs)
-        for (module, name), old in keep.items():
-            new = module._buffers[name]
-            if new is not None and new.dtype != torch.float32:
-                module._buffers[name] = old.to(device=new.device)
-        return self
 
     def set_num_updates(self, num_updates: int) -> None:
         """Follow the trainer's update count (fairseq calls this every update and after loading a

@@ -14,18 +14,17 @@ style):
 
 W and V are drawn from ``torch.Generator().manual_seed(seed)`` and stored as buffers,
 so they travel in every checkpoint and labels are reproducible anywhere. They stay float32
-when the model is cast (``.bfloat16()``/``.half()`` by fairseq's ``common.bf16``/``fp16``),
-so the labels under mixed precision equal the float32 ones.
+when the model is cast (:class:`~beats_fairseq.modules.buffers.Float32Buffers`).
 """
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from ..modules.buffers import Float32Buffers
 from ..modules.fbank import compute_fbank, patchify
 
 
-class RandomProjectionTokenizer(nn.Module):
+class RandomProjectionTokenizer(Float32Buffers):
     def __init__(self, codebook_size: int = 1024, codebook_dim: int = 256, patch_size: int = 16, seed: int = 1337):
         super().__init__()
         self.patch_size = patch_size
@@ -37,16 +36,6 @@ class RandomProjectionTokenizer(nn.Module):
         self.register_buffer("codebook", codebook)
         self.register_buffer("seed", torch.tensor(seed, dtype=torch.long))
         self.requires_grad_(False)
-
-    def _apply(self, fn, *args, **kwargs):
-        """Device moves apply to the buffers; dtype casts do not (W and V stay float32)."""
-        before = {name: buf for name, buf in self._buffers.items() if buf is not None and buf.dtype == torch.float32}
-        super()._apply(fn, *args, **kwargs)
-        for name, old in before.items():
-            new = self._buffers[name]
-            if new.dtype != torch.float32:
-                self._buffers[name] = old.to(device=new.device)
-        return self
 
     @property
     def codebook_size(self) -> int:
