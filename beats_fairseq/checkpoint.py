@@ -12,15 +12,47 @@ The one key mapping (documented in the README) between them and this project:
 
 Key sets are compared strictly in both directions: a mismatch raises
 :class:`CheckpointKeyError` listing the missing and unexpected keys.
+
+Model config keys renamed or moved since checkpoints were first written are upgraded by
+:func:`upgrade_model_cfg` (the tasks call it before fairseq builds a model from a config).
 """
 
+import contextlib
 import logging
 import os
 from typing import Dict, Iterable
 
 import torch
+from omegaconf import OmegaConf, open_dict
 
 logger = logging.getLogger(__name__)
+
+
+# Model config keys of older checkpoints: {model name: {old key: new key}} ...
+RENAMED_MODEL_KEYS = {"beats_tokenizer": {"quant_n": "codebook_size"}}
+# ... and {model name: keys now set elsewhere} (the tokenizer's loss weights are the criterion's).
+MOVED_MODEL_KEYS = {"beats_tokenizer": ("distill_weight", "commitment_weight")}
+
+
+def upgrade_model_cfg(cfg) -> None:
+    """Rename, in place, the model config keys an older checkpoint wrote under another name, and drop
+    those that moved out of the model config. Plain objects (dataclass configs) are left alone."""
+    if not hasattr(cfg, "keys"):
+        return
+    name = cfg.get("_name")
+    renamed = {old: new for old, new in RENAMED_MODEL_KEYS.get(name, {}).items() if old in cfg}
+    moved = [key for key in MOVED_MODEL_KEYS.get(name, ()) if key in cfg]
+    if not renamed and not moved:
+        return
+    with open_dict(cfg) if OmegaConf.is_config(cfg) else contextlib.nullcontext():
+        for old, new in renamed.items():
+            value = cfg.pop(old)
+            if new not in cfg:
+                cfg[new] = value
+        for key in moved:
+            cfg.pop(key)
+    logger.info("model %s: config of an older checkpoint upgraded (renamed %s; dropped %s)", name,
+                ", ".join(f"{a} -> {b}" for a, b in renamed.items()) or "none", ", ".join(moved) or "none")
 
 
 class CheckpointKeyError(RuntimeError):

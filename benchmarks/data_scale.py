@@ -242,7 +242,7 @@ def tiny_tokenizer(path: Path) -> str:
 
     torch.manual_seed(0)
     cfg = BeatsTokenizerConfig(embed_dim=32, encoder_layers=1, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
-                               encoder_attention_heads=4, conv_pos=16, quant_n=32, quant_dim=16, kmeans_init=False,
+                               encoder_attention_heads=4, conv_pos=16, codebook_size=32, quant_dim=16, kmeans_init=False,
                                estimator_layers=0)
     torch.save(BeatsTokenizerModel(cfg).to_official(), path)
     return str(path)

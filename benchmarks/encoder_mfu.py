@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Encoder inference speed and model FLOPs utilisation (MFU) of the BEATs backbone.
 
-Builds ``BeatsBackbone(BeatsEncoderConfig())`` (BEATs-base: 12 layers, width 768,
+Builds ``BeatsBackbone(BeatsBackboneConfig())`` (BEATs-base: 12 layers, width 768,
 90,311,792 parameters), feeds a batch of random waveforms through
 ``extract_features`` (the full pipeline: Kaldi fbank, patch embedding, encoder) under
 ``torch.inference_mode()``, and compares the achieved FLOP rate with the fp32 (or
@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from beats_fairseq.modules import fbank as fb  # noqa: E402
-from beats_fairseq.modules.backbone import BeatsBackbone, BeatsEncoderConfig  # noqa: E402
+from beats_fairseq.modules.backbone import BeatsBackbone, BeatsBackboneConfig  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TINY = dict(encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128, encoder_attention_heads=4,
@@ -323,7 +323,7 @@ def run(args) -> dict:
     dtype = getattr(torch, args.dtype)
     threads = torch.get_num_threads()
 
-    cfg = BeatsEncoderConfig(**(TINY if args.tiny else {}))
+    cfg = BeatsBackboneConfig(**(TINY if args.tiny else {}))
     model = BeatsBackbone(cfg).eval().to(device)
     model.encoder.set_attention_backend(args.attention_backend)
     if args.compile:

@@ -106,7 +106,7 @@ def attention(args, device):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from beats_fairseq.modules.encoder import TransformerEncoder
-    from beats_fairseq.modules.backbone import BeatsEncoderConfig
+    from beats_fairseq.modules.backbone import BeatsBackboneConfig
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     batch, length = (2, 64) if args.tiny else (16, 496)
@@ -129,7 +129,7 @@ def attention(args, device):
                                device)
 
     # flex (score_mod) against SDPA (float mask) in a whole encoder with padding and true positions
-    cfg = BeatsEncoderConfig(**(dict(encoder_layers=2, encoder_embed_dim=dim, encoder_ffn_embed_dim=2 * dim,
+    cfg = BeatsBackboneConfig(**(dict(encoder_layers=2, encoder_embed_dim=dim, encoder_ffn_embed_dim=2 * dim,
                                      encoder_attention_heads=heads, conv_pos=16) if args.tiny else
                                 dict(encoder_layers=2)), dropout=0.0, attention_dropout=0.0)
     torch.manual_seed(0)

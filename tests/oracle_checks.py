@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from beats_fairseq.modules.backbone import ENCODER_FIELDS, BeatsBackbone, BeatsEncoderConfig
+from beats_fairseq.modules.backbone import BACKBONE_FIELDS, BeatsBackbone, BeatsBackboneConfig
 
 FEATURE_TOL = dict(atol=1e-4, rtol=1e-4)
 GRADIENT_RTOL = 1e-4  # atol: 1e-4 x the largest official gradient of each tensor
@@ -29,7 +29,7 @@ def oracle_loader(directory):
 
 
 def build_backbone(ck):
-    cfg = BeatsEncoderConfig(**{k: v for k, v in ck["cfg"].items() if k in ENCODER_FIELDS})
+    cfg = BeatsBackboneConfig(**{k: v for k, v in ck["cfg"].items() if k in BACKBONE_FIELDS})
     model = BeatsBackbone(cfg)
     model.load_state_dict({k: v for k, v in ck["model"].items() if not k.startswith("predictor")})
     return model.eval()

@@ -41,9 +41,9 @@ def test_tiny_run_writes_json(bench, tmp_path):
 
 
 def test_flop_count_of_base_config(bench):
-    from beats_fairseq.modules.backbone import BeatsEncoderConfig
+    from beats_fairseq.modules.backbone import BeatsBackboneConfig
 
-    flops = bench.model_flops(BeatsEncoderConfig(), 160000)
+    flops = bench.model_flops(BeatsBackboneConfig(), 160000)
     assert flops["patches"] == 496
     assert 98e9 < flops["total"] < 99.5e9  # about 99 GFLOP per 10 s clip
     macs_per_layer = 4 * 496 * 768**2 + 2 * 496**2 * 768 + 2 * 496 * 768 * 3072 + 496 * 768 * 8

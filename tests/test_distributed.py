@@ -161,7 +161,7 @@ def pretrain_args(data, save_dir, batch):
 
 def tokenizer_args(data, save_dir, batch, teacher, kmeans=False, dead_codes=False):
     return [f"task.data={data}", f"checkpoint.save_dir={save_dir}", f"dataset.batch_size={batch}",
-            f"model.teacher_path={teacher}", "model.quant_n=32", "model.quant_dim=16",
+            f"model.teacher_path={teacher}", "model.codebook_size=32", "model.quant_dim=16",
             f"model.kmeans_init={str(kmeans).lower()}",
             f"model.dead_code_threshold={0.5 if dead_codes else 0.0}", "model.dead_code_interval=3",
             "lr_scheduler.warmup_updates=1", *SMALL_ENCODER, *NO_DROPOUT, *SCHEDULE]

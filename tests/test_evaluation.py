@@ -35,7 +35,7 @@ def test_small_scale_with_finetune_evaluation_plans_every_stage(tmp_path, demo_d
     # the small recipes, not the tiny update counts
     assert cfg["iter1"].optimization.max_update == small["beats_iter1"].optimization.max_update
     assert cfg["iter1"].model.encoder_embed_dim == small["beats_iter1"].model.encoder_embed_dim
-    assert cfg["tokenizer_iter1"].model.quant_n == small["beats_tokenizer"].model.quant_n
+    assert cfg["tokenizer_iter1"].model.codebook_size == small["beats_tokenizer"].model.codebook_size
     assert cfg["tokenizer_iter2"].model.teacher_target == "logits"
     for name in evals:
         c = cfg[name]

@@ -81,9 +81,9 @@ def test_one_chunk_equals_unchunked_exactly(small):
 
 def test_chunks_lie_on_the_column_grid():
     torch.manual_seed(0)
-    from beats_fairseq.modules.backbone import BeatsBackbone, BeatsEncoderConfig
+    from beats_fairseq.modules.backbone import BeatsBackbone, BeatsBackboneConfig
 
-    backbone = BeatsBackbone(BeatsEncoderConfig(encoder_layers=1, encoder_embed_dim=32, encoder_ffn_embed_dim=32,
+    backbone = BeatsBackbone(BeatsBackboneConfig(encoder_layers=1, encoder_embed_dim=32, encoder_ffn_embed_dim=32,
                                                 encoder_attention_heads=2, embed_dim=16)).eval()
     stand_in = PatchOnly(backbone)
     wav = real_audio(23.1)

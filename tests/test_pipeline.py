@@ -18,7 +18,7 @@ TINY_ENCODER = dict(input_patch_size=16, embed_dim=64, encoder_layers=2, encoder
                     relative_position_embedding=True, gru_rel_pos=True, deep_norm=True)
 TINY_TOKENIZER = dict(input_patch_size=16, embed_dim=32, encoder_layers=1, encoder_embed_dim=64,
                       encoder_ffn_embed_dim=128, encoder_attention_heads=4, conv_pos=16, conv_pos_groups=16,
-                      relative_position_embedding=True, gru_rel_pos=True, deep_norm=True, quant_n=32, quant_dim=16,
+                      relative_position_embedding=True, gru_rel_pos=True, deep_norm=True, codebook_size=32, quant_dim=16,
                       kmeans_init=False, estimator_layers=0)
 
 

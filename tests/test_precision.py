@@ -114,13 +114,13 @@ def test_exact_waveforms_collate_float64_only_under_mixed_precision(tmp_path):
     import soundfile as sf
 
     from beats_fairseq.data.manifest import write_manifest
-    from beats_fairseq.tasks.beats_pretraining import BeatsPretrainingTask, BeatsPretrainingTaskConfig
+    from beats_fairseq.tasks.beats_pretraining import BeatsPretrainingTask, BeatsAudioTaskConfig
 
     for i in range(2):
         sf.write(tmp_path / f"{i}.wav", 0.1 * np.random.default_rng(i).standard_normal(8000), 16000, subtype="FLOAT")
     write_manifest(str(tmp_path / "train.tsv"), str(tmp_path), [("0.wav", 8000), ("1.wav", 8000)])
     for flag, dtype in ((True, torch.float64), (False, torch.float32)):
-        cfg = OmegaConf.structured(BeatsPretrainingTaskConfig(data=str(tmp_path), seed=1, exact_waveforms=flag))
+        cfg = OmegaConf.structured(BeatsAudioTaskConfig(data=str(tmp_path), seed=1, exact_waveforms=flag))
         task = BeatsPretrainingTask.setup_task(cfg)
         task.load_dataset("train")
         itr = task.get_batch_iterator(task.dataset("train"), max_sentences=2).next_epoch_itr(shuffle=False)
@@ -176,7 +176,7 @@ def test_amp_train_step_runs_the_forward_under_autocast(tmp_path):
     from fairseq.optim import FairseqOptimizer
     from fairseq.optim.amp_optimizer import AMPOptimizer
 
-    from beats_fairseq.tasks.beats_pretraining import BeatsPretrainingTask, BeatsPretrainingTaskConfig
+    from beats_fairseq.tasks.beats_pretraining import BeatsPretrainingTask, BeatsAudioTaskConfig
 
     class FakeAMP(AMPOptimizer):
         def __init__(self):
@@ -202,7 +202,7 @@ def test_amp_train_step_runs_the_forward_under_autocast(tmp_path):
         loss = y.float().pow(2).sum()
         return loss, 1, {"loss": loss.item()}
 
-    cfg = OmegaConf.structured(BeatsPretrainingTaskConfig(data=str(tmp_path), seed=1, exact_waveforms=False))
+    cfg = OmegaConf.structured(BeatsAudioTaskConfig(data=str(tmp_path), seed=1, exact_waveforms=False))
     task = BeatsPretrainingTask.setup_task(cfg)
     model = torch.nn.Linear(4, 2)
     model.set_num_updates = lambda n: None

@@ -10,7 +10,7 @@ from beats_fairseq.tokenizers import NotATokenizerError, NormEMAVectorQuantizer,
 
 TINY = dict(embed_dim=32, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
             encoder_attention_heads=4, conv_pos=16, conv_pos_groups=4, dropout=0.0, attention_dropout=0.0,
-            quant_n=32, quant_dim=16, estimator_layers=1, teacher_dim=8)
+            codebook_size=32, quant_dim=16, estimator_layers=1, teacher_dim=8)
 
 
 def tiny_tokenizer(**kw):

@@ -22,7 +22,7 @@ from conftest import REPO, run_train
 
 TINY = dict(embed_dim=32, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
             encoder_attention_heads=4, conv_pos=32, conv_pos_groups=16, dropout=0.0, attention_dropout=0.0,
-            quant_n=32, quant_dim=16, estimator_layers=1, dead_code_interval=10)
+            codebook_size=32, quant_dim=16, estimator_layers=1, dead_code_interval=10)
 
 
 STEPS = 30
@@ -207,7 +207,7 @@ def test_recipes_list_every_tunable_and_follow_the_paper(name):
     assert seconds == 1400 and cfg.optimization.max_update == 400000
     assert cfg.lr_scheduler.warmup_updates == 32000 and cfg.lr_scheduler.power == 1.0
     assert cfg.optimizer.adam_betas == "(0.9,0.98)" and cfg.optimizer.weight_decay == 0.01
-    assert (cfg.model.quant_n, cfg.model.quant_dim, cfg.model.estimator_layers) == (1024, 256, 3)
+    assert (cfg.model.codebook_size, cfg.model.quant_dim, cfg.model.estimator_layers) == (1024, 256, 3)
     supervised = name.endswith("supervised_teacher")
     assert cfg.optimization.lr == [5e-4 if supervised else 5e-5]
     assert cfg.model.teacher_target == ("logits" if supervised else "features")

@@ -196,7 +196,7 @@ def compose(stage: Stage, args, overrides) -> None:
     if stage.encoder == RANDOM:  # a random init gets the architecture of the pre-trained encoders
         if stage.pretrain.config is None:
             compose(stage.pretrain, args, overrides)
-        from ..models.beats_classifier import ARCH_FIELDS
+        from ..modules.backbone import ARCH_FIELDS
 
         values.update({f"model.{k}": stage.pretrain.config.model[k] for k in ARCH_FIELDS
                        if k in stage.pretrain.config.model})

@@ -13,18 +13,19 @@ the official quantizer's ``mse(sg(e), l2(z))`` (mean over the code dimensions, h
 ``/ quant_dim``), and the second (codebook) term has no gradient: the codebook is a buffer moved
 by the EMA update (normalised per-code sums of the assigned ``l2(z)``), which realises it.
 The estimator sees the straight-through quantized vectors, so the distillation gradient
-reaches the encoder through ``l2(z)``. Weights come from the model config.
+reaches the encoder through ``l2(z)``. The weights are this criterion's settings
+(``criterion.distill_weight``, ``criterion.commitment_weight``).
 
 Logged: ``loss`` (per patch), ``cosine`` (mean teacher/estimator cosine over valid patches),
 ``commitment`` (per patch), and, from the code histogram of the valid patches summed over the
 logged span and over all workers (training: the last ``common.log_interval`` updates, or the
 epoch in the epoch summary; validation: the whole validation set), ``code_usage`` (share of the
-``quant_n`` codes used at least once) and ``code_perplexity`` (exp of the histogram's entropy;
-``quant_n`` for perfectly uniform use). Both are therefore independent of the batch size and
+``codebook_size`` codes used at least once) and ``code_perplexity`` (exp of the histogram's entropy;
+``codebook_size`` for perfectly uniform use). Both are therefore independent of the batch size and
 of the number of processes.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from fairseq import metrics
@@ -36,22 +37,28 @@ from ..metrics import code_usage
 
 @dataclass
 class BeatsTokenizerDistillationConfig(FairseqDataclass):
-    pass
+    distill_weight: float = field(default=1.0, metadata={"help": "weight of the distillation loss sum(1 - cos)"})
+    commitment_weight: float = field(
+        default=1.0, metadata={"help": "weight of the commitment loss ||sg(e) - l2(z)||^2 / quant_dim per patch"})
 
 
 @register_criterion("beats_tokenizer_distillation", dataclass=BeatsTokenizerDistillationConfig)
 class BeatsTokenizerDistillationCriterion(FairseqCriterion):
+    def __init__(self, task, distill_weight: float = 1.0, commitment_weight: float = 1.0):
+        super().__init__(task)
+        self.distill_weight = distill_weight
+        self.commitment_weight = commitment_weight
+
     def forward(self, model, sample, reduce=True):
         if not sample or "net_input" not in sample:  # every clip of the batch was unreadable
             raise RuntimeError("empty batch: every clip of it was skipped as bad audio")
         out = model(**sample["net_input"])
-        cfg = model.cfg
         valid = out["valid"]
         count = valid.sum()
         cosine_sum = out["cosine"].masked_fill(~valid, 0.0).sum()
         distill = count - cosine_sum
         commitment = out["commitment"] * count
-        loss = cfg.distill_weight * distill + cfg.commitment_weight * commitment
+        loss = self.distill_weight * distill + self.commitment_weight * commitment
         sample_size = int(count)
         logging_output = {
             "loss": loss.item() if reduce else loss.detach(),

@@ -42,7 +42,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..modules.backbone import ENCODER_FIELDS
+from ..modules.backbone import BACKBONE_FIELDS, TRAINING_ONLY_FIELDS
 from ..modules.fbank import NUM_MEL_BINS, num_frames
 from .audio_dataset import AudioDataset
 
@@ -51,13 +51,6 @@ logger = logging.getLogger(__name__)
 FORMAT = "beats-precomputed-labels"
 VERSION = 1
 PAD_LABEL = -1  # batch target of patches without a precomputed label; never predicted
-# Tokenizer settings that do not change its labels in eval mode (left out of the fingerprint).
-_TRAINING_ONLY_FIELDS = {
-    "dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "dropout_input",
-    "layer_wise_gradient_decay_ratio",
-}
-
-
 class LabelStoreMismatch(ValueError):
     """Precomputed labels that do not belong to the current manifest, crop or tokenizer."""
 
@@ -85,8 +78,8 @@ def num_patches(num_samples: int, patch_size: int = 16) -> int:
 def tokenizer_identity(tokenizer, path: Optional[str] = None) -> dict:
     """What defines a tokenizer's labels: a fingerprint of its state dict and label-relevant config."""
     cfg = tokenizer.cfg
-    settings = {k: getattr(cfg, k) for k in ENCODER_FIELDS if k not in _TRAINING_ONLY_FIELDS}
-    settings.update(quant_n=int(cfg.quant_n), quant_dim=int(cfg.quant_dim))
+    settings = {k: getattr(cfg, k) for k in BACKBONE_FIELDS if k not in TRAINING_ONLY_FIELDS}  # eval-mode labels only
+    settings.update(quant_n=int(cfg.codebook_size), quant_dim=int(cfg.quant_dim))  # fingerprint keys: never rename
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for name, tensor in sorted(tokenizer.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
@@ -94,7 +87,7 @@ def tokenizer_identity(tokenizer, path: Optional[str] = None) -> dict:
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     out = {
         "fingerprint": digest.hexdigest(),
-        "codebook_size": int(cfg.quant_n),
+        "codebook_size": int(cfg.codebook_size),
         "patch_size": int(cfg.input_patch_size),
         "fbank_mean": float(cfg.fbank_mean),
         "fbank_std": float(cfg.fbank_std),

@@ -38,7 +38,7 @@ import torch.nn as nn
 from fairseq.models import BaseFairseqModel, register_model
 
 from ..checkpoint import backbone_to_official
-from ..modules.backbone import BeatsBackbone, BeatsEncoderConfig, encoder_cfg_to_official, transformer_stack
+from ..modules.backbone import BeatsBackbone, BeatsBackboneConfig, backbone_cfg_to_official, transformer_stack
 from ..seeding import derived_seed
 from ..tokenizers.random_projection import RandomProjectionTokenizer
 from ..tokenizers.trained import FrozenTokenizer
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class BeatsConfig(BeatsEncoderConfig):
+class BeatsConfig(BeatsBackboneConfig):
     mask_prob: float = field(default=0.75, metadata={"help": "share of patches masked (hidden from the encoder)"})
     num_masks: int = field(
         default=1,
@@ -220,5 +220,5 @@ class BeatsModel(BaseFairseqModel):
 
     def to_official(self):
         """The encoder in the official pre-trained format (the label predictor is not part of it)."""
-        cfg = dict(encoder_cfg_to_official(self.cfg), finetuned_model=False)
+        cfg = dict(backbone_cfg_to_official(self.cfg), finetuned_model=False)
         return {"cfg": cfg, "model": backbone_to_official(self.state_dict())}

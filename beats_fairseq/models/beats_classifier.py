@@ -36,23 +36,15 @@ from ..checkpoint import (
     read_checkpoint,
     rename,
 )
-from ..modules.backbone import BeatsBackbone, BeatsEncoderConfig, encoder_cfg_from_official, encoder_cfg_to_official
+from ..modules.backbone import ARCH_FIELDS, BeatsBackbone, BeatsBackboneConfig, backbone_cfg_from_official, backbone_cfg_to_official
 
 logger = logging.getLogger(__name__)
 
-# Backbone fields that describe the architecture: taken from the pre-trained checkpoint.
-# Dropouts, LayerDrop, gradient decay and fbank statistics are fine-tuning settings.
-ARCH_FIELDS = (
-    "input_patch_size", "embed_dim", "conv_bias", "encoder_layers", "encoder_embed_dim",
-    "encoder_ffn_embed_dim", "encoder_attention_heads", "activation_fn", "layer_norm_first",
-    "deep_norm", "conv_pos", "conv_pos_groups", "relative_position_embedding", "num_buckets",
-    "max_distance", "gru_rel_pos",
-)
 PRETRAINED_MODELS = ("beats", "beats_encoder", "beats_classifier")
 
 
 @dataclass
-class BeatsClassifierConfig(BeatsEncoderConfig):
+class BeatsClassifierConfig(BeatsBackboneConfig):
     num_classes: int = field(
         default=527, metadata={"help": "number of output classes (the task sets it from the class map; 0 = from it)"}
     )
@@ -110,7 +102,7 @@ def read_pretrained(path: str):
         kind = official_kind(state["cfg"])
         if kind == "tokenizer":
             raise ValueError(f"{path} is an official tokenizer checkpoint; pretrained_path needs a BEATs model")
-        arch = encoder_cfg_from_official(state["cfg"], path)
+        arch = backbone_cfg_from_official(state["cfg"], path)
         backbone = {k: v for k, v in state["model"].items() if not k.startswith("predictor.")}
     else:
         cfg = (state.get("cfg") or {}).get("model") or {}
@@ -282,7 +274,7 @@ class BeatsClassifierModel(BaseFairseqModel):
             logger.warning("%s: label_dict does not cover indices 0..%d; class names not set", source, num_classes - 1)
         model = cls(
             BeatsClassifierConfig(
-                **encoder_cfg_from_official(cfg, source),
+                **backbone_cfg_from_official(cfg, source),
                 num_classes=num_classes,
                 predictor_dropout=cfg.get("predictor_dropout", 0.1),
                 multilabel=True,
@@ -295,7 +287,7 @@ class BeatsClassifierModel(BaseFairseqModel):
 
     def to_official(self):
         cfg = dict(
-            encoder_cfg_to_official(self.cfg),
+            backbone_cfg_to_official(self.cfg),
             finetuned_model=True,
             predictor_class=self.cfg.num_classes,
             predictor_dropout=self.cfg.predictor_dropout,

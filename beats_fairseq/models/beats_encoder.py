@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from fairseq.models import BaseFairseqModel, register_model
 
 from ..checkpoint import backbone_from_official, backbone_to_official, load_strict
-from ..modules.backbone import BeatsBackbone, BeatsEncoderConfig, encoder_cfg_from_official, encoder_cfg_to_official
+from ..modules.backbone import BeatsBackbone, BeatsBackboneConfig, backbone_cfg_from_official, backbone_cfg_to_official
 
 
 @dataclass
-class BeatsEncoderModelConfig(BeatsEncoderConfig):
+class BeatsEncoderModelConfig(BeatsBackboneConfig):
     pass
 
 
@@ -38,10 +38,10 @@ class BeatsEncoderModel(BaseFairseqModel):
 
     @classmethod
     def from_official(cls, state, source="official checkpoint"):
-        model = cls(BeatsEncoderModelConfig(**encoder_cfg_from_official(state["cfg"], source)))
+        model = cls(BeatsEncoderModelConfig(**backbone_cfg_from_official(state["cfg"], source)))
         load_strict(model, backbone_from_official(state["model"]), source)
         return model
 
     def to_official(self):
-        cfg = dict(encoder_cfg_to_official(self.cfg), finetuned_model=False)
+        cfg = dict(backbone_cfg_to_official(self.cfg), finetuned_model=False)
         return {"cfg": cfg, "model": backbone_to_official(self.state_dict())}

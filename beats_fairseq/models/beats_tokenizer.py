@@ -4,7 +4,7 @@ Modules (official names, so official tokenizer checkpoints load strictly):
 
 * ``backbone``: :class:`BeatsBackbone` (fbank, patches, Transformer encoder);
 * ``quantize_layer``: ``Linear(C, C) -> Tanh -> Linear(C, quant_dim)``;
-* ``quantize``: :class:`NormEMAVectorQuantizer` (``quant_n x quant_dim`` cosine codebook, EMA);
+* ``quantize``: :class:`NormEMAVectorQuantizer` (``codebook_size x quant_dim`` cosine codebook, EMA);
 * ``estimator`` (training only, not in official checkpoints): ``proj_in`` (quant_dim -> C), a
   ``estimator_layers``-layer Transformer with the backbone's layer settings (no LayerDrop),
   ``proj_out`` (C -> the teacher's target size ``teacher_dim``).
@@ -26,14 +26,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fairseq.dataclass import ChoiceEnum
 from fairseq.models import BaseFairseqModel, register_model
 
 from ..checkpoint import backbone_from_official, backbone_to_official, load_strict
 from ..modules.backbone import (
     BeatsBackbone,
-    BeatsEncoderConfig,
-    encoder_cfg_from_official,
-    encoder_cfg_to_official,
+    BeatsBackboneConfig,
+    backbone_cfg_from_official,
+    backbone_cfg_to_official,
     transformer_stack,
 )
 from ..tokenizers.quantizer import NormEMAVectorQuantizer
@@ -44,12 +45,18 @@ logger = logging.getLogger(__name__)
 # Quantizer state that makes dead-code re-seeding resume exactly; not part of the official format.
 PROJECT_ONLY_KEYS = ("quantize.last_used", "quantize.tracking_from")
 
-OFFICIAL_QUANT_DEFAULTS = {"quant_n": 1024, "quant_dim": 256}
+# Official cfg fields of the codebook: (official name, this config's name, official-code default).
+OFFICIAL_CODEBOOK_FIELDS = (("quant_n", "codebook_size", 1024), ("quant_dim", "quant_dim", 256))
+
+
+TEACHER_TARGET_CHOICES = ChoiceEnum(list(TEACHER_TARGETS))
 
 
 @dataclass
-class BeatsTokenizerConfig(BeatsEncoderConfig):
-    quant_n: int = field(default=1024, metadata={"help": "codebook size K (number of acoustic tokens)"})
+class BeatsTokenizerConfig(BeatsBackboneConfig):
+    # codebook (official cfg: quant_n, quant_dim)
+    codebook_size: int = field(
+        default=1024, metadata={"help": "codebook size K (number of acoustic tokens; quant_n of the official cfg)"})
     quant_dim: int = field(default=256, metadata={"help": "codebook vector size"})
     quant_decay: float = field(default=0.99, metadata={"help": "EMA decay of the codebook counts and sums"})
     quant_eps: float = field(default=1e-5, metadata={"help": "small constant of the codebook EMA"})
@@ -57,25 +64,24 @@ class BeatsTokenizerConfig(BeatsEncoderConfig):
         default=True, metadata={"help": "initialise the codebook by cosine k-means on the first training batch; "
                                         "False: random unit vectors"})
     kmeans_iters: int = field(default=10, metadata={"help": "k-means iterations of the codebook initialisation"})
+    # dead codes (not in the official code)
     dead_code_threshold: float = field(
         default=0.01, metadata={"help": "re-seed codes whose usage EMA is below this fraction of the mean usage "
                                         "with random current inputs (0 disables; not in the official code)"})
     dead_code_interval: int = field(default=100, metadata={"help": "training updates between dead-code checks"})
+    # estimator and teacher (training only; the loss weights are the criterion's)
     estimator_layers: int = field(
         default=3, metadata={"help": "Transformer layers of the estimator that predicts the teacher from the "
                                      "quantized vectors (0: inference-only tokenizer, as official checkpoints)"})
     teacher_path: str = field(
         default="", metadata={"help": "frozen teacher checkpoint (pre-trained beats/official BEATs, or a fine-tuned "
                                       "classifier); read only when training starts, never saved in the tokenizer"})
-    teacher_target: str = field(
+    teacher_target: TEACHER_TARGET_CHOICES = field(
         default="auto", metadata={"help": "teacher output to distil: features (last layer), logits (per-patch "
                                           "classifier logits) or auto (logits for classifiers, else features)"})
     teacher_dim: int = field(
         default=0, metadata={"help": "size of the teacher targets = estimator output size; 0: taken from the "
                                      "teacher when training starts (then stored in the checkpoint config)"})
-    distill_weight: float = field(default=1.0, metadata={"help": "weight of the distillation loss sum(1 - cos)"})
-    commitment_weight: float = field(
-        default=1.0, metadata={"help": "weight of the commitment loss ||sg(e) - l2(z)||^2 / quant_dim per patch"})
 
 
 class Estimator(nn.Module):
@@ -93,8 +99,9 @@ class Estimator(nn.Module):
 
 
 def check_config(cfg) -> None:
-    if cfg.quant_n < 2 or cfg.quant_dim < 1:
-        raise ValueError(f"model.quant_n={cfg.quant_n} / quant_dim={cfg.quant_dim}: need quant_n >= 2, quant_dim >= 1")
+    if cfg.codebook_size < 2 or cfg.quant_dim < 1:
+        raise ValueError(f"model.codebook_size={cfg.codebook_size} / quant_dim={cfg.quant_dim}: need codebook_size >= 2, "
+                         "quant_dim >= 1")
     if cfg.teacher_target not in TEACHER_TARGETS:
         raise ValueError(f"model.teacher_target={cfg.teacher_target!r}; choose one of {TEACHER_TARGETS}")
     if cfg.estimator_layers < 0:
@@ -120,7 +127,7 @@ class BeatsTokenizerModel(BaseFairseqModel):
         dim = cfg.encoder_embed_dim
         self.quantize_layer = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, cfg.quant_dim))
         self.quantize = NormEMAVectorQuantizer(
-            cfg.quant_n, cfg.quant_dim, beta=1.0, decay=cfg.quant_decay, eps=cfg.quant_eps,
+            cfg.codebook_size, cfg.quant_dim, beta=1.0, decay=cfg.quant_decay, eps=cfg.quant_eps,
             kmeans_init=cfg.kmeans_init, kmeans_iters=cfg.kmeans_iters, dead_code_threshold=cfg.dead_code_threshold,
             dead_code_interval=cfg.dead_code_interval,
         )
@@ -132,8 +139,8 @@ class BeatsTokenizerModel(BaseFairseqModel):
 
     @property
     def codebook_size(self) -> int:
-        """Number of distinct labels (``quant_n``)."""
-        return self.cfg.quant_n
+        """Number of distinct labels."""
+        return self.cfg.codebook_size
 
     # ------------------------------------------------------------------ inference
     def train(self, mode: bool = True):
@@ -209,7 +216,7 @@ class BeatsTokenizerModel(BaseFairseqModel):
                 f"{tuple(estimate.shape)}: teacher and tokenizer need the same input_patch_size"
             )
         cosine = F.cosine_similarity(estimate.float(), targets.float(), dim=-1)
-        local_counts = torch.bincount(codes[valid], minlength=self.cfg.quant_n)
+        local_counts = torch.bincount(codes[valid], minlength=self.cfg.codebook_size)
         return dict(cosine=cosine, valid=valid, commitment=commitment, codes=codes, local_counts=local_counts, **stats)
 
     # ------------------------------------------------------------------ official format
@@ -217,8 +224,8 @@ class BeatsTokenizerModel(BaseFairseqModel):
     def from_official(cls, state, source="official tokenizer checkpoint"):
         """Inference-only tokenizer (no estimator) from an official ``{'cfg', 'model'}`` dict."""
         cfg = state["cfg"]
-        extra = {k: cfg.get(k, v) for k, v in OFFICIAL_QUANT_DEFAULTS.items()}
-        model = cls(BeatsTokenizerConfig(**encoder_cfg_from_official(cfg, source), **extra, estimator_layers=0))
+        extra = {name: cfg.get(official, default) for official, name, default in OFFICIAL_CODEBOOK_FIELDS}
+        model = cls(BeatsTokenizerConfig(**backbone_cfg_from_official(cfg, source), **extra, estimator_layers=0))
         sd = state["model"]
         own = {k: v for k, v in sd.items() if k.startswith(("quantize_layer.", "quantize."))}
         backbone = backbone_from_official({k: v for k, v in sd.items() if k not in own})
@@ -229,11 +236,11 @@ class BeatsTokenizerModel(BaseFairseqModel):
 
     def to_official(self):
         """Official ``{'cfg', 'model'}`` dict (the estimator is dropped: the official format has none)."""
-        cfg = {k: v for k, v in encoder_cfg_to_official(self.cfg).items() if not k.startswith("_")}
+        cfg = {k: v for k, v in backbone_cfg_to_official(self.cfg).items() if not k.startswith("_")}
         ratio = cfg.pop("layer_wise_gradient_decay_ratio")
         if ratio != 1.0:
             logger.warning("layer_wise_gradient_decay_ratio=%s is not part of the official tokenizer cfg; dropped", ratio)
-        cfg.update(quant_n=self.cfg.quant_n, quant_dim=self.cfg.quant_dim)
+        cfg.update({official: getattr(self.cfg, name) for official, name, _ in OFFICIAL_CODEBOOK_FIELDS})
         sd = self.state_dict()
         model = backbone_to_official(sd)
         model.update({k: v for k, v in sd.items()

@@ -19,42 +19,85 @@ from .encoder import TransformerEncoder, init_encoder_weights
 from .fbank import FBANK_MEAN, FBANK_STD, compute_fbank, padding_masks
 
 
+# What a backbone field is (``metadata["group"]``); the field lists below are derived from it.
+ARCHITECTURE = "architecture"  # the shape of the weights: taken from a pre-trained checkpoint
+REGULARISATION = "regularisation"  # training-only settings: no effect in eval mode
+NORMALISATION = "normalisation"  # fbank statistics: call arguments, not fields, of the official cfg
+
+
 @dataclass
-class BeatsEncoderConfig(FairseqDataclass):
-    """Backbone settings. Field names and meanings equal the official ``BEATsConfig``;
+class BeatsBackboneConfig(FairseqDataclass):
+    """Settings of :class:`BeatsBackbone`. Field names and meanings equal the official ``BEATsConfig``;
     the defaults are those of the released checkpoints (not the official code defaults)."""
 
-    input_patch_size: int = field(default=16, metadata={"help": "side of the square fbank patches (frames x mel bins)"})
-    embed_dim: int = field(default=512, metadata={"help": "channels of the patch-embedding convolution"})
-    conv_bias: bool = field(default=False, metadata={"help": "bias in the patch-embedding convolution"})
-    encoder_layers: int = field(default=12, metadata={"help": "number of Transformer layers"})
-    encoder_embed_dim: int = field(default=768, metadata={"help": "Transformer width"})
-    encoder_ffn_embed_dim: int = field(default=3072, metadata={"help": "Transformer feed-forward width"})
-    encoder_attention_heads: int = field(default=12, metadata={"help": "attention heads"})
-    activation_fn: str = field(default="gelu", metadata={"help": "feed-forward activation (only 'gelu' is supported)"})
-    layer_wise_gradient_decay_ratio: float = field(
-        default=1.0, metadata={"help": "gradient of layer k scaled by ratio**(layers-1-k), front end by ratio**layers (0.6 for fine-tuning)"}
+    # architecture (fine-tuning takes these from the pre-trained checkpoint)
+    input_patch_size: int = field(
+        default=16, metadata={"help": "side of the square fbank patches (frames x mel bins)", "group": ARCHITECTURE})
+    embed_dim: int = field(
+        default=512, metadata={"help": "channels of the patch-embedding convolution", "group": ARCHITECTURE})
+    conv_bias: bool = field(
+        default=False, metadata={"help": "bias in the patch-embedding convolution", "group": ARCHITECTURE})
+    encoder_layers: int = field(default=12, metadata={"help": "number of Transformer layers", "group": ARCHITECTURE})
+    encoder_embed_dim: int = field(default=768, metadata={"help": "Transformer width", "group": ARCHITECTURE})
+    encoder_ffn_embed_dim: int = field(
+        default=3072, metadata={"help": "Transformer feed-forward width", "group": ARCHITECTURE})
+    encoder_attention_heads: int = field(default=12, metadata={"help": "attention heads", "group": ARCHITECTURE})
+    activation_fn: str = field(
+        default="gelu", metadata={"help": "feed-forward activation (only 'gelu' is supported)", "group": ARCHITECTURE})
+    layer_norm_first: bool = field(
+        default=False,
+        metadata={"help": "pre-LN; only False (post-LN) is supported, as in every release", "group": ARCHITECTURE},
     )
-    layer_norm_first: bool = field(default=False, metadata={"help": "pre-LN; only False (post-LN) is supported, as in every release"})
-    deep_norm: bool = field(default=True, metadata={"help": "DeepNorm residual scaling alpha=(2*layers)**0.25"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout in the Transformer"})
-    attention_dropout: float = field(default=0.1, metadata={"help": "dropout on attention weights"})
-    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the feed-forward activation"})
-    encoder_layerdrop: float = field(default=0.0, metadata={"help": "probability of skipping a layer in training (LayerDrop)"})
-    dropout_input: float = field(default=0.0, metadata={"help": "dropout on the projected patch embeddings"})
-    conv_pos: int = field(default=128, metadata={"help": "kernel of the convolutional positional embedding"})
-    conv_pos_groups: int = field(default=16, metadata={"help": "groups of the convolutional positional embedding"})
-    relative_position_embedding: bool = field(default=True, metadata={"help": "T5-style relative position bias"})
-    num_buckets: int = field(default=320, metadata={"help": "relative-position buckets"})
-    max_distance: int = field(default=800, metadata={"help": "largest distinguished relative distance"})
-    gru_rel_pos: bool = field(default=True, metadata={"help": "gated relative position bias (WavLM)"})
-    fbank_mean: float = field(default=FBANK_MEAN, metadata={"help": "fbank normalisation mean (AudioSet: 15.41663)"})
-    fbank_std: float = field(default=FBANK_STD, metadata={"help": "fbank normalisation std; features are (x-mean)/(2*std)"})
+    deep_norm: bool = field(
+        default=True, metadata={"help": "DeepNorm residual scaling alpha=(2*layers)**0.25", "group": ARCHITECTURE})
+    # regularisation (training only)
+    layer_wise_gradient_decay_ratio: float = field(
+        default=1.0,
+        metadata={"help": "gradient of layer k scaled by ratio**(layers-1-k), front end by ratio**layers (0.6 for "
+                  "fine-tuning)", "group": REGULARISATION},
+    )
+    dropout: float = field(default=0.1, metadata={"help": "dropout in the Transformer", "group": REGULARISATION})
+    attention_dropout: float = field(
+        default=0.1, metadata={"help": "dropout on attention weights", "group": REGULARISATION})
+    activation_dropout: float = field(
+        default=0.0, metadata={"help": "dropout after the feed-forward activation", "group": REGULARISATION})
+    encoder_layerdrop: float = field(
+        default=0.0,
+        metadata={"help": "probability of skipping a layer in training (LayerDrop)", "group": REGULARISATION},
+    )
+    dropout_input: float = field(
+        default=0.0, metadata={"help": "dropout on the projected patch embeddings", "group": REGULARISATION})
+    # positions (architecture)
+    conv_pos: int = field(
+        default=128, metadata={"help": "kernel of the convolutional positional embedding", "group": ARCHITECTURE})
+    conv_pos_groups: int = field(
+        default=16, metadata={"help": "groups of the convolutional positional embedding", "group": ARCHITECTURE})
+    relative_position_embedding: bool = field(
+        default=True, metadata={"help": "T5-style relative position bias", "group": ARCHITECTURE})
+    num_buckets: int = field(default=320, metadata={"help": "relative-position buckets", "group": ARCHITECTURE})
+    max_distance: int = field(
+        default=800, metadata={"help": "largest distinguished relative distance", "group": ARCHITECTURE})
+    gru_rel_pos: bool = field(
+        default=True, metadata={"help": "gated relative position bias (WavLM)", "group": ARCHITECTURE})
+    # input normalisation
+    fbank_mean: float = field(
+        default=FBANK_MEAN, metadata={"help": "fbank normalisation mean (AudioSet: 15.41663)", "group": NORMALISATION})
+    fbank_std: float = field(
+        default=FBANK_STD,
+        metadata={"help": "fbank normalisation std; features are (x-mean)/(2*std)", "group": NORMALISATION},
+    )
 
 
-ENCODER_FIELDS = [f.name for f in fields(BeatsEncoderConfig) if not f.name.startswith("_")]
-# Fields of the official cfg dict that describe the backbone (fbank stats are call arguments there).
-OFFICIAL_ENCODER_FIELDS = [n for n in ENCODER_FIELDS if n not in ("fbank_mean", "fbank_std")]
+def backbone_fields(*groups: str) -> tuple:
+    """Names of the backbone fields of the given groups (all fields without any), in declaration order."""
+    own = [f for f in fields(BeatsBackboneConfig) if not f.name.startswith("_")]  # not fairseq's _name
+    return tuple(f.name for f in own if not groups or f.metadata["group"] in groups)
+
+
+BACKBONE_FIELDS = backbone_fields()
+ARCH_FIELDS = backbone_fields(ARCHITECTURE)  # copied from the pre-trained checkpoint when fine-tuning
+TRAINING_ONLY_FIELDS = backbone_fields(REGULARISATION)  # do not change the outputs in eval mode
+OFFICIAL_BACKBONE_FIELDS = backbone_fields(ARCHITECTURE, REGULARISATION)  # the backbone fields of an official cfg
 
 
 def check_supported(cfg) -> None:
@@ -67,7 +110,7 @@ def check_supported(cfg) -> None:
 def transformer_stack(cfg, num_layers: int) -> TransformerEncoder:
     """A ``num_layers``-deep stack with the backbone's layer settings (``cfg``), without LayerDrop or
     gradient decay, officially initialised: the label predictor and the tokenizer estimator."""
-    values = {name: getattr(cfg, name) for name in ENCODER_FIELDS}
+    values = {name: getattr(cfg, name) for name in BACKBONE_FIELDS}
     values.update(encoder_layers=num_layers, encoder_layerdrop=0.0)
     stack = TransformerEncoder(SimpleNamespace(**values))
     init_encoder_weights(stack, cfg.deep_norm)
@@ -85,7 +128,7 @@ class Frontend(NamedTuple):
 class BeatsBackbone(nn.Module):
     """Waveform -> fbank -> 16x16 patches -> Transformer features, as the official ``BEATs``."""
 
-    def __init__(self, cfg: BeatsEncoderConfig):
+    def __init__(self, cfg: BeatsBackboneConfig):
         super().__init__()
         check_supported(cfg)
         self.cfg = cfg
@@ -173,7 +216,7 @@ OFFICIAL_CODE_DEFAULTS = dict(
 )
 
 
-def encoder_cfg_from_official(cfg: dict, source: str = "official cfg") -> dict:
+def backbone_cfg_from_official(cfg: dict, source: str = "official cfg") -> dict:
     """Backbone fields of an official cfg dict, official-code defaults for absent ones."""
     out = {name: cfg.get(name, default) for name, default in OFFICIAL_CODE_DEFAULTS.items()}
     if out["input_patch_size"] <= 0:
@@ -181,6 +224,6 @@ def encoder_cfg_from_official(cfg: dict, source: str = "official cfg") -> dict:
     return out
 
 
-def encoder_cfg_to_official(cfg) -> dict:
+def backbone_cfg_to_official(cfg) -> dict:
     """Official cfg fields of a backbone config (fbank statistics are call arguments officially)."""
-    return {name: getattr(cfg, name) for name in OFFICIAL_ENCODER_FIELDS}
+    return {name: getattr(cfg, name) for name in OFFICIAL_BACKBONE_FIELDS}

@@ -24,13 +24,13 @@ from omegaconf import OmegaConf, open_dict
 from ..data.label_dataset import LabelledAudioDataset, read_weights_file
 from ..data.manifest import read_class_map, read_manifest
 from ..models.beats_classifier import BeatsClassifierConfig, read_pretrained
-from .beats_pretraining import EVAL_SPLIT_PREFIXES, BeatsPretrainingTask, BeatsPretrainingTaskConfig
+from .beats_pretraining import EVAL_SPLIT_PREFIXES, BeatsAudioTaskConfig, BeatsPretrainingTask
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class BeatsAudioClassificationConfig(BeatsPretrainingTaskConfig):
+class BeatsAudioClassificationConfig(BeatsAudioTaskConfig):
     labels: str = field(
         default="labels.csv",
         metadata={"help": "class map (index,mid,display_name); relative paths are relative to task.data"},

@@ -39,6 +39,7 @@ from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING, open_dict
 
+from ..checkpoint import upgrade_model_cfg
 from ..data.audio import MIN_SAMPLES_ONE_PATCH
 from ..data.audio_dataset import AudioDataset
 from ..data.label_store import LabelStore, PrecomputedLabelsDataset, tokenizer_identity
@@ -59,7 +60,7 @@ RESUME_FIELDS = ("rebuild_batches", "persistent_workers")
 
 
 @dataclass
-class BeatsPretrainingTaskConfig(FairseqDataclass):
+class BeatsAudioTaskConfig(FairseqDataclass):
     data: str = field(default=MISSING, metadata={"help": "folder with {split}.tsv manifests"})
     sample_rate: int = field(default=16000, metadata={"help": "rate the model expects; other rates are resampled"})
     max_sample_size: Optional[int] = field(
@@ -110,8 +111,8 @@ def _flag(cfg, name: str, default=False) -> bool:
 
 
 @dataclass
-class BeatsPretrainingConfig(BeatsPretrainingTaskConfig):
-    # Only the pre-training task has it (the tasks deriving from BeatsPretrainingTaskConfig do not).
+class BeatsPretrainingConfig(BeatsAudioTaskConfig):
+    # Only the pre-training task has it (the tasks deriving from BeatsAudioTaskConfig do not).
     # Format, validity rules and checks: beats_fairseq/data/label_store.py.
     precomputed_labels: Optional[str] = field(
         default=None,
@@ -141,7 +142,7 @@ class _GoodFirstBatch:
 
 @register_task("beats_pretraining", dataclass=BeatsPretrainingConfig)
 class BeatsPretrainingTask(FairseqTask):
-    cfg: BeatsPretrainingTaskConfig
+    cfg: BeatsAudioTaskConfig
     label_tokenizer = None  # identity of the model's tokenizer, checked against precomputed labels
 
     def __init__(self, cfg, **kwargs):
@@ -158,7 +159,9 @@ class BeatsPretrainingTask(FairseqTask):
     def build_model(self, cfg, from_checkpoint=False):
         """Models built for training (also when resuming) get the frozen tokenizer of
         ``model.tokenizer_path``, whose codebook size is written into ``model.codebook_size``;
-        models rebuilt from a checkpoint (``from_checkpoint``: inference) never read it."""
+        models rebuilt from a checkpoint (``from_checkpoint``: inference) never read it. Config keys of
+        older checkpoints are upgraded first (``checkpoint.upgrade_model_cfg``)."""
+        upgrade_model_cfg(cfg)
         tokenizer = None
         path = getattr(cfg, "tokenizer_path", None)
         if path and not from_checkpoint:

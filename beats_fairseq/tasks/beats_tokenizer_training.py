@@ -15,13 +15,13 @@ from fairseq.tasks import register_task
 from omegaconf import open_dict
 
 from ..loading import load_teacher
-from .beats_pretraining import BeatsPretrainingTask, BeatsPretrainingTaskConfig
+from .beats_pretraining import BeatsAudioTaskConfig, BeatsPretrainingTask
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class BeatsTokenizerTrainingTaskConfig(BeatsPretrainingTaskConfig):
+class BeatsTokenizerTrainingTaskConfig(BeatsAudioTaskConfig):
     pass
 
 
@@ -37,7 +37,7 @@ class BeatsTokenizerTrainingTask(BeatsPretrainingTask):
         if not from_checkpoint:
             if cfg.estimator_layers <= 0:
                 raise ValueError("model.estimator_layers must be > 0 to train a tokenizer (the paper uses 3)")
-            teacher = load_teacher(cfg.teacher_path, cfg.teacher_target)
+            teacher = load_teacher(cfg.teacher_path, str(cfg.teacher_target))
             if cfg.teacher_dim in (0, None):
                 with open_dict(cfg):
                     cfg.teacher_dim = teacher.dim  # kept in the checkpoint config
