@@ -370,10 +370,12 @@ def test_recipes_use_known_keys(name):
     from dataclasses import fields
 
     from beats_fairseq.models.beats_classifier import BeatsClassifierConfig
+    from beats_fairseq.modules.backbone import ARCH_FIELDS
     from beats_fairseq.tasks.beats_pretraining import RESUME_FIELDS
 
     cfg = OmegaConf.load(REPO_EXAMPLES / f"{name}.yaml")
-    assert set(cfg.model) - {"_name"} == {f.name for f in fields(BeatsClassifierConfig)} - {"_name"}
+    # every fine-tuning setting; no architecture (it comes from model.pretrained_path)
+    assert set(cfg.model) - {"_name"} == {f.name for f in fields(BeatsClassifierConfig)} - {"_name", *ARCH_FIELDS}
     assert set(cfg.task) - {"_name"} == ({f.name for f in fields(BeatsAudioClassificationConfig)}
                                          - {"_name", "seed", *RESUME_FIELDS})
     assert cfg.task._name == "beats_audio_classification" and cfg.criterion._name == "beats_classification"

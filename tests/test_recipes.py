@@ -64,7 +64,48 @@ def test_pretraining_recipes_list_every_tunable(path):
     fixed = {"_name", "seed", "activation_fn", "layer_norm_first", *RESUME_FIELDS}  # one supported value
     if "beats_iter1" in path:
         fixed.add("precomputed_labels")  # iter1 labels come from the random projection
+    else:  # the random projection is iter1's; the codebook size is written from the trained tokenizer
+        fixed.update(("codebook_size", "codebook_dim", "tokenizer_seed"))
     for section, schema in (("model", BeatsConfig), ("task", BeatsPretrainingConfig), ("criterion", BeatsMamConfig)):
         fields = {f.name for f in dataclasses.fields(schema) if f.name not in fixed}
         keys = set(cfg[section]) - {"_name"}
         assert keys == fields, (section, sorted(fields - keys), sorted(keys - fields))
+
+
+# What may differ between the recipes of successive iterations at one scale; all else is shared.
+ITERATION_KEYS = {"checkpoint.save_dir", "task.precomputed_labels", "model.tokenizer_path", "model.codebook_size",
+                  "model.codebook_dim", "model.tokenizer_seed"}
+
+
+def _flat(node, prefix=""):
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+@pytest.mark.parametrize("scale", sorted(p.stem for p in (REPO / "examples" / "beats_iter1").glob("*.yaml")))
+def test_iteration_recipes_share_their_blocks(scale):
+    """iter1, iter2 and iter3 at one scale differ only in the tokenizer and the output folder."""
+    recipes = [_flat(OmegaConf.to_container(OmegaConf.load(REPO / "examples" / f"beats_iter{i}" / f"{scale}.yaml")))
+               for i in (1, 2, 3)]
+    for i, (a, b) in enumerate(zip(recipes, recipes[1:]), start=1):
+        differ = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+        assert set(differ) <= ITERATION_KEYS, f"{scale}: iter{i} and iter{i + 1} differ in {set(differ) - ITERATION_KEYS}"
+
+
+def test_architecture_overrides_for_a_random_init(capsys):
+    """Fine-tuning recipes hold no architecture; beats-config-dir prints a recipe's for random inits."""
+    from beats_fairseq.cli import config_dir
+    from beats_fairseq.modules.backbone import ARCH_FIELDS
+
+    assert config_dir.main(["beats_iter1", "--architecture", "tiny"]) == 0
+    printed = dict(item.split("=", 1) for item in capsys.readouterr().out.split())
+    recipe = OmegaConf.load(REPO / "examples" / "beats_iter1" / "tiny.yaml").model
+    assert printed == {f"model.{k}": str(recipe[k]).lower() if isinstance(recipe[k], bool) else str(recipe[k])
+                       for k in ARCH_FIELDS if k in recipe}
+    assert config_dir.main(["beats_finetune", "--architecture", "tiny"]) == 1
+    assert "sets no architecture field" in capsys.readouterr().err

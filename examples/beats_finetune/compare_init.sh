@@ -25,14 +25,17 @@ if [ -z "${PRETRAINED:-}" ]; then
   fi
 fi
 
+# The random init gets the architecture of the iter1 recipe (fine-tuning recipes hold none: with a
+# checkpoint it comes from the checkpoint).
+RANDOM_ARCH=$(beats-config-dir beats_iter1 --architecture tiny)
 : > "$OUT/results.jsonl"
 for seed in $SEEDS; do
   for init in pretrained random; do
     run=$OUT/$init-seed$seed
-    if [ "$init" = pretrained ]; then path=$PRETRAINED; else path=null; fi
+    if [ "$init" = pretrained ]; then path=$PRETRAINED; arch=""; else path=null; arch=$RANDOM_ARCH; fi
     # shellcheck disable=SC2086
     fairseq-hydra-train --config-dir "$HERE" --config-name tiny task.data="$DATA" \
-      model.pretrained_path="$path" common.seed="$seed" checkpoint.save_dir="$run/checkpoints" $EXTRA \
+      model.pretrained_path="$path" $arch common.seed="$seed" checkpoint.save_dir="$run/checkpoints" $EXTRA \
       > "$run.log" 2>&1
     python "$HERE/evaluate_split.py" "$run/checkpoints/checkpoint_best.pt" --data "$DATA" --split test \
       --tag "$init-seed$seed" 2>/dev/null | tee -a "$OUT/results.jsonl"
