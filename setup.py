@@ -43,7 +43,7 @@ setup(
             "beats-manifest=beats_fairseq.cli.manifest:main",
             "beats-pipeline=beats_fairseq.cli.pipeline:main",
             "beats-precompute-labels=beats_fairseq.cli.precompute_labels:main",
-            "beats-probe=beats_fairseq.probe:main",
+            "beats-probe=beats_fairseq.cli.probe:main",
             "beats-export=beats_fairseq.cli.export:main",
             "beats-config-dir=beats_fairseq.cli.config_dir:main",
         ]

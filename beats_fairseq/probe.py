@@ -17,15 +17,14 @@ Nothing is tuned on the evaluation split. Labels come from ``{split}.{label_ext}
 aligned with the manifests (one line of comma-separated class ids per manifest entry), and
 the class count from ``labels.csv`` when the data folder has one.
 
-    python -m beats_fairseq.probe --data demo_data --encoder iter1=runs/iter1/checkpoints/checkpoint_last.pt \\
-        --random-baseline --eval-split test
+The command ``beats-probe`` (``beats_fairseq/cli/probe.py``) runs it::
+
+    beats-probe --data demo_data --encoder iter1=runs/iter1/checkpoints/checkpoint_last.pt --eval-split test
 """
 
-import argparse
 import copy
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -89,13 +88,14 @@ def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 
     patches, of the last layer or of ``layer`` (0-based), in manifest order."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r}: choose one of {POOLINGS}")
-    from .cli.common import BatchReader, clips_from_manifest
+    from .data.clips import SAMPLE_RATE, ClipBatches, clips_from_manifest
 
     clips = clips_from_manifest(manifest_path)
-    args = argparse.Namespace(batch_size=batch_size, num_workers=num_workers, max_seconds=max_seconds,
-                              no_progress=not progress, skip_bad=False)
+    max_samples = None if max_seconds is None else max(1, int(max_seconds * SAMPLE_RATE))
+    batches = ClipBatches(clips, torch.device(device), batch_size, num_workers, max_samples, progress=progress,
+                          desc=desc)
     out = None
-    for batch in BatchReader(clips, args, torch.device(device), desc=desc):
+    for batch in batches:
         x, mask = backbone.extract_features(batch.source, batch.padding_mask, layer=layer)
         x = x.float()
         keep = torch.ones_like(x[..., :1]) if mask is None else (~mask).unsqueeze(-1).float()
@@ -209,63 +209,3 @@ def results_table(results: List[ProbeResult], eval_split: str) -> str:
         delta = "" if base is None or r.encoder == RANDOM else f"{r.value - base:+.4f}"
         lines.append(f"| {r.encoder} | {r.value:.4f} | {delta} | {r.dim} | `{r.checkpoint}` |")
     return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="beats-probe",
-        description="Linear probe (logistic regression on frozen mean-pooled last-layer features) of one or more "
-                    "encoders and a randomly initialised one of the same architecture: trained on --train-split, "
-                    "scored on --eval-split (accuracy for single-label data, mAP for multi-label).",
-    )
-    parser.add_argument("--data", required=True, help="folder with {split}.tsv, {split}.{label-ext} (and labels.csv)")
-    parser.add_argument("--encoder", action="append", default=[], metavar="NAME=CHECKPOINT", required=True,
-                        help="encoder to probe (repeatable); any checkpoint beats_fairseq.load reads")
-    parser.add_argument("--train-split", default="train", help="split the probe is fit on (default: train)")
-    parser.add_argument("--eval-split", default="test", help="held-out split it is scored on (default: test)")
-    parser.add_argument("--label-ext", default="lbl", help="label files are {split}.{label-ext} (default: lbl)")
-    parser.add_argument("--multilabel", choices=["auto", "yes", "no"], default="auto",
-                        help="auto: multi-label when a clip has != 1 class ids (default: auto)")
-    parser.add_argument("--no-random-baseline", action="store_true", help="skip the random-init encoder")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random-init encoder (default: 0)")
-    parser.add_argument("--pooling", choices=POOLINGS, default="mean",
-                        help="clip feature: mean of the patches, or mean and std (default: mean)")
-    parser.add_argument("--layer", type=int, default=None,
-                        help="encoder layer to probe, 0-based (default: the last)")
-    parser.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the regression (default: 1)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
-    parser.add_argument("--num-workers", type=int, default=0, help="audio reading processes (default: 0)")
-    parser.add_argument("--max-seconds", type=float, default=None, help="use only the first seconds of each clip")
-    parser.add_argument("--out", default=None, help="also write the table (markdown) to this file")
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
-    return parser
-
-
-def main(argv=None) -> int:
-    from .cli.common import CliError, run_main
-
-    def run(args):
-        encoders = {}
-        for item in args.encoder:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise CliError(f"--encoder {item!r}: expected NAME=CHECKPOINT")
-            encoders[name] = path
-        multilabel = {"auto": None, "yes": True, "no": False}[args.multilabel]
-        results = run_probe(encoders, args.data, args.train_split, args.eval_split, args.label_ext, multilabel,
-                            not args.no_random_baseline, args.seed, args.device, args.batch_size, args.num_workers,
-                            args.max_seconds, args.C, args.progress, log=lambda m: logger.info(m),
-                            pooling=args.pooling, layer=args.layer)
-        table = results_table(results, args.eval_split)
-        print(table)
-        if args.out:
-            with open(args.out, "w", encoding="utf-8") as f:
-                f.write(table + "\n")
-        return 0
-
-    return run_main("beats-probe", build_parser(), run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,9 +20,7 @@ LAYERS = [
 # The only modules that may import a model class (besides the models and the package itself).
 MODEL_IMPORTERS = ("models", "loading", "tasks", "cli")
 # Known exceptions, each with the change that removes it. Each must still exist (no stale entries).
-KNOWN = {
-    ("probe", "cli.common"): "issue 13 section 3: the data code of cli/common.py moves to data/",
-}
+KNOWN = {}
 
 
 def module_name(path: Path) -> str:

@@ -1,31 +1,25 @@
 """Shared pieces of the command-line tools: model loading, batched audio input, errors.
 
-Clips are read with :func:`beats_fairseq.data.read_audio` (mono, 16 kHz: other rates are
-resampled and several channels averaged on the fly), zero-padded to the longest clip of
-their batch and passed with a waveform padding mask (``True`` = padding); the models turn
-it into the patch-level mask with the official rule. Batches keep the input order.
+The clips and their batches are ``beats_fairseq/data/clips.py``; :class:`BatchReader` sets them
+from the tools' arguments.
 """
 
 import argparse
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from ..checkpoint import is_official, read_checkpoint
-from ..data.audio import MIN_SAMPLES_ONE_PATCH, AudioReadError, read_audio
-from ..data.manifest import ManifestError, read_class_map, read_manifest
+from ..data.audio import AudioReadError
+from ..data.clips import SAMPLE_RATE, Batch, Clip, ClipBatches, clips_from_files, clips_from_manifest  # noqa: F401
+from ..data.label_store import num_patches  # noqa: F401  (re-exported for the tools)
+from ..data.manifest import ManifestError, read_class_map
 from ..loading import load, model_kind
-from ..modules.fbank import NUM_MEL_BINS, num_frames
 
 logger = logging.getLogger("beats_fairseq.cli")
-
-SAMPLE_RATE = 16000
 
 
 class CliError(RuntimeError):
@@ -154,110 +148,18 @@ def class_table(model, class_map: Optional[str] = None):
 
 
 # ---------------------------------------------------------------------------- clips
-@dataclass
-class Clip:
-    key: str  # how outputs name the clip: the manifest relpath, or the file path as given
-    path: str  # path to read
-    entry: int  # 0-based position in the manifest / list of files
-
-
-def clips_from_manifest(path: str) -> List[Clip]:
-    manifest = read_manifest(path)
-    return [Clip(manifest.relpath(i), manifest.abspath(i), i) for i in range(len(manifest))]
-
-
-def clips_from_files(paths) -> List[Clip]:
-    return [Clip(p, p, i) for i, p in enumerate(paths)]
-
-
-def num_patches(num_samples: int, patch_size: int) -> int:
-    """Patches of a clip of ``num_samples`` processed alone: complete 16-frame rows x 8 bands."""
-    return (num_frames(num_samples) // patch_size) * (NUM_MEL_BINS // patch_size)
-
-
-class ClipDataset(Dataset):
-    """``(position, waveform or None, error message or None)`` per clip."""
-
-    def __init__(self, clips: List[Clip], max_samples: Optional[int] = None):
-        self.clips, self.max_samples = clips, max_samples
-
-    def __len__(self):
-        return len(self.clips)
-
-    def __getitem__(self, i):
-        clip = self.clips[i]
-        try:
-            wav = read_audio(clip.path, SAMPLE_RATE)
-            if wav.numel() < MIN_SAMPLES_ONE_PATCH:
-                raise AudioReadError(clip.path, f"only {wav.numel()} samples at 16 kHz; BEATs needs at least "
-                                                f"{MIN_SAMPLES_ONE_PATCH} (0.175 s, one row of 16x16 patches)")
-        except AudioReadError as exc:
-            return i, None, str(exc)
-        if self.max_samples is not None:
-            wav = wav[: self.max_samples]
-        return i, wav, None
-
-
-def _collate(items):
-    return items
-
-
-@dataclass
-class Batch:
-    positions: List[int]  # indices into the clip list
-    source: torch.Tensor  # (B, L) float32 on the device
-    padding_mask: Optional[torch.Tensor]  # (B, L) bool, True = padding; None when nothing is padded
-    lengths: List[int]
-
-
-class BatchReader:
-    """Iterate over batches of clips; ``skipped`` lists ``(clip, message)`` of unreadable ones."""
+class BatchReader(ClipBatches):
+    """:class:`~beats_fairseq.data.clips.ClipBatches` set from the tools' arguments (``--batch-size``,
+    ``--num-workers``, ``--max-seconds``, ``--skip-bad``, ``--no-progress``); errors are :class:`CliError`."""
 
     def __init__(self, clips: List[Clip], args, device, desc: str = "clips"):
         check_positive(args, "batch_size", "max_seconds")
         if args.num_workers < 0:
             raise CliError(f"--num-workers must be >= 0, got {args.num_workers}")
-        self.clips, self.device, self.desc = clips, device, desc
-        self.batch_size, self.num_workers = args.batch_size, args.num_workers
-        self.skip_bad = getattr(args, "skip_bad", False)
-        self.progress = not args.no_progress
-        self.max_samples = None if args.max_seconds is None else max(1, int(args.max_seconds * SAMPLE_RATE))
-        self.skipped = []
+        max_samples = None if args.max_seconds is None else max(1, int(args.max_seconds * SAMPLE_RATE))
+        super().__init__(clips, device, batch_size=args.batch_size, num_workers=args.num_workers,
+                         max_samples=max_samples, skip_bad=getattr(args, "skip_bad", False),
+                         progress=not args.no_progress, desc=desc)
 
-    def __iter__(self):
-        loader = DataLoader(
-            ClipDataset(self.clips, self.max_samples), batch_size=self.batch_size, shuffle=False,
-            num_workers=self.num_workers, collate_fn=_collate,
-        )
-        with tqdm(total=len(self.clips), desc=self.desc, unit="clip", disable=not self.progress,
-                  file=sys.stderr, dynamic_ncols=True) as bar:
-            for items in loader:
-                good = []
-                for i, wav, error in items:
-                    if error is None:
-                        good.append((i, wav))
-                    elif self.skip_bad:
-                        logger.warning("skipping: %s", error)
-                        self.skipped.append((self.clips[i], error))
-                    else:
-                        raise CliError(f"{error} (or pass --skip-bad to skip unreadable files)")
-                bar.update(len(items))
-                if good:
-                    yield self._batch(good)
-
-    def _batch(self, good) -> Batch:
-        lengths = [w.numel() for _, w in good]
-        longest = max(lengths)
-        source = torch.zeros(len(good), longest)
-        for row, (_, wav) in enumerate(good):
-            source[row, : wav.numel()] = wav
-        padding_mask = None
-        if min(lengths) < longest:
-            padding_mask = torch.arange(longest)[None, :] >= torch.tensor(lengths)[:, None]
-            padding_mask = padding_mask.to(self.device)
-        return Batch([i for i, _ in good], source.to(self.device), padding_mask, lengths)
-
-    def report(self) -> None:
-        if self.skipped:
-            logger.warning("skipped %d of %d clips that could not be read (listed above)",
-                           len(self.skipped), len(self.clips))
+    def unreadable(self, message: str):
+        raise CliError(f"{message} (or pass --skip-bad to skip unreadable files)")
