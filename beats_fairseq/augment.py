@@ -1,12 +1,8 @@
 """Fine-tuning augmentations, run inside the model in training mode (on the model's device).
 
-Random numbers come from a :class:`ClipRandom` (what the classifier uses in training): each
-clip's draws are a function of (``common.seed``, update number, clip id) only, so ranks draw
-different augmentations for their different clips (fairseq seeds torch's generator alike on
-every rank), a clip is augmented the same whatever batch or rank it lands in, a resumed run
-draws the same augmentations, and torch's generator (dropout) is left alone. Only mixup's
-pairing depends on the batch (seeded by all its clip ids). Without clip ids,
-:class:`TorchRandom` draws from torch's generator.
+Random numbers come from a :class:`ClipRandom` (what the classifier uses in training), by the
+per-clip rule of ``beats_fairseq/seeding.py``; only mixup's pairing depends on the batch
+(seeded by all its clip ids). Without clip ids, :class:`TorchRandom` draws from torch's generator.
 
 * :func:`roll` (waveform): each clip is rotated in time by a random offset within its
   valid (non-padded) part; padding stays where it is.

@@ -43,7 +43,7 @@ def log_code_usage(logging_outputs, key: str = "code_counts") -> None:
 @register_criterion("beats_mam", dataclass=BeatsMamConfig)
 class BeatsMamCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
-        # clip ids make the masks a function of (seed, update, clip): identical for any sharding
+        # clip ids: per-clip masks (beats_fairseq/seeding.py)
         out = model(**sample["net_input"], target=sample.get("target"), clip_ids=sample.get("id"))
         logits, targets = out["logits"], out["targets"]
         loss = F.cross_entropy(logits.float(), targets, reduction="sum")

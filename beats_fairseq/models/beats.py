@@ -13,20 +13,15 @@ back to full length with zero vectors at the masked positions, a small Transform
 label predictor (same layer type) runs over it, and a linear layer gives logits over
 the codebook at the masked, non-padded positions.
 
-Masks are drawn **per clip**: the noise that ranks a clip's patches comes from a generator
-seeded with (``mask_seed``, update number, clip id), where the clip id is the dataset index
-(``sample["id"]``, passed by the criterion as ``clip_ids``) and ``mask_seed`` is
-``common.seed`` (set by the task). A clip therefore gets the same mask whatever batch,
-worker or rank it lands in: 2 processes with batch B draw exactly the masks of 1 process
-with batch 2B, and a resumed run draws the masks of an uninterrupted one. In eval mode the
-update number is left out, so every validation uses the same masks. Without ``clip_ids``
-(direct calls) the masks come from torch's global generator.
+Masks are drawn **per clip**, from (``mask_seed`` = ``common.seed``, update, clip id): the
+per-clip rule of ``beats_fairseq/seeding.py`` (same masks for any sharding and after a resume;
+fixed masks in eval mode).
 
 Several masked views (``num_masks`` = K > 1, as data2vec 2.0 and EAT do): the fbank, the
 patch embedding and the labels are computed once per clip; the encoder and the predictor
 run on ``B * K`` rows (row ``b * K + k`` is view ``k`` of clip ``b``) and the loss covers the
 masked patches of every view. View 0 draws exactly the K = 1 mask; view ``k > 0`` draws from
-(``mask_seed``, update, clip id, ``k``), so the views differ and are just as sharding-free.
+(``mask_seed``, update, clip id, ``k``), so the views differ and follow the same rule.
 """
 
 import logging
@@ -48,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class BeatsConfig(BeatsBackboneConfig):
+    # masking
     mask_prob: float = field(default=0.75, metadata={"help": "share of patches masked (hidden from the encoder)"})
     num_masks: int = field(
         default=1,
@@ -55,6 +51,7 @@ class BeatsConfig(BeatsBackboneConfig):
                   "labels per clip, encoder and predictor on B*K views, loss over the masked patches of all; "
                   "1 is plain BEATs"},
     )
+    # encoder and label predictor
     attention_backend: str = field(
         default="sdpa",
         metadata={"help": "attention of the encoder and predictor: 'sdpa' (scaled_dot_product_attention with "
@@ -65,6 +62,7 @@ class BeatsConfig(BeatsBackboneConfig):
         default=False, metadata={"help": "torch.compile every Transformer layer of the encoder and predictor"}
     )
     label_predictor_layers: int = field(default=3, metadata={"help": "Transformer layers of the label predictor"})
+    # tokenizer (iter1: the random projection below; iter2+: tokenizer_path)
     tokenizer_path: Optional[str] = field(
         default=None,
         metadata={"help": "trained tokenizer checkpoint (iter2+; this project's or official); "
@@ -147,8 +145,8 @@ class BeatsModel(BaseFairseqModel):
         self.mask_seed = int(seed)
 
     def clip_noise(self, clip_ids, length: int, device, views: int = 1) -> torch.Tensor:
-        """``(B * views, length)`` uniform noise; row ``b * views + k`` is a function of
-        (mask_seed, update, clip id, view k) only, view 0 that of a single-mask update."""
+        """``(B * views, length)`` uniform noise by the per-clip rule (``seeding.py``): row
+        ``b * views + k`` from (mask_seed, update, clip id, view k), view 0 that of a single-mask update."""
         step = self.num_updates if self.training else -1
         noise = torch.empty(clip_ids.numel() * views, length)
         generator = torch.Generator()  # re-seeded per row: the values of a fresh generator, made once
@@ -162,9 +160,8 @@ class BeatsModel(BaseFairseqModel):
     def sample_visible(self, padding_mask, batch: int, length: int, device, clip_ids=None, views: int = 1):
         """Indices ``(B * views, V)`` (sorted) of the visible patches; padded patches are masked first.
 
-        ``padding_mask`` has one row per returned row. With ``clip_ids`` each clip's masks
-        depend only on the seed, the update, its id and the view (see the module docstring);
-        otherwise torch's global generator is used.
+        ``padding_mask`` has one row per returned row; ``clip_ids``: :meth:`clip_noise`, else
+        torch's global generator.
         """
         num_visible = max(1, int(round(length * (1.0 - self.cfg.mask_prob))))
         if clip_ids is not None:
@@ -186,7 +183,9 @@ class BeatsModel(BaseFairseqModel):
     def forward(self, source, padding_mask=None, target=None, clip_ids=None, **kwargs):
         """Returns logits at the masked valid patches, their labels, and all labels (for usage stats).
 
-        ``clip_ids`` ``(B,)``: dataset indices of the clips, for per-clip masks (see the module doc).
+        ``clip_ids`` ``(B,)``: dataset indices of the clips, for per-clip masks (``seeding.py``). The
+        steps: front end, labels, one mask per view, encoder on the visible patches, label
+        predictor on the full sequence (zeros at the masked patches), logits at the masked ones.
         """
         front = self.backbone.frontend(source, padding_mask)
         batch, length, _ = front.embeddings.shape

@@ -12,8 +12,7 @@ Fine-tuning (task ``beats_audio_classification``):
   strictly; a fine-tuned checkpoint then holds everything (reloading never reads it).
 * ``class_names``/``class_mids``: the class map, stored in the config (``model.class_names``).
 * Augmentations, in training mode only: roll and mixup on the waveform, SpecAugment on the
-  normalised fbank, each clip's drawn from (``common.seed``, update, clip id) so ranks differ
-  and resumes repeat them (see ``beats_fairseq/augment.py``).
+  normalised fbank, by the per-clip rule of ``beats_fairseq/seeding.py`` (``augment.py``).
 * ``layer_decay``: layer-wise learning-rate decay through fairseq's ``composite`` optimizer
   (``p.optim_overrides``): head x1, layer k of L x ``decay**(L - k)``, front end x ``decay**(L+1)``.
 """
@@ -45,11 +44,13 @@ PRETRAINED_MODELS = ("beats", "beats_encoder", "beats_classifier")
 
 @dataclass
 class BeatsClassifierConfig(BeatsBackboneConfig):
+    # head
     num_classes: int = field(
         default=527, metadata={"help": "number of output classes (the task sets it from the class map; 0 = from it)"}
     )
     multilabel: bool = field(default=True, metadata={"help": "sigmoid outputs and BCE (multi-label); False: softmax"})
     predictor_dropout: float = field(default=0.0, metadata={"help": "dropout on the encoder output before the head"})
+    # initialisation and class map (written by the task)
     pretrained_path: Optional[str] = field(
         default=None,
         metadata={"help": "beats/beats_encoder checkpoint of this project or an official BEATs checkpoint to start "
@@ -61,6 +62,7 @@ class BeatsClassifierConfig(BeatsBackboneConfig):
     class_mids: Optional[List[str]] = field(
         default=None, metadata={"help": "mid (AudioSet id) of every class (written by the task from the class map)"}
     )
+    # optimisation
     layer_decay: float = field(
         default=1.0,
         metadata={"help": "layer-wise LR decay: lr scale decay**(L-k) for layer k of L, decay**(L+1) for the front "
@@ -72,6 +74,7 @@ class BeatsClassifierConfig(BeatsBackboneConfig):
                   "(false: they get none, as in BEiT/data2vec fine-tuning; needs optimizer._name=beats_composite "
                   "with dynamic_groups=true)"},
     )
+    # augmentation (training mode only)
     specaug_time_ratio: float = field(
         default=0.0, metadata={"help": "SpecAugment: average share of fbank frames masked in training"}
     )
@@ -203,7 +206,7 @@ class BeatsClassifierModel(BaseFairseqModel):
 
     # ------------------------------------------------------------------ forward
     def augment_random(self, source, clip_ids=None) -> augment.TorchRandom:
-        """Per-clip random numbers (seed, update, clip id) when the clip ids are known."""
+        """Per-clip random numbers (``seeding.py``) when the clip ids are known."""
         if clip_ids is None:
             return augment.TorchRandom(source.size(0), source.device)
         return augment.ClipRandom(self.seed, self.num_updates, clip_ids, source.device)
@@ -241,7 +244,7 @@ class BeatsClassifierModel(BaseFairseqModel):
         With ``target`` (training through the criterion) a third value is returned: the
         targets after augmentation (mixup turns them into float ``(B, classes)`` rows).
         Augmentations only run in training mode; with ``clip_ids`` (``sample["id"]``, passed by
-        the criterion) each clip's are a function of (seed, update, clip id), see ``augment``.
+        the criterion) they follow the per-clip rule of ``seeding.py``.
         """
         rng = None
         if self.training:

@@ -18,7 +18,7 @@ Shared by the three training tasks (this one, ``beats_tokenizer_training`` and
 * **exact waveforms under bf16/fp16** (``exact_waveforms``, on with ``common.bf16``): batches
   hold float64 waveforms, which fairseq's cast of the batch (float32 tensors only) leaves
   alone, so the fbank and the tokenizer labels are computed in float32 from exact samples;
-* **masks**: the model's mask seed is ``common.seed`` (per-clip masks, see ``models/beats.py``);
+* **masks**: the model's mask seed is ``common.seed`` (the per-clip rule, ``seeding.py``);
 * multi-process training on CPU (gloo) works with ``ddp_backend=pytorch_ddp``;
 * **exact resume** (``docs/scale.md``): batches rebuilt every epoch from (seed, epoch) and
   DataLoader workers forked afresh every epoch (``rebuild_batches``/``persistent_workers``
@@ -61,6 +61,7 @@ RESUME_FIELDS = ("rebuild_batches", "persistent_workers")
 
 @dataclass
 class BeatsAudioTaskConfig(FairseqDataclass):
+    # data
     data: str = field(default=MISSING, metadata={"help": "folder with {split}.tsv manifests"})
     sample_rate: int = field(default=16000, metadata={"help": "rate the model expects; other rates are resampled"})
     max_sample_size: Optional[int] = field(
@@ -71,6 +72,7 @@ class BeatsAudioTaskConfig(FairseqDataclass):
         metadata={"help": "drop manifest entries / files shorter than this (2800 samples = one patch row)"},
     )
     crop: CROP_CHOICES = field(default="random", metadata={"help": "where long clips are cropped in training"})
+    # robustness
     bad_audio: BAD_AUDIO_CHOICES = field(
         default="skip", metadata={"help": "unreadable/empty/too short files: skip with a log line, or fail"}
     )
@@ -81,6 +83,7 @@ class BeatsAudioTaskConfig(FairseqDataclass):
     max_nonfinite_skips: int = field(
         default=100, metadata={"help": "nonfinite_loss=skip: stop after this many consecutive skipped updates"}
     )
+    # mixed precision
     exact_waveforms: bool = field(
         default=II("common.bf16"),
         metadata={"help": "collate waveforms as float64 so fairseq's bf16/fp16 cast of the batch leaves them "
