@@ -69,13 +69,14 @@ def model_kind(model) -> str:
     return "encoder"
 
 
-def load_teacher(path: str, target: str = "auto") -> Teacher:
-    """Load ``path`` (any checkpoint :func:`load` reads) as a frozen :class:`Teacher`."""
+def load_teacher(path: str, target: str = "auto", layer: int = -1) -> Teacher:
+    """Load ``path`` (any checkpoint :func:`load` reads) as a frozen :class:`Teacher` (``layer``: see there)."""
     if not path:
         raise ValueError("no teacher checkpoint given: set model.teacher_path to a pre-trained or fine-tuned model")
     model = load(path)
-    teacher = Teacher(model, target, source=path)
-    logger.info("teacher %s: %s, target %s of size %d", path, type(model).__name__, teacher.target, teacher.dim)
+    teacher = Teacher(model, target, source=path, layer=layer)
+    logger.info("teacher %s: %s, target %s%s of size %d", path, type(model).__name__, teacher.target,
+                "" if layer < 0 else f" of layer {layer}", teacher.dim)
     return teacher
 
 

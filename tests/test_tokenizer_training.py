@@ -64,6 +64,23 @@ def test_teachers_features_and_logits(oracle):
         load_teacher(str(oracle.dir / "beats_small.pt"), target="logits")
 
 
+def test_teacher_layer_distils_that_layer(oracle):
+    """model.teacher_layer=k: the targets are encoder layer k's output (intermediates of the oracle)."""
+    inputs = oracle("inputs")
+    last = load_teacher(str(oracle.dir / "beats_small.pt"))
+    first = load_teacher(str(oracle.dir / "beats_small.pt"), layer=0)
+    out0, _ = first(inputs["source"], inputs["padding_mask"])
+    ref0, _ = first.model.backbone.extract_features(inputs["source"], inputs["padding_mask"], layer=0)
+    out_last, _ = last(inputs["source"], inputs["padding_mask"])
+    assert torch.equal(out0, ref0) and out0.shape == out_last.shape
+    assert not torch.allclose(out0, out_last)
+    layers = len(first.model.backbone.encoder.layers)
+    with pytest.raises(ValueError, match="teacher layer"):
+        load_teacher(str(oracle.dir / "beats_small.pt"), layer=layers)
+    with pytest.raises(ValueError, match="teacher layer"):
+        load_teacher(str(oracle.dir / "beats_small_finetuned.pt"), target="logits", layer=0)
+
+
 def test_task_takes_teacher_dim_from_the_teacher(oracle, tmp_path):
     task = BeatsTokenizerTrainingTask(OmegaConf.structured(BeatsTokenizerTrainingTaskConfig(data=str(tmp_path))))
     cfg = model_cfg(teacher_path=str(oracle.dir / "beats_small_finetuned.pt"))

@@ -79,6 +79,9 @@ class BeatsTokenizerConfig(BeatsBackboneConfig):
     teacher_target: TEACHER_TARGET_CHOICES = field(
         default="auto", metadata={"help": "teacher output to distil: features (last layer), logits (per-patch "
                                           "classifier logits) or auto (logits for classifiers, else features)"})
+    teacher_layer: int = field(
+        default=-1, metadata={"help": "teacher_target=features: the teacher encoder layer (0-based) whose output is "
+                                      "distilled; -1: the last layer (the paper)"})
     teacher_dim: int = field(
         default=0, metadata={"help": "size of the teacher targets = estimator output size; 0: taken from the "
                                      "teacher when training starts (then stored in the checkpoint config)"})

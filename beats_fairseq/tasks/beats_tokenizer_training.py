@@ -37,7 +37,7 @@ class BeatsTokenizerTrainingTask(BeatsPretrainingTask):
         if not from_checkpoint:
             if cfg.estimator_layers <= 0:
                 raise ValueError("model.estimator_layers must be > 0 to train a tokenizer (the paper uses 3)")
-            teacher = load_teacher(cfg.teacher_path, str(cfg.teacher_target))
+            teacher = load_teacher(cfg.teacher_path, str(cfg.teacher_target), getattr(cfg, "teacher_layer", -1))
             if cfg.teacher_dim in (0, None):
                 with open_dict(cfg):
                     cfg.teacher_dim = teacher.dim  # kept in the checkpoint config

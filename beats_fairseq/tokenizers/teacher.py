@@ -2,7 +2,7 @@
 
 A teacher maps a waveform batch to per-patch targets ``(B, N, D)``:
 
-* ``features``: the last-layer encoder output ``(B, N, C)`` (``backbone.extract_features``) of
+* ``features``: the last-layer encoder output (or that of ``layer``, 0-based) ``(B, N, C)`` (``backbone.extract_features``) of
   any model of this project: ``beats`` and ``beats_encoder`` (official pre-trained BEATs
   checkpoints load as these), or the encoder of a fine-tuned classifier;
 * ``logits``: the per-patch logits of a fine-tuned classifier, via
@@ -50,7 +50,7 @@ def follow_device(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
 class Teacher:
     """A frozen model and the way to get per-patch targets from it."""
 
-    def __init__(self, model: nn.Module, target: str = "auto", source: str = "teacher"):
+    def __init__(self, model: nn.Module, target: str = "auto", source: str = "teacher", layer: int = -1):
         if target not in TEACHER_TARGETS:
             raise ValueError(f"teacher target must be one of {TEACHER_TARGETS}, got {target!r}")
         if getattr(model, "is_tokenizer", False):
@@ -63,8 +63,14 @@ class Teacher:
                 f"{source}: teacher target {target!r} needs a model with {needed!r}, "
                 f"got {type(model).__name__}; use a pre-trained (features) or fine-tuned classifier (logits) checkpoint"
             )
+        if layer >= 0:
+            layers = len(model.backbone.encoder.layers) if hasattr(model, "backbone") else 0
+            if target != "features" or layer >= layers:
+                raise ValueError(f"{source}: teacher layer {layer} needs teacher target 'features' and a layer below "
+                                 f"the teacher's {layers} (model.teacher_layer=-1: the last layer)")
         self.model = freeze(model)
         self.target = target
+        self.layer = None if layer < 0 else layer
         self.source = source
         self.dim = self.probe_dim()
 
@@ -81,7 +87,7 @@ class Teacher:
         if self.target == "logits":
             out, mask = self.model.patch_logits(source, padding_mask)
         else:
-            out, mask = self.model.backbone.extract_features(source, padding_mask)
+            out, mask = self.model.backbone.extract_features(source, padding_mask, layer=self.layer)
         if out.dim() != 3:
             raise RuntimeError(f"teacher {self.source!r} gave {tuple(out.shape)}, expected per-patch (B, N, D) targets")
         return out.float(), mask
