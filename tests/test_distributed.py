@@ -211,7 +211,7 @@ def finetune_args(data, save_dir, batch, augment=False):
             "task.label_ext=mlbl", "task.multilabel=true", "dataset.train_subset=train_multi",
             "dataset.valid_subset=valid_multi", "checkpoint.best_checkpoint_metric=mAP",
             "model.pretrained_path=null", *aug,
-            *SMALL_ENCODER, *NO_DROPOUT, *SCHEDULE]
+            *("++" + item for item in SMALL_ENCODER), *NO_DROPOUT, *SCHEDULE]  # recipes hold no architecture
     # the composite optimizer holds the schedule (lr_scheduler is pass_through)
     return override(args, "optimizer.groups.default.lr_scheduler.warmup_updates=1")
 

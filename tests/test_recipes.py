@@ -105,7 +105,7 @@ def test_architecture_overrides_for_a_random_init(capsys):
     assert config_dir.main(["beats_iter1", "--architecture", "tiny"]) == 0
     printed = dict(item.split("=", 1) for item in capsys.readouterr().out.split())
     recipe = OmegaConf.load(REPO / "examples" / "beats_iter1" / "tiny.yaml").model
-    assert printed == {f"model.{k}": str(recipe[k]).lower() if isinstance(recipe[k], bool) else str(recipe[k])
+    assert printed == {f"++model.{k}": str(recipe[k]).lower() if isinstance(recipe[k], bool) else str(recipe[k])
                        for k in ARCH_FIELDS if k in recipe}
     assert config_dir.main(["beats_finetune", "--architecture", "tiny"]) == 1
     assert "sets no architecture field" in capsys.readouterr().err

@@ -32,12 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("name", nargs="?", help="config dir name, e.g. beats_iter1, beats_tokenizer, beats_finetune")
     parser.add_argument("--architecture", metavar="CONFIG", default=None,
-                        help="print the model architecture of recipe NAME/CONFIG.yaml as model.KEY=VALUE overrides")
+                        help="print the model architecture of recipe NAME/CONFIG.yaml as ++model.KEY=VALUE overrides (hydra set-or-add)")
     return parser
 
 
 def architecture_overrides(name: str, config: str) -> str:
-    """``model.KEY=VALUE`` overrides (space-separated) of the architecture fields of a recipe."""
+    """``++model.KEY=VALUE`` overrides (space-separated) of the architecture fields of a recipe.
+
+    ``++`` (hydra's set-or-add) because the fine-tuning recipes hold no architecture lines."""
     path = recipe_dir(name) / f"{config}.yaml"
     if not path.is_file():
         raise CliError(f"recipe {path} does not exist; available: "
@@ -47,7 +49,7 @@ def architecture_overrides(name: str, config: str) -> str:
     if not found:
         raise CliError(f"recipe {path} sets no architecture field (model.{ARCH_FIELDS[0]}, ...); "
                        "name a pre-training or tokenizer recipe")
-    return " ".join(f"model.{k}={str(model[k]).lower() if isinstance(model[k], bool) else model[k]}" for k in found)
+    return " ".join(f"++model.{k}={str(model[k]).lower() if isinstance(model[k], bool) else model[k]}" for k in found)
 
 
 def run(args) -> int:
