@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup_env.sh
-exec .venv/bin/python -m pytest tests -ra "$@"
+exec .venv/bin/python -m pytest tests -ra --durations=25 "$@"
