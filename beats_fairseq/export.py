@@ -40,8 +40,7 @@ class FoldedConv1d(nn.Module):
 
     def __init__(self, conv: WeightNormConv1d):
         super().__init__()
-        weight = conv.weight_v * (conv.weight_g / conv.weight_v.norm(dim=(0, 1), keepdim=True))
-        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        self.weight = nn.Parameter(conv.normalised_weight().detach().clone(), requires_grad=False)
         self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
         self.padding, self.groups = conv.padding, conv.groups
 

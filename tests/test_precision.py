@@ -171,6 +171,29 @@ def test_quantizer_assignments_under_autocast_equal_float32():
     assert torch.equal(codes32, codes_ac) and out.dtype == torch.float32
 
 
+@pytest.mark.parametrize("kernel", [16, 128])
+def test_positional_convolution_in_bf16_and_under_autocast_matches_float32(kernel):
+    """The grouped positional conv (128 wide, 16 groups, as officially) in bf16 is within bf16 rounding.
+
+    oneDNN's bf16 grouped convolution gives a relative error of about 1 on CPUs with AMX for
+    kernels >= 16 (torch 2.11); the module computes it in float32 there.
+    """
+    from beats_fairseq.modules.encoder import WeightNormConv1d
+
+    torch.manual_seed(0)
+    conv = WeightNormConv1d(64, kernel, 16)
+    with torch.no_grad():
+        conv.bias.normal_()
+        x = torch.randn(2, 150, 64).transpose(1, 2)  # (B, C, L), memory (B, L, C) as in the encoder
+        ref = conv(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = conv(x)
+        half = copy.deepcopy(conv).bfloat16()(x.bfloat16())
+    assert half.dtype == torch.bfloat16 and half.shape == ref.shape == autocast.shape
+    for out in (autocast, half):
+        assert (out.float() - ref).abs().max() <= 0.02 * ref.abs().max()
+
+
 def test_amp_train_step_runs_the_forward_under_autocast(tmp_path):
     """``common.amp``: the task's train step autocasts (bf16 on CPU), backward is the optimizer's."""
     from fairseq.optim import FairseqOptimizer
