@@ -86,10 +86,11 @@ def test_evaluation_block_and_table():
 @pytest.mark.slow
 def test_finetune_evaluation_runs_end_to_end_and_resumes(tmp_path, demo_data, capsys):
     """iter1 and tokenizer_iter1 are given: iter2 (4 updates), the fbank baseline and one fine-tuning run
-    (6 updates, 1 seed) each of random, iter1 and iter2, scored on test from checkpoint_best.pt."""
+    (6 updates, 1 seed) each of random, iter1 and iter2, two at a time (``--jobs 2``), scored on test
+    from checkpoint_best.pt."""
     run = tmp_path / "run"
     given_finished_iter1_and_tokenizer(run)
-    args = ["--data", demo_data, "--out", run, "--eval", "finetune", "--eval-seeds", "1",
+    args = ["--data", demo_data, "--out", run, "--eval", "finetune", "--eval-seeds", "1", "--jobs", "2",
             "pretrain:optimization.max_update=4", "finetune:optimization.max_update=6",
             "finetune:optimizer.groups.default.lr_scheduler.warmup_updates=1"]
     code, out = run_pipeline(capsys, *args)
@@ -108,6 +109,9 @@ def test_finetune_evaluation_runs_end_to_end_and_resumes(tmp_path, demo_data, ca
     for row in evaluation["rows"].values():
         assert len(row["runs"]) == 1 and row["std"] == 0.0 and row["mean"] == row["runs"][0]
     assert "| fbank |" in out and "| iter2 |" in out and "fine-tuned (1 seeds)" in out
+    assert "running 3 evaluation fine-tunings, 2 at a time" in out
+    started = {name: out.index(f"] {name} fine-tune") for name in names}
+    assert started["eval_iter1_seed1"] < out.index("] eval_random_seed1 done")  # the second began before the first ended
 
     # a rerun trains nothing and reports the same rows
     code, out = run_pipeline(capsys, *args)

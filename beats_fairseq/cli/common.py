@@ -44,7 +44,7 @@ class _StderrHandler(logging.StreamHandler):
 def run_main(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
     """Parse ``argv``, call ``run(args)`` with ``prog: LEVEL: message`` logging on stderr
     (root logging is restored afterwards, so in-process calls leave no trace); user errors
-    -> one line on stderr and status 1."""
+    -> one line on stderr and status 1; Ctrl-C -> "interrupted" and status 130."""
     args = parser.parse_args(argv)
     root = logging.getLogger()
     saved = root.handlers[:], root.level
@@ -57,6 +57,9 @@ def run_main(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
     except USER_ERRORS as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     finally:
         root.handlers = saved[0]
         root.setLevel(saved[1])

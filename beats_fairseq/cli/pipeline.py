@@ -7,7 +7,8 @@ The evaluation (``--eval``) is a linear probe (``probe``, default) or, as in the
 fine-tuning (``finetune``): every encoder and a random init are fine-tuned with the same recipe
 for ``--eval-seeds`` seeds, each run's best-validation checkpoint is scored on the test split.
 The table (mean ± std and every run) goes to ``RUN_DIR/summary.md`` and the ``evaluation`` block
-of ``RUN_DIR/summary.json``.
+of ``RUN_DIR/summary.json``. The evaluation fine-tunings run ``--jobs`` at a time (default: 2 on a
+machine without a GPU and with 2 or more cores), each with ``OMP_NUM_THREADS`` = cores // jobs.
 
 ``--supervised-teacher`` (with ``--iterations 3``, the paper's iter3+) first fine-tunes iter2 on the
 labelled training split and distils the last tokenizer from that classifier. ``--labels
@@ -38,9 +39,11 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import List
+from typing import Callable, List, Optional
 
 from omegaconf import OmegaConf
 
@@ -53,15 +56,24 @@ from .pipeline_stages import (EVAL_MODES, KINDS, RANDOM, RECIPE_ROLES, RECIPES, 
 STATE_VERSION = 1
 
 
-def run_logged(cmd: List[str], log_path: Path, echo) -> int:
-    """Run ``cmd``, appending its output to ``log_path``; ``echo(line)`` sees every line."""
+def run_logged(cmd: List[str], log_path: Path, echo, threads: Optional[int] = None,
+               track: Optional[Callable[[subprocess.Popen, bool], None]] = None) -> int:
+    """Run ``cmd``, appending its output to ``log_path``; ``echo(line)`` sees every line.
+
+    ``threads``: the child's ``OMP_NUM_THREADS`` (torch's intra-op threads); ``track(proc, alive)``
+    is told when the child starts and ends (so that it can be stopped from another thread).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(shlex.quote(c) for c in cmd)}\n")
         log.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 bufsize=1, start_new_session=True)
+        if track:
+            track(proc, True)
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -74,6 +86,9 @@ def run_logged(cmd: List[str], log_path: Path, echo) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
+        finally:
+            if track:
+                track(proc, False)
 
 
 def fairseq_train_command(config_dir: Path) -> List[str]:
@@ -107,6 +122,14 @@ class Pipeline:
         self.args, self.stages, self.overrides = args, stages, overrides
         self.run_dir = Path(args.out).resolve()
         self.state = State(self.run_dir / "state.json")
+        self.jobs = args.jobs
+        self.lock = threading.Lock()  # the state and the children, shared by parallel stages
+        self.stopping = threading.Event()
+        self.children = set()
+
+    def track(self, proc: subprocess.Popen, alive: bool) -> None:
+        with self.lock:
+            (self.children.add if alive else self.children.discard)(proc)
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -131,58 +154,120 @@ class Pipeline:
         data.setdefault("runs", []).append({"command": command_string(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
         data["plan"] = [s.name for s in self.stages]
         self.state.save()
-        total = len(self.stages)
-        for k, stage in enumerate(self.stages, start=1):
-            entry = self.state.stage(stage.name)
-            head = f"[stage {k}/{total}] {stage.name}"
-            if stage.kind in KINDS:
-                compose(stage, self.args, self.overrides)
-            if stage.kind == "probe" and entry["status"] == "done" and entry.get("probed") != self.probe_key(stage):
-                self.say(f"{head}: encoders or probe options changed since the last probe; probing again")
-                entry.update(status="pending", seconds=0.0)
-            if entry["status"] == "done" and stage.output.exists():
-                if stage.config is not None and entry.get("config") not in (None, OmegaConf.to_yaml(stage.config)):
-                    self.say(f"{head}: finished earlier with another config; kept (delete {stage.dir} to redo it)")
-                else:
-                    self.say(f"{head}: finished earlier ({format_seconds(entry.get('seconds', 0))}), skipped")
-                continue
-            if entry["status"] == "done":
-                self.say(f"{head}: marked finished but {stage.output} is missing; running it again")
-            resumed = entry["status"] in ("running", "failed", "interrupted")
-            self.say(f"{head} {stage.title}" + (" (resuming)" if resumed else "") + " ...")
-            missing = [d.name for d in stage.depends if not d.output.exists()]
-            if missing:
-                raise CliError(f"stage {stage.name} needs the output of {', '.join(missing)}, which is missing")
+        numbered = list(enumerate(self.stages, start=1))
+        i = 0
+        while i < len(numbered):
+            j = i + 1
+            if self.jobs > 1 and numbered[i][1].score_split:  # a run of evaluation fine-tunings: in parallel
+                while j < len(numbered) and numbered[j][1].score_split:
+                    j += 1
+            todo = [(k, stage) for k, stage in numbered[i:j] if self.needs_running(k, stage)]
+            if len(todo) > 1:
+                self.run_parallel(todo)
+            elif todo:
+                self.run_one(*todo[0])
+            i = j
+        return self.summarise()
+
+    def head(self, k: int, stage: Stage) -> str:
+        return f"[stage {k}/{len(self.stages)}] {stage.name}"
+
+    def needs_running(self, k: int, stage: Stage) -> bool:
+        """False (and says why) for a stage that finished earlier; composes a training stage's config."""
+        entry, head = self.state.stage(stage.name), self.head(k, stage)
+        if stage.kind in KINDS:
+            compose(stage, self.args, self.overrides)
+        if stage.kind == "probe" and entry["status"] == "done" and entry.get("probed") != self.probe_key(stage):
+            self.say(f"{head}: encoders or probe options changed since the last probe; probing again")
+            entry.update(status="pending", seconds=0.0)
+        if entry["status"] == "done" and stage.output.exists():
+            if stage.config is not None and entry.get("config") not in (None, OmegaConf.to_yaml(stage.config)):
+                self.say(f"{head}: finished earlier with another config; kept (delete {stage.dir} to redo it)")
+            else:
+                self.say(f"{head}: finished earlier ({format_seconds(entry.get('seconds', 0))}), skipped")
+            return False
+        if entry["status"] == "done":
+            self.say(f"{head}: marked finished but {stage.output} is missing; running it again")
+        return True
+
+    def run_one(self, k: int, stage: Stage, threads: Optional[int] = None) -> None:
+        entry, head = self.state.stage(stage.name), self.head(k, stage)
+        resumed = entry["status"] in ("running", "failed", "interrupted")
+        self.say(f"{head} {stage.title}" + (" (resuming)" if resumed else "") + " ...")
+        missing = [d.name for d in stage.depends if not d.output.exists()]
+        if missing:
+            raise CliError(f"stage {stage.name} needs the output of {', '.join(missing)}, which is missing")
+        with self.lock:
             entry["status"] = "running"
             self.state.save()
-            start = time.time()
-            try:
-                self.run_stage(stage, entry)
-            except KeyboardInterrupt:
-                entry["status"] = "interrupted"
+        start = time.time()
+        try:
+            self.run_stage(stage, entry, threads)
+        except BaseException as error:
+            interrupted = isinstance(error, KeyboardInterrupt) or self.stopping.is_set()
+            with self.lock:
+                entry["status"] = "interrupted" if interrupted else "failed"
                 entry["seconds"] = entry.get("seconds", 0.0) + time.time() - start
                 self.state.save()
+            if interrupted:
                 self.say(f"{head} interrupted: run the same command again to resume")
-                raise
-            except Exception:
-                entry["status"] = "failed"
-                entry["seconds"] = entry.get("seconds", 0.0) + time.time() - start
-                self.state.save()
-                raise
+            raise
+        with self.lock:
             entry["seconds"] = entry.get("seconds", 0.0) + time.time() - start
             entry["status"] = "done"
             entry["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
             self.state.save()
-            self.say(f"{head} done in {format_seconds(entry['seconds'])}")
-        return self.summarise()
+        self.say(f"{head} done in {format_seconds(entry['seconds'])}")
 
-    def run_stage(self, stage: Stage, entry: dict) -> None:
+    def run_parallel(self, todo) -> None:
+        """``--jobs`` evaluation fine-tunings at once, each with ``OMP_NUM_THREADS`` = cores // jobs.
+
+        Ctrl-C (or a failed stage) stops the others; their state says interrupted, and the same
+        command resumes them.
+        """
+        import torch
+
+        jobs = min(self.jobs, len(todo))
+        threads = None if os.environ.get("OMP_NUM_THREADS") else max(1, cpu_cores() // jobs)
+        self.say(f"running {len(todo)} evaluation fine-tunings, {jobs} at a time"
+                 + (f" ({threads} thread{'s' if threads > 1 else ''} each)" if threads else ""))
+        torch_threads = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)  # the scoring, in this process
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        futures = [pool.submit(self.run_one, k, stage, threads) for k, stage in todo]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                self.stop_children()
+                raise failed[0].exception()
+        except BaseException:
+            self.stop_children()
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+            torch.set_num_threads(torch_threads)
+
+    def stop_children(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            children = list(self.children)
+        for proc in children:
+            if proc.poll() is None:
+                proc.terminate()
+
+    def run_stage(self, stage: Stage, entry: dict, threads: Optional[int] = None) -> None:
         stage.dir.mkdir(parents=True, exist_ok=True)
         if stage.kind in KINDS:
             OmegaConf.save(stage.config, stage.dir / "stage.yaml")
             entry["config"] = OmegaConf.to_yaml(stage.config)
             entry["recipe"] = str(stage.recipe)
-            code = run_logged(fairseq_train_command(stage.dir), stage.log_path, self.echo_for(stage))
+            code = run_logged(fairseq_train_command(stage.dir), stage.log_path, self.echo_for(stage), threads,
+                              self.track)
             if code != 0:
                 raise CliError(f"stage {stage.name} failed (exit status {code}); see {stage.log_path}")
             if not stage.checkpoint.is_file():
@@ -337,6 +422,14 @@ class Pipeline:
         return evaluation_block(metric, self.args.probe_split, runs, how)
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _cuda() -> bool:
     import torch
 
@@ -408,6 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{role.replace('_', '-')}-config", default=None, metavar="NAME",
                             help=f"{what} recipe name in examples/{folder} (default: "
                                  + ", ".join(f"{RECIPES[s][role]} with --scale {s}" for s in sorted(RECIPES)) + ")")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="evaluation fine-tunings (--eval finetune) run this many at once, each with "
+                             "OMP_NUM_THREADS = CPU cores // JOBS unless OMP_NUM_THREADS is set (default: 2 without "
+                             "a GPU on a machine with 2 or more cores, else 1; docs/small_scale.md has the timings)")
     parser.add_argument("--device", default="auto", help="device for labels and the probe (default: auto)")
     parser.add_argument("--verbose", action="store_true", help="echo every line of the stages' logs")
     parser.add_argument("--dry-run", action="store_true",
@@ -420,6 +517,10 @@ def run(args) -> int:
     data = Path(args.data)
     if not (data / "train.tsv").is_file():
         raise CliError(f"--data {args.data}: no train.tsv there")
+    if args.jobs is None:
+        args.jobs = 1 if _cuda() else min(2, cpu_cores())
+    if args.jobs < 1:
+        raise CliError(f"--jobs {args.jobs}: give 1 or more")
     overrides = parse_overrides(args.overrides)
     run_dir = Path(args.out).resolve()
     stages = plan(args, run_dir)
