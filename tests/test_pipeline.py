@@ -82,7 +82,7 @@ def test_supervised_teacher_plans_a_finetune_stage(tmp_path, demo_data, capsys):
     assert "[stage 4/6] finetune_iter2" in out and "skipped" not in out
     tok2 = OmegaConf.load(tmp_path / "r" / "tokenizer_iter2" / "stage.yaml")
     assert tok2.model.teacher_path.endswith("finetune_iter2/checkpoints/checkpoint_last.pt")
-    assert tok2.model.teacher_target == "logits"
+    assert tok2.model.teacher_target == "auto"  # logits for a classifier teacher (the end-to-end test's log)
     ft = OmegaConf.load(tmp_path / "r" / "finetune_iter2" / "stage.yaml")
     assert ft.model.pretrained_path.endswith("iter2/checkpoints/checkpoint_last.pt")
 

@@ -113,9 +113,8 @@ def plan(args, run_dir: Path) -> List[Stage]:
         st = Stage(f"tokenizer_iter{it}", "tokenizer", f"tokenizer distilled from {teacher.name}", run_dir)
         st.config_dir = recipe_dir("beats_tokenizer")
         st.settings = {"task.data": data, "model.teacher_path": str(teacher.checkpoint)}
-        if teacher.kind == "finetune":
+        if teacher.kind == "finetune":  # the recipe says what to distil (logits in the paper's)
             st.role = "supervised_tokenizer"
-            st.settings["model.teacher_target"] = "logits"
         st.depends.append(teacher)
         stages.append(st)
         return st
