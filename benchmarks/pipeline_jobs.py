@@ -119,7 +119,7 @@ def main() -> int:
     print(f"| {args.finetunes} fine-tunings, {args.jobs} at a time, {per_job} thread(s) each | {parallel:.1f} | "
           f"{parallel / rows['finetunes_jobs1_default_threads']:.2f} |")
     result = {"seconds": rows, "cores": cores, "finetunes": args.finetunes, "jobs": args.jobs,
-              "updates": args.updates or "recipe", "data": str(data), "label": args.label,
+              "updates": args.updates or "recipe", "data": args.data, "label": args.label,
               "machine": platform.processor() or platform.machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
