@@ -68,7 +68,9 @@ def main() -> int:
     data = Path(args.data).resolve()
     if not (data / "train.tsv").is_file():
         sys.exit(f"pipeline_jobs: --data {args.data}: no train.tsv there")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from beats_fairseq.cli.pipeline import cpu_cores
+
+    cores = cpu_cores()  # what beats-pipeline --jobs divides
     work = Path(tempfile.mkdtemp(prefix="pipeline_jobs_"))
     common = [f"task.data={data}", "common.log_interval=50", "checkpoint.no_epoch_checkpoints=true"]
     pre = [*common]
