@@ -13,28 +13,30 @@ encoder of the same architecture as the baseline):
 4. it is scored on the held-out split: accuracy (single-label) or mAP over the classes with a
    positive clip (multi-label, ``beats_fairseq.metrics``).
 
-Nothing is tuned on the evaluation split. Labels come from ``{split}.{label_ext}`` files
-aligned with the manifests (one line of comma-separated class ids per manifest entry), and
-the class count from ``labels.csv`` when the data folder has one.
+Nothing is tuned on the evaluation split. The splits, their labels, the class count and the
+metric are :class:`beats_fairseq.evaluation.LabelledSplit` (``read_splits``).
+
+The raw-fbank baseline (:func:`fbank_baseline`) is the same probe without any encoder: every
+clip's fbank, computed by the project's one front end (:func:`beats_fairseq.modules.fbank.compute_fbank`:
+Kaldi recipe, Povey window, as the official BEATs code), is pooled into the mean and the standard
+deviation of every mel bin over the clip's frames (256 values) and fit the same way (C = 1).
+The normalisation of the fbank does not matter (the features are standardised); the window
+does, a little.
 
 The command ``beats-probe`` (``beats_fairseq/cli/probe.py``) runs it::
 
     beats-probe --data demo_data --encoder iter1=runs/iter1/checkpoints/checkpoint_last.pt --eval-split test
 """
 
+from __future__ import annotations
+
 import copy
-import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-import numpy as np
-import torch
-
-from .metrics import mean_average_precision
-
-logger = logging.getLogger("beats_fairseq.probe")
+from .evaluation import LabelledSplit, Score, score
+from .tables import Table
 
 RANDOM = "random"
 POOLINGS = ("mean", "mean+std")
@@ -69,6 +71,8 @@ def load_backbone(path: str, device="cpu"):
 
 def random_backbone(like, seed: int = 0, device="cpu"):
     """A randomly initialised backbone with the architecture (and fbank settings) of ``like``."""
+    import torch
+
     from .modules.backbone import BeatsBackbone
 
     state = torch.random.get_rng_state()
@@ -80,7 +84,6 @@ def random_backbone(like, seed: int = 0, device="cpu"):
     return backbone.to(device).eval()
 
 
-@torch.no_grad()
 def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 8, num_workers: int = 0,
                   max_seconds: Optional[float] = None, progress: bool = False, desc: str = "features",
                   pooling: str = "mean", layer: Optional[int] = None):
@@ -88,6 +91,9 @@ def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 
     patches, of the last layer or of ``layer`` (0-based), in manifest order."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r}: choose one of {POOLINGS}")
+    import numpy as np
+    import torch
+
     from .data.clips import SAMPLE_RATE, ClipBatches, clips_from_manifest
 
     clips = clips_from_manifest(manifest_path)
@@ -95,84 +101,55 @@ def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 
     batches = ClipBatches(clips, torch.device(device), batch_size, num_workers, max_samples, progress=progress,
                           desc=desc)
     out = None
-    for batch in batches:
-        x, mask = backbone.extract_features(batch.source, batch.padding_mask, layer=layer)
-        x = x.float()
-        keep = torch.ones_like(x[..., :1]) if mask is None else (~mask).unsqueeze(-1).float()
-        count = keep.sum(dim=1).clamp_min(1.0)
-        pooled = (x * keep).sum(dim=1) / count
-        if pooling == "mean+std":
-            var = (((x - pooled.unsqueeze(1)) ** 2) * keep).sum(dim=1) / count
-            pooled = torch.cat([pooled, var.sqrt()], dim=-1)
-        if out is None:
-            out = np.zeros((len(clips), pooled.size(-1)), dtype=np.float32)
-        out[batch.positions] = pooled.cpu().numpy()
+    with torch.inference_mode():
+        for batch in batches:
+            x, mask = backbone.extract_features(batch.source, batch.padding_mask, layer=layer)
+            x = x.float()
+            keep = torch.ones_like(x[..., :1]) if mask is None else (~mask).unsqueeze(-1).float()
+            count = keep.sum(dim=1).clamp_min(1.0)
+            pooled = (x * keep).sum(dim=1) / count
+            if pooling == "mean+std":
+                var = (((x - pooled.unsqueeze(1)) ** 2) * keep).sum(dim=1) / count
+                pooled = torch.cat([pooled, var.sqrt()], dim=-1)
+            if out is None:
+                out = np.zeros((len(clips), pooled.size(-1)), dtype=np.float32)
+            out[batch.positions] = pooled.cpu().numpy()
     return out
 
 
-# ---------------------------------------------------------------------------- labels
-def read_split_labels(data: str, split: str, label_ext: str, num_classes: Optional[int]):
-    from .data.manifest import read_label_file, read_manifest
-
-    manifest = os.path.join(data, f"{split}.tsv")
-    entries = len(read_manifest(manifest))
-    return manifest, read_label_file(os.path.join(data, f"{split}.{label_ext}"), entries, num_classes)
-
-
-def class_count(data: str, *label_lists) -> int:
-    from .data.manifest import read_class_map
-
-    path = os.path.join(data, "labels.csv")
-    if os.path.isfile(path):
-        return len(read_class_map(path))
-    return 1 + max(c for labels in label_lists for ids in labels for c in ids)
-
-
 # ---------------------------------------------------------------------------- classifier
-def fit_and_score(train_x, train_labels, eval_x, eval_labels, num_classes: int, multilabel: bool,
-                  C: float = 1.0, max_iter: int = 2000):
-    """(metric name, value) of a logistic-regression probe trained on ``train_x``."""
+def fit_and_score(train_x, train: LabelledSplit, eval_x, evaluated: LabelledSplit, C: float = 1.0,
+                  max_iter: int = 2000) -> Score:
+    """The metric of ``evaluated`` for a logistic-regression probe trained on ``train_x``."""
+    import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(train_x)
     train_x, eval_x = scaler.transform(train_x), scaler.transform(eval_x)
-    if multilabel:
-        y = np.zeros((len(train_labels), num_classes), dtype=np.int64)
-        for i, ids in enumerate(train_labels):
-            y[i, ids] = 1
+    scores = np.full((len(eval_x), evaluated.num_classes), -1e9)
+    if train.multilabel:
+        y = train.targets().astype(np.int64)
         present = np.flatnonzero(y.sum(0) > 0)
         clf = OneVsRestClassifier(LogisticRegression(C=C, max_iter=max_iter)).fit(train_x, y[:, present])
-        scores = np.full((len(eval_x), num_classes), -np.inf)
         scores[:, present] = clf.decision_function(eval_x).reshape(len(eval_x), -1)
-        targets = np.zeros((len(eval_labels), num_classes), dtype=np.float32)
-        for i, ids in enumerate(eval_labels):
-            targets[i, ids] = 1.0
-        return "mAP", mean_average_precision(np.nan_to_num(scores, neginf=-1e9), targets)
-    y = np.asarray([ids[0] for ids in train_labels])
-    clf = LogisticRegression(C=C, max_iter=max_iter).fit(train_x, y)
-    predicted = clf.classes_[clf.predict_proba(eval_x).argmax(axis=1)]
-    return "accuracy", float(np.mean(predicted == np.asarray([ids[0] for ids in eval_labels])))
+    else:
+        clf = LogisticRegression(C=C, max_iter=max_iter).fit(train_x, train.classes())
+        scores[:, clf.classes_] = clf.predict_proba(eval_x)
+    return score(scores, evaluated)
 
 
 # ---------------------------------------------------------------------------- runs
-def run_probe(encoders: Dict[str, str], data: str, train_split: str = "train", eval_split: str = "test",
-              label_ext: str = "lbl", multilabel: Optional[bool] = None, random_baseline: bool = True,
+def run_probe(encoders: Dict[str, str], train: LabelledSplit, evaluated: LabelledSplit, random_baseline: bool = True,
               seed: int = 0, device="cpu", batch_size: int = 8, num_workers: int = 0,
               max_seconds: Optional[float] = None, C: float = 1.0, progress: bool = False,
               log=print, pooling: str = "mean", layer: Optional[int] = None) -> List[ProbeResult]:
-    """Probe every encoder (``{name: checkpoint}``, in order) and, first, a random one like the first encoder."""
+    """Probe every encoder (``{name: checkpoint}``, in order) and, first, a random one like the first
+    encoder: fit on ``train``, scored on ``evaluated`` (:func:`beats_fairseq.evaluation.read_splits`)."""
     if not encoders:
         raise ValueError("no encoder to probe")
-    train_manifest, train_labels = read_split_labels(data, train_split, label_ext, None)
-    eval_manifest, eval_labels = read_split_labels(data, eval_split, label_ext, None)
-    num_classes = class_count(data, train_labels, eval_labels)
-    if multilabel is None:
-        multilabel = any(len(ids) != 1 for ids in train_labels + eval_labels)
-    todo = []
-    if random_baseline:
-        todo.append((RANDOM, None))
+    todo = [(RANDOM, None)] if random_baseline else []
     todo += list(encoders.items())
     results = []
     like = None
@@ -184,28 +161,54 @@ def run_probe(encoders: Dict[str, str], data: str, train_split: str = "train", e
         else:
             backbone, shown = load_backbone(path, device), path
             like = like or backbone
-        feats = {}
-        for split, manifest in ((train_split, train_manifest), (eval_split, eval_manifest)):
-            feats[split] = clip_features(backbone, manifest, device, batch_size, num_workers, max_seconds,
-                                         progress, desc=f"{name} {split}", pooling=pooling, layer=layer)
-        metric, value = fit_and_score(feats[train_split], train_labels, feats[eval_split], eval_labels,
-                                      num_classes, multilabel, C)
-        result = ProbeResult(name, shown, metric, value, len(train_labels), len(eval_labels),
-                             int(feats[train_split].shape[1]), time.time() - start)
-        log(f"probe {name}: {metric} {value:.4f} on {eval_split} ({len(eval_labels)} clips), "
-            f"trained on {train_split} ({len(train_labels)} clips), {result.seconds:.1f} s")
+        feats = [clip_features(backbone, split.manifest, device, batch_size, num_workers, max_seconds, progress,
+                               desc=f"{name} {split.name}", pooling=pooling, layer=layer) for split in (train, evaluated)]
+        metric, value = fit_and_score(feats[0], train, feats[1], evaluated, C)
+        result = ProbeResult(name, shown, metric, value, len(train), len(evaluated), int(feats[0].shape[1]),
+                             time.time() - start)
+        log(f"probe {name}: {metric} {value:.4f} on {evaluated.name} ({len(evaluated)} clips), "
+            f"trained on {train.name} ({len(train)} clips), {result.seconds:.1f} s")
         results.append(result)
     return results
 
 
-def results_table(results: List[ProbeResult], eval_split: str) -> str:
-    if not results:
-        return ""
-    metric = results[0].metric
+# ---------------------------------------------------------------------------- raw-fbank baseline
+FBANK_DESCRIPTION = ("logistic regression on mean+std pooled 128-bin fbank (this project's Kaldi front end, "
+                     "Povey window), standardised, C = 1")
+
+
+def fbank_statistics(manifest: str, batch_size: int = 16):
+    """``(M, 256)`` float32: per clip, the mean and the std of each of the 128 fbank bins over its frames."""
+    import numpy as np
+    import torch
+
+    from .data.clips import ClipBatches, clips_from_manifest
+    from .modules.fbank import compute_fbank, num_frames
+
+    clips = clips_from_manifest(manifest)
+    out = np.zeros((len(clips), 256), dtype=np.float32)
+    with torch.inference_mode():
+        for batch in ClipBatches(clips, torch.device("cpu"), batch_size):
+            fbank = compute_fbank(batch.source)
+            for row, (position, length) in enumerate(zip(batch.positions, batch.lengths)):
+                frames = fbank[row, : num_frames(length)]
+                out[position, :128] = frames.mean(0).numpy()
+                out[position, 128:] = frames.std(0, unbiased=False).numpy()
+    return out
+
+
+def fbank_baseline(train: LabelledSplit, evaluated: LabelledSplit) -> Score:
+    """No pre-training at all: :data:`FBANK_DESCRIPTION`, fit on ``train`` and scored on ``evaluated``."""
+    return fit_and_score(fbank_statistics(train.manifest), train, fbank_statistics(evaluated.manifest), evaluated,
+                         C=1.0, max_iter=3000)
+
+
+def results_table(results: List[ProbeResult], eval_split: str) -> Table:
+    """Every encoder's value, its difference to the random init, its feature size and checkpoint."""
+    metric = results[0].metric if results else "score"
     base = next((r.value for r in results if r.encoder == RANDOM), None)
-    lines = [f"| encoder | linear probe {metric} ({eval_split}) | vs random | features | checkpoint |",
-             "|---|---|---|---|---|"]
+    table = Table(["encoder", f"linear probe {metric} ({eval_split})", "vs random", "features", "checkpoint"])
     for r in results:
         delta = "" if base is None or r.encoder == RANDOM else f"{r.value - base:+.4f}"
-        lines.append(f"| {r.encoder} | {r.value:.4f} | {delta} | {r.dim} | `{r.checkpoint}` |")
-    return "\n".join(lines)
+        table.add(r.encoder, f"{r.value:.4f}", delta, r.dim, r.checkpoint)
+    return table

@@ -8,13 +8,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "beats_fairseq"
 
 # Lowest first. A module may import its own component and the components of lower layers.
 LAYERS = [
-    ("seeding", "metrics", "plots", "recipes", "checkpoint", "distributed", "safe_checkpoints", "optim",
+    ("seeding", "metrics", "plots", "tables", "recipes", "checkpoint", "distributed", "safe_checkpoints", "optim",
      "modules"),
     ("augment", "data", "tokenizers", "criterions", "features"),
     ("models",),
     ("loading",),
     ("tasks",),
-    ("export", "hear", "probe", "evaluation"),
+    ("evaluation",),
+    ("export", "hear", "probe", "precompute"),
+    ("pipeline",),
     ("cli",),
 ]
 # The only modules that may import a model class (besides the models and the package itself).

@@ -1,4 +1,5 @@
-"""beats-pipeline: planning and config composition, log parsing, resume, summary and the probe."""
+"""beats-pipeline: planning and config composition (Hydra's), TensorBoard metrics, resume, summary and the probe;
+the command and the library (``beats_fairseq.pipeline``)."""
 
 import json
 
@@ -7,8 +8,11 @@ import pytest
 import torch
 
 from beats_fairseq.cli import pipeline
+from beats_fairseq.evaluation import LabelledSplit
 from beats_fairseq.models.beats_encoder import BeatsEncoderModel, BeatsEncoderModelConfig
 from beats_fairseq.models.beats_tokenizer import BeatsTokenizerConfig, BeatsTokenizerModel
+from beats_fairseq.pipeline import TINY_UPDATES, PipelineConfig, PipelineError, plan, prepare
+from beats_fairseq.pipeline.events import last_metrics, read_curves
 from beats_fairseq.probe import fit_and_score
 from conftest import assert_picture
 
@@ -58,7 +62,7 @@ def test_plan_composes_every_stage_config(tmp_path, demo_data, capsys):
     assert iter3.optimization.max_update == 7 and iter3.dataset.num_workers == 0
     tok2 = OmegaConf.load(run / "tokenizer_iter2" / "stage.yaml")
     assert tok2.model.teacher_path == str(run / "iter2" / "checkpoints" / "checkpoint_last.pt")
-    assert tok2.optimization.max_update == pipeline.TINY_UPDATES["tokenizer"] and tok2.model.new_key == 3
+    assert tok2.optimization.max_update == TINY_UPDATES["tokenizer"] and tok2.model.new_key == 3
     assert "new_key" not in OmegaConf.load(run / "iter1" / "stage.yaml").model
     assert "user_dir: ${beats_user_dir:}" in (run / "iter1" / "stage.yaml").read_text()  # left for Hydra
 
@@ -97,20 +101,101 @@ def test_supervised_teacher_plans_a_finetune_stage(tmp_path, demo_data, capsys):
     assert tok2.optimization.max_update == 400000
 
 
-def test_fairseq_log_lines_are_parsed_in_simple_and_json_format(tmp_path):
-    log = tmp_path / "train.log"
-    log.write_text(
-        "[2026-01-01 00:00:01,000][train_inner][INFO] - epoch 001:     10 / 15 loss=5.43, accuracy=0.07, "
-        "num_updates=10, lr=0.001\n"
-        "[2026-01-01 00:00:02,000][valid][INFO] - epoch 002 | valid on 'valid' subset | loss 5.1285 | "
-        "accuracy 0.0792 | code_usage 0.939 | code_perplexity 140.2 | num_updates 20 | best_loss 5.1285\n"
-        "[2026-01-01 00:00:03,000][train][INFO] - epoch 002 | loss 5.0822 | accuracy 0.0998 | num_updates 20\n"
-        '[2026-01-01 00:00:04,000][valid][INFO] - {"epoch": 3, "valid_loss": "4.5", "valid_cosine": "0.8", '
-        '"valid_num_updates": "30"}\n')
-    metrics = pipeline.read_metrics(log)
-    assert metrics["train_inner"]["loss"] == 5.43 and metrics["train_inner"]["num_updates"] == 10
-    assert metrics["train"] == {"epoch": 2.0, "loss": 5.0822, "accuracy": 0.0998, "num_updates": 20.0}
-    assert metrics["valid"] == {"epoch": 3.0, "loss": 4.5, "cosine": 0.8, "num_updates": 30.0}
+def write_events(folder, tag, points):
+    """TensorBoard scalars as fairseq writes them: ``folder/tag/events...``, one scalar per metric at step num_updates."""
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(str(folder / tag))
+    for step, metrics in points:
+        for key, value in metrics.items():
+            writer.add_scalar(key, value, step)
+    writer.close()
+
+
+def test_metrics_are_read_from_tensorboard_events_and_a_resume_keeps_the_last_value(tmp_path):
+    tb = tmp_path / "tensorboard"
+    write_events(tb, "train_inner", [(10, {"loss": 5.5, "accuracy": 0.1}), (20, {"loss": 5.0, "accuracy": 0.2})])
+    write_events(tb, "valid", [(20, {"loss": 5.1, "accuracy": 0.25, "code_usage": 0.9})])
+    import time
+
+    time.sleep(1.1)  # event files are named by the second they were created in: the resume comes later
+    write_events(tb, "train_inner", [(20, {"loss": 4.0, "accuracy": 0.3}), (30, {"loss": 3.5, "accuracy": 0.4})])
+    whole = next((tb / "valid").glob("events.*")).read_bytes()
+    (tb / "valid" / "events.out.tfevents.9999999999.cut").write_bytes(whole[:-7])  # a run killed while writing
+    curves = read_curves(tb)
+    assert curves["train_inner"]["loss"] == ([10, 20, 30], [5.5, 4.0, 3.5])
+    assert curves["valid"]["code_usage"][0] == [20]
+    metrics = last_metrics(curves)
+    assert metrics["train_inner"]["num_updates"] == 30 and metrics["train_inner"]["accuracy"] == pytest.approx(0.4)
+    assert metrics["valid"] == {"loss": pytest.approx(5.1), "accuracy": 0.25, "code_usage": pytest.approx(0.9),
+                                "num_updates": 20}
+    assert "train" not in metrics and read_curves(tmp_path / "none") == {}
+
+
+def test_library_plans_without_argparse(tmp_path, demo_data):
+    import dataclasses
+
+    config = PipelineConfig(data=str(demo_data), out=str(tmp_path / "r"), iterations=3, supervised_teacher=True,
+                            eval="finetune", eval_seeds=2)
+    stages = plan(config)
+    assert [s.name for s in stages[:7]] == ["iter1", "tokenizer_iter1", "iter2", "finetune_iter2", "tokenizer_iter2",
+                                            "iter3", "fbank"]
+    assert len(stages) == 7 + 4 * 2 and all(dataclasses.is_dataclass(s) for s in stages)
+    by_name = {s.name: s for s in stages}
+    last = stages[-1]
+    assert last.name == "eval_iter3_seed2" and last.encoder == "iter3" and last.score_split == "test"
+    assert last.depends == [by_name["iter3"]] and last.settings["common.seed"] == 2
+    assert last.output == tmp_path / "r" / "eval_iter3_seed2" / "score.json"
+    random = by_name["eval_random_seed1"]
+    assert random.depends == [] and random.pretrain is by_name["iter1"] and random.settings["model.pretrained_path"] is None
+    assert by_name["tokenizer_iter2"].role == "supervised_tokenizer" and by_name["tokenizer_iter1"].role == "tokenizer"
+    assert [s.name for s in plan(dataclasses.replace(config, evaluate=False))][-1] == "iter3"
+    for bad, message in ((dict(iterations=2), "add --iterations 3"), (dict(eval_seeds=0), "--eval-seeds must be >= 1"),
+                         (dict(data=str(tmp_path)), "no train.tsv"), (dict(eval="linear"), "eval 'linear'"),
+                         (dict(recipes={"pretrainer": "x"}), "roles are")):
+        with pytest.raises(PipelineError, match=message):
+            plan(dataclasses.replace(config, **bad))
+
+
+def compose_with(tmp_path, demo_data, *overrides, **options):
+    config = PipelineConfig(data=str(demo_data), out=str(tmp_path / "r"), overrides=list(overrides), **options)
+    return {s.name: s for s in prepare(config)}
+
+
+def test_overrides_mean_what_they_mean_to_fairseq_hydra_train(tmp_path, demo_data):
+    from beats_fairseq.pipeline.compose import compose_recipe
+    from beats_fairseq.recipes import recipe_dir
+
+    stages = compose_with(tmp_path, demo_data, "~model.label_predictor_layers", "++model.dropout=0.25",
+                          "finetune:optimization.lr=[0.001]", "common.seed=7", "hydra.job.chdir=false",
+                          "tokenizer:+model.teacher_extra=1", eval="finetune", eval_seeds=1)
+    iter1, tok, ft = stages["iter1"].config, stages["tokenizer_iter1"].config, stages["eval_iter1_seed1"].config
+    assert "label_predictor_layers" not in iter1.model  # ~: deleted (where the recipe has it: not in the tokenizer's)
+    assert iter1.model.dropout == tok.model.dropout == ft.model.dropout == 0.25  # ++: everywhere
+    assert list(ft.optimization.lr) == [0.001] and list(iter1.optimization.lr) == [0.002]
+    assert iter1.common.seed == 7 and ft.common.seed == 1  # an evaluation run keeps the seed the pipeline gives it
+    assert tok.model.teacher_extra == 1 and "teacher_extra" not in iter1.model
+    assert stages["iter1"].hydra_overrides == ["hydra.job.chdir=false"]
+    # the same composition as fairseq-hydra-train's (config dir, name, overrides), before the pipeline's paths
+    alone = compose_recipe(recipe_dir("beats_iter1"), "tiny", ["~model.label_predictor_layers", "++model.dropout=0.25",
+                                                                "common.seed=7"])
+    assert iter1.model == alone.model and iter1.dataset == alone.dataset
+    assert iter1.optimization.max_update == TINY_UPDATES["pretrain"] != alone.optimization.max_update
+    assert iter1.checkpoint.save_dir == str(tmp_path / "r" / "iter1" / "checkpoints")
+    text = (tmp_path / "r" / "iter1" / "stage.yaml").read_text()
+    assert "hydra:" in text and "dir: ${checkpoint.save_dir}/hydra" in text  # the recipe's run folder stays
+
+    for overrides, message in ((["pretrain:model.no_such=1"], r"append to your config use \+model.no_such=1"),
+                               (["pretrain:+model.mask_prob=0.5"], "An item is already at 'model.mask_prob'"),
+                               (["finetune:common.seed=3"], "the pipeline sets common.seed of stage eval_random_seed1"),
+                               (["model.dropout=0.1,0.2"], "a sweep"), (["model.no_such_key=1"], "match no key"),
+                               (["checkpoint.save_dir=/x"], "match no key")):
+        with pytest.raises(PipelineError, match=message):
+            compose_with(tmp_path, demo_data, *overrides, eval="finetune", eval_seeds=1)
+
+
+def split(labels, num_classes, multilabel=False):
+    return LabelledSplit("s", "s.tsv", [list(ids) for ids in labels], num_classes, multilabel)
 
 
 def test_probe_classifier_on_separable_features():
@@ -119,13 +204,13 @@ def test_probe_classifier_on_separable_features():
     y_train, y_eval = rng.randint(0, 4, 200), rng.randint(0, 4, 80)
     x_train = centres[y_train] + 0.3 * rng.randn(200, 8)
     x_eval = centres[y_eval] + 0.3 * rng.randn(80, 8)
-    metric, value = fit_and_score(x_train, [[c] for c in y_train], x_eval, [[c] for c in y_eval], 4, False)
+    train, evaluated = split([[c] for c in y_train], 4), split([[c] for c in y_eval], 4)
+    metric, value = fit_and_score(x_train, train, x_eval, evaluated)
     assert metric == "accuracy" and value == 1.0
-    metric, value = fit_and_score(rng.randn(200, 8), [[c] for c in y_train], rng.randn(80, 8),
-                                  [[c] for c in y_eval], 4, False)
+    metric, value = fit_and_score(rng.randn(200, 8), train, rng.randn(80, 8), evaluated)
     assert value < 0.6  # noise features: about chance
-    multi = [[c, (c + 1) % 4] for c in y_train]
-    metric, value = fit_and_score(x_train, multi, x_eval, [[c, (c + 1) % 4] for c in y_eval], 5, True)
+    multi = split([[c, (c + 1) % 4] for c in y_train], 5, True)
+    metric, value = fit_and_score(x_train, multi, x_eval, split([[c, (c + 1) % 4] for c in y_eval], 5, True))
     assert metric == "mAP" and value > 0.95  # class 4 has no positive: left out of the mAP
 
 
@@ -138,6 +223,7 @@ def test_pipeline_resumes_after_finished_stages_and_probes_beside_a_random_encod
     args = ["--data", demo_data, "--out", run, "--probe-train-split", "valid", "pretrain:optimization.max_update=4"]
     code, out = run_pipeline(capsys, *args)
     assert code == 0, out[-4000:]
+    assert out.count("--probe-train-split is deprecated") == 1 and "use --eval-train-split" in out
     assert "[stage 1/5] iter1: finished earlier (0m12s), skipped" in out
     assert "[stage 2/5] tokenizer_iter1: finished earlier" in out
     assert "[stage 3/5] iter2 iter2 pre-training ..." in out and "[stage 5/5] probe" in out
@@ -157,8 +243,10 @@ def test_pipeline_resumes_after_finished_stages_and_probes_beside_a_random_encod
                for r in probe.values())
     md = (run / "summary.md").read_text()
     assert "| iter2 | iter2 pre-training | 4 |" in md and "| random |" in md and "linear probe accuracy (test)" in md
-    assert_picture(run / "report.png", min_width=1000, min_height=900)
-    assert "<td>iter2</td>" in (run / "report.html").read_text()
+    assert md.index("Best: ") < md.index("| encoder | accuracy on test") < md.index("| stage |")  # the answer first
+    assert_picture(run / "report.png", min_width=1000, min_height=700)
+    page = (run / "report.html").read_text()
+    assert "<td>iter2</td>" in page and page.index("Best: ") < page.index("<img") < page.index("<td>iter2</td>")
     assert list((run / "iter2" / "tensorboard").glob("*/events.out.tfevents.*"))  # TensorBoard logs per stage
 
     # everything is finished now: a second run trains nothing and prints the same table

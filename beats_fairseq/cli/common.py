@@ -166,3 +166,24 @@ class BatchReader(ClipBatches):
 
     def unreadable(self, message: str):
         raise CliError(f"{message} (or pass --skip-bad to skip unreadable files)")
+
+
+# ---------------------------------------------------------------------------- renamed options
+class _Deprecated(argparse.Action):
+    """An old option name: sets the new option's value and prints one deprecation line."""
+
+    def __init__(self, option_strings, dest, new: str, target: argparse.Action, **kwargs):
+        super().__init__(option_strings, dest, nargs=target.nargs, **kwargs)
+        self.new, self.target = new, target
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: warning: {option_string} is deprecated and will be removed; use {self.new}",
+              file=sys.stderr)
+        self.target(parser, namespace, values, self.new)
+
+
+def add_deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str) -> None:
+    """Accept ``old`` (hidden from ``--help``) as a deprecated name of the existing option ``new``."""
+    target = next(a for a in parser._actions if new in a.option_strings)
+    parser.add_argument(old, action=_Deprecated, dest=argparse.SUPPRESS, new=new, target=target,
+                        help=argparse.SUPPRESS)

@@ -6,18 +6,16 @@ Label ids in the label file are class-map indices when ``--class-map`` is given 
 outputs are matched to them by MID if it has an official ``label_dict``, whose order is not
 the AudioSet csv order), otherwise model output indices.
 
-The metrics are those of training's validation (``beats_fairseq.metrics``).
+The split, the multi-label rule, the metrics and the scoring loop are ``beats_fairseq.evaluation``
+(the metrics are those of training's validation); this module parses and prints.
 """
 
 import argparse
 import csv
-import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from ..plots import PER_CLASS_BARS, per_class_chart
 from .common import (
     BatchReader,
     CliError,
@@ -29,10 +27,6 @@ from .common import (
     resolve_device,
     run_main,
 )
-from ..data.manifest import read_class_map, read_label_file
-from ..metrics import accuracy, accuracy_per_class, average_precision_per_class
-
-logger = logging.getLogger("beats_fairseq.cli.evaluate")
 
 
 # ---------------------------------------------------------------------------- tool
@@ -60,60 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", metavar="FILE.png",
                         help="also draw the per-class AP or accuracy as a sorted bar chart with the class names "
                              "(the %d best and %d worst classes when there are more than %d)"
-                             % (PLOT_CLASSES // 2, PLOT_CLASSES // 2, PLOT_CLASSES))
+                             % (PER_CLASS_BARS // 2, PER_CLASS_BARS // 2, PER_CLASS_BARS))
     add_inference_args(parser)
     return parser
 
 
-PLOT_CLASSES = 60  # most bars drawn by --plot
-
-
-def plot_per_class(path: str, names, values, counts, metric: str, title: str) -> None:
-    """Sorted horizontal bars of the per-class ``values`` (classes without a value are left out)."""
-    from ..plots import bar_chart, pyplot
-
-    rows = sorted(((float(v), f"{n} ({int(c)})") for n, v, c in zip(names, values, counts) if not np.isnan(v)),
-                  reverse=True)
-    shown = len(rows)
-    if shown > PLOT_CLASSES:
-        half = PLOT_CLASSES // 2
-        rows = rows[:half] + [(float("nan"), f"... {shown - PLOT_CLASSES} more classes ...")] + rows[-half:]
-        title += f": the {half} best and {half} worst of {shown} classes"
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.24 * len(rows)), dpi=100)
-    bar_chart(ax, [n for _, n in rows], [v for v, _ in rows], xlabel=f"{metric} (class (clips))")
-    ax.set_title(title, fontsize=10)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-
-
-def align_to_class_map(mids, class_map: str):
-    """Model output column for each class-map row (the model's official label_dict MIDs)."""
-    rows = read_class_map(class_map)
-    column = {m: i for i, m in enumerate(mids)}
-    missing = [r["mid"] for r in rows if r["mid"] not in column]
-    if missing:
-        raise CliError(f"{len(missing)} classes of {class_map} are not outputs of the model "
-                       f"(first: {missing[:5]}): the label_dict and the class map do not match")
-    return np.asarray([column[r["mid"]] for r in rows]), [r["mid"] for r in rows], [r["display_name"] for r in rows]
-
-
-def score_clips(model, clips, args, device):
-    """(positions of the evaluated clips, probabilities (M, K)), and the reader."""
-    reader = BatchReader(clips, args, device, desc="evaluate")
-    positions, blocks = [], []
-    with torch.inference_mode():
-        for batch in reader:
-            probs, _ = model.extract_features(batch.source, batch.padding_mask)
-            blocks.append(probs.float().cpu().numpy())
-            positions.extend(batch.positions)
-    reader.report()
-    if not positions:
-        raise CliError("no clip could be read: nothing to evaluate")
-    return np.asarray(positions), np.concatenate(blocks), reader
-
-
 def run(args) -> int:
+    import numpy as np
+
+    from ..evaluation import class_columns, classifier_scores, per_class, read_split, score
+
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device)
     kind = model_kind(model)
@@ -122,47 +72,42 @@ def run(args) -> int:
     mids, names = class_table(model, None if getattr(model, "label_dict", None) else args.class_map)
     columns = None
     if args.class_map and getattr(model, "label_dict", None):
-        columns, mids, names = align_to_class_map(mids, args.class_map)
-    num_classes = len(names)
-    clips = clips_from_manifest(args.manifest)
-    labels = read_label_file(args.labels, len(clips), num_classes=num_classes)
-    multilabel = args.labels.endswith(".mlbl") or any(len(ids) > 1 for ids in labels)
-    metric = args.metric if args.metric != "auto" else ("map" if multilabel else "accuracy")
-    if metric == "accuracy" and any(len(ids) > 1 for ids in labels):
+        try:
+            columns, mids, names = class_columns(mids, args.class_map)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    split = read_split(args.manifest, args.labels, num_classes=len(names))
+    metric = {"auto": split.metric, "map": "mAP", "accuracy": "accuracy"}[args.metric]
+    if metric == "accuracy" and any(len(ids) > 1 for ids in split.labels):
         raise CliError(f"{args.labels} has clips with several labels: use --metric map")
 
-    positions, scores, reader = score_clips(model, clips, args, device)
+    reader = BatchReader(clips_from_manifest(args.manifest), args, device, desc="evaluate")
+    positions, scores = classifier_scores(model, reader)
+    reader.report()
+    if not positions:
+        raise CliError("no clip could be read: nothing to evaluate")
     if columns is not None:
         scores = scores[:, columns]
     if args.scores:
         np.save(args.scores, scores)
-    kept = [labels[p] for p in positions]
-
-    if metric == "map":
-        targets = np.zeros((len(kept), num_classes), dtype=bool)
-        for row, ids in enumerate(kept):
-            targets[row, ids] = True
-        values, counts = average_precision_per_class(scores, targets), targets.sum(axis=0)
-        if np.isnan(values).all():
-            raise CliError(f"no class of {args.labels} has a positive clip: mAP is undefined")
-        summary = float(np.nanmean(values))
-        text = f"mAP = {summary:.4f} over {int((counts > 0).sum())} classes with positives"
-    else:
-        truth = np.asarray([ids[0] for ids in kept])
-        values, counts = accuracy_per_class(scores, truth)
-        summary = accuracy(scores, truth)
-        text = f"accuracy = {summary:.4f}"
-    column = "ap" if metric == "map" else "accuracy"
+    kept = split.subset(positions)
+    values, counts = per_class(scores, kept, metric)
+    if metric == "mAP" and np.isnan(values).all():
+        raise CliError(f"no class of {args.labels} has a positive clip: mAP is undefined")
+    summary = score(scores, kept, metric).value
+    text = f"mAP = {summary:.4f} over {int((counts > 0).sum())} classes with positives" if metric == "mAP" \
+        else f"accuracy = {summary:.4f}"
+    column = "ap" if metric == "mAP" else "accuracy"
     with open(args.csv, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["index", "mid", "display_name", column, "num_positives"])
-        for c in range(num_classes):
+        for c in range(len(names)):
             value = "" if np.isnan(values[c]) else f"{values[c]:.6f}"
             writer.writerow([c, mids[c], names[c], value, int(counts[c])])
     skipped = f", {len(reader.skipped)} skipped" if reader.skipped else ""
     if args.plot:
-        plot_per_class(args.plot, names, values, counts, "AP" if metric == "map" else "accuracy",
-                       f"{text}: {'/'.join(Path(args.checkpoint).parts[-3:])}")
+        per_class_chart(args.plot, names, values, counts, "AP" if metric == "mAP" else "accuracy",
+                        f"{text}: {'/'.join(Path(args.checkpoint).parts[-3:])}")
     plotted = f", bar chart in {args.plot}" if args.plot else ""
     print(f"{text} ({len(kept)} clips{skipped}); per-class {column} in {args.csv}{plotted}")
     return 0

@@ -1,11 +1,8 @@
 """beats-precompute-labels: run a frozen trained tokenizer once over manifests and store its labels.
 
-Iter2+ pre-training then reads them with ``task.precomputed_labels=OUT`` instead of running
-the tokenizer in every update (``model.tokenizer_path`` must still name the same tokenizer).
-Clips are read and cropped exactly as the ``beats_pretraining`` task does for that split
-(training splits: ``--crop``; ``valid*``/``test*``/``eval*``/``dev*``: from the start) and every
-clip is labelled alone, without padding. Format and validity rules:
-``beats_fairseq/data/label_store.py`` (and docs/iterations.md).
+The work is :func:`beats_fairseq.precompute.precompute_labels` (format, validity rules and the
+crop of every split are described there and in docs/iterations.md); this module parses the
+arguments.
 
     beats-precompute-labels --tokenizer runs/tok/checkpoint_last.pt --data demo_data \\
         --splits train valid --out runs/iter2/labels --max-sample-size 48000 --crop start
@@ -15,36 +12,10 @@ and tokenizer) is skipped unless ``--force``.
 """
 
 import argparse
-import logging
 import os
 import sys
-import time
-from collections import defaultdict
 
-import numpy as np
-import torch
-from omegaconf import OmegaConf
-from torch.utils.data import DataLoader
-from tqdm import tqdm
-
-from ..data.audio import MIN_SAMPLES_ONE_PATCH
-from ..data.label_store import (
-    LabelStore,
-    LabelStoreMismatch,
-    command_line,
-    crop_identity,
-    label_dtype,
-    manifest_identity,
-    num_patches,
-    tokenizer_identity,
-    write_label_store,
-)
-from ..loading import load_frozen_tokenizer
-from ..tokenizers import NotATokenizerError
-from .common import CliError, resolve_device, run_main
-
-logger = logging.getLogger("beats_fairseq.cli.precompute_labels")
-
+from .common import CliError, run_main
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -66,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="task.max_sample_size: longer clips are cropped to this many samples (default: 160000)")
     crop.add_argument("--crop", choices=["start", "center"], default="start",
                       help="task.crop for training splits (a random crop cannot be precomputed; default: start)")
-    crop.add_argument("--min-sample-size", type=int, default=MIN_SAMPLES_ONE_PATCH,
-                      help=f"task.min_sample_size (default: {MIN_SAMPLES_ONE_PATCH})")
+    crop.add_argument("--min-sample-size", type=int, default=None,
+                      help="task.min_sample_size (default: the task's, one row of 16x16 patches)")
     crop.add_argument("--sample-rate", type=int, default=16000, help="task.sample_rate (default: 16000)")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
@@ -80,102 +51,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def task_for(args):
-    """The pre-training task with the clip settings of ``args`` (so clips are read and cropped as in training)."""
-    from ..tasks.beats_pretraining import BeatsPretrainingConfig, BeatsPretrainingTask
-
-    root = OmegaConf.create({"common": {"seed": 1, "bf16": False, "fp16": False}})
-    root.task = OmegaConf.structured(BeatsPretrainingConfig(
-        data=args.data, sample_rate=args.sample_rate, max_sample_size=args.max_sample_size,
-        min_sample_size=args.min_sample_size, crop=args.crop, bad_audio="skip",
-    ))
-    return BeatsPretrainingTask(root.task)
-
-
-def _items(batch):
-    return batch
-
-
-def label_dataset(tokenizer, dataset, device, batch_size=16, num_workers=0, progress=True, desc="labels"):
-    """Labels of every kept clip of ``dataset`` (each clip alone): (list per manifest entry, unreadable entries)."""
-    dtype = label_dtype(tokenizer.codebook_size)  # kept compact: AS-2M has about 1e9 patches
-    per_entry = [np.zeros(0, dtype=dtype) for _ in range(len(dataset.manifest))]
-    labelled = set()
-    order = np.argsort(dataset.sizes, kind="stable")  # similar lengths together
-    loader = DataLoader(torch.utils.data.Subset(dataset, order.tolist()), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_items)
-    patch = int(tokenizer.cfg.input_patch_size)
-    with tqdm(total=len(dataset), desc=desc, unit="clip", disable=not progress, file=sys.stderr,
-              dynamic_ncols=True) as bar:
-        for items in loader:
-            groups = defaultdict(list)
-            for item in items:
-                if item is None:
-                    continue
-                groups[item["source"].numel()].append(item)
-            for length, group in groups.items():
-                source = torch.stack([g["source"].float() for g in group]).to(device)
-                codes = tokenizer.extract_labels(source).cpu().numpy()
-                expected = num_patches(length, patch)
-                if codes.shape[1] != expected:
-                    raise RuntimeError(f"tokenizer gave {codes.shape[1]} patches for {length} samples, "
-                                       f"expected {expected}")
-                for g, row in zip(group, codes):
-                    entry = int(dataset.kept_indices[g["id"]])
-                    per_entry[entry] = row.astype(dtype)
-                    labelled.add(entry)
-            bar.update(len(items))
-    unreadable = sorted(int(j) for j in dataset.kept_indices if int(j) not in labelled)
-    return per_entry, unreadable
-
-
-def up_to_date(out, split, dataset, identity, min_sample_size) -> bool:
-    try:
-        store = LabelStore(out, split)
-        store.check_dataset(dataset)
-        store.check_tokenizer(identity)
-    except (FileNotFoundError, LabelStoreMismatch, KeyError, ValueError):
-        return False
-    return int(store.meta.get("min_sample_size", -1)) == int(min_sample_size)
-
-
 def run(args) -> int:
+    from ..data.label_store import command_line
+    from ..precompute import ClipSettings, precompute_labels
+    from ..tokenizers import NotATokenizerError
+    from .common import resolve_device
+
     if args.batch_size <= 0:
         raise CliError(f"--batch-size must be > 0, got {args.batch_size}")
     device = resolve_device(args.device)
     if not os.path.isfile(args.tokenizer):
         raise CliError(f"tokenizer checkpoint {args.tokenizer!r} does not exist")
+    clips = ClipSettings(args.max_sample_size, sample_rate=args.sample_rate, crop=args.crop)
+    if args.min_sample_size is not None:
+        clips.min_sample_size = args.min_sample_size
     try:
-        tokenizer = load_frozen_tokenizer(args.tokenizer, device=str(device))
-    except (NotATokenizerError, RuntimeError) as exc:
+        precompute_labels(args.tokenizer, args.data, args.out, args.splits, clips, device, args.batch_size,
+                          args.num_workers, args.force, not args.no_progress, command_line(args.argv))
+    except (NotATokenizerError, RuntimeError) as exc:  # not a tokenizer, or not a checkpoint at all
         raise CliError(str(exc)) from exc
-    identity = tokenizer_identity(tokenizer, args.tokenizer)
-    task = task_for(args)
-    for split in args.splits:
-        dataset = task.build_audio_dataset(split, shuffle=False)
-        if not args.force and up_to_date(args.out, split, dataset, identity, args.min_sample_size):
-            logger.info("%s: labels in %s are up to date (same manifest, crop and tokenizer); skipped", split, args.out)
-            continue
-        start = time.time()
-        per_entry, unreadable = label_dataset(tokenizer, dataset, device, args.batch_size, args.num_workers,
-                                              not args.no_progress, desc=f"{split} labels")
-        if unreadable:
-            logger.warning("%s: %d clips could not be read and have no labels (skipped in training too)",
-                           split, len(unreadable))
-        meta = {
-            "manifest": manifest_identity(task.manifest_path(split)),
-            "crop": crop_identity(dataset),
-            "sample_rate": dataset.sample_rate,
-            "min_sample_size": dataset.min_sample_size,
-            "tokenizer": identity,
-            "unreadable": unreadable,
-            "command": command_line(getattr(args, "argv", None)),
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-        meta = write_label_store(args.out, split, per_entry, meta)
-        logger.info("%s: %d clips, %d patch labels (codebook %d) written to %s in %.1f s", split,
-                    meta["num_labelled"], meta["total_patches"], identity["codebook_size"], args.out,
-                    time.time() - start)
     return 0
 
 

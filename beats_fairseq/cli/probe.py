@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from ..probe import POOLINGS, results_table, run_probe
+from ..probe import POOLINGS
 from .common import CliError, run_main
 
 logger = logging.getLogger("beats_fairseq.probe")
@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-split", default="test", help="held-out split it is scored on (default: test)")
     parser.add_argument("--label-ext", default="lbl", help="label files are {split}.{label-ext} (default: lbl)")
     parser.add_argument("--multilabel", choices=["auto", "yes", "no"], default="auto",
-                        help="auto: multi-label when a clip has != 1 class ids (default: auto)")
+                        help="auto: multi-label for .mlbl label files or when a clip has several class ids "
+                             "(default: auto)")
     parser.add_argument("--no-random-baseline", action="store_true", help="skip the random-init encoder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random-init encoder (default: 0)")
     parser.add_argument("--pooling", choices=POOLINGS, default="mean",
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     def run(args):
+        from ..evaluation import read_splits
+        from ..probe import results_table, run_probe
+
         encoders = {}
         for item in args.encoder:
             name, sep, path = item.partition("=")
@@ -53,11 +57,11 @@ def main(argv=None) -> int:
                 raise CliError(f"--encoder {item!r}: expected NAME=CHECKPOINT")
             encoders[name] = path
         multilabel = {"auto": None, "yes": True, "no": False}[args.multilabel]
-        results = run_probe(encoders, args.data, args.train_split, args.eval_split, args.label_ext, multilabel,
-                            not args.no_random_baseline, args.seed, args.device, args.batch_size, args.num_workers,
-                            args.max_seconds, args.C, args.progress, log=lambda m: logger.info(m),
-                            pooling=args.pooling, layer=args.layer)
-        table = results_table(results, args.eval_split)
+        train, evaluated = read_splits(args.data, [args.train_split, args.eval_split], args.label_ext, multilabel)
+        results = run_probe(encoders, train, evaluated, not args.no_random_baseline, args.seed, args.device,
+                            args.batch_size, args.num_workers, args.max_seconds, args.C, args.progress,
+                            log=lambda m: logger.info(m), pooling=args.pooling, layer=args.layer)
+        table = results_table(results, args.eval_split).markdown()
         print(table)
         if args.out:
             with open(args.out, "w", encoding="utf-8") as f:

@@ -1,0 +1,111 @@
+"""What a pipeline run does: :class:`PipelineConfig` (one field per ``beats-pipeline`` option).
+
+Light on purpose (no torch, numpy or fairseq at import): ``beats-pipeline --help`` reads its help
+texts from here.
+"""
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..probe import POOLINGS
+
+TRAINING_KINDS = ("pretrain", "tokenizer", "finetune")
+# Recipe name per scale and role (the yaml in the role's examples/ folder). "supervised_tokenizer" is
+# the iter3+ tokenizer, distilled from a fine-tuned classifier (paper: peak LR 5e-4, logits).
+RECIPES = {
+    "tiny": {"pretrain": "tiny", "tokenizer": "tiny", "supervised_tokenizer": "tiny", "finetune": "tiny"},
+    "small": {"pretrain": "small", "tokenizer": "small", "supervised_tokenizer": "small", "finetune": "small"},
+    "base": {"pretrain": "pretrain_as2m", "tokenizer": "tokenizer_as2m",
+             "supervised_tokenizer": "tokenizer_as2m_supervised_teacher", "finetune": "as2m"},
+}
+RECIPE_ROLES = ("pretrain", "tokenizer", "supervised_tokenizer", "finetune")
+# Update counts of the tiny scale: the loop finishes in minutes on 2 CPU cores.
+TINY_UPDATES = {"pretrain": 100, "tokenizer": 60, "finetune": 60}
+EVAL_MODES = ("probe", "finetune")
+LABEL_MODES = ("on-the-fly", "precomputed")
+
+
+class PipelineError(RuntimeError):
+    """A pipeline that cannot run as configured (or a stage that failed); the message says what to do."""
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class PipelineConfig:
+    data: str = _help("folder with {split}.tsv manifests (train, valid, the evaluation split) and "
+                      "{split}.{label_ext} labels for the evaluation (and labels.csv)")
+    out: str = _help("run folder (RUN_DIR); reuse it to resume")
+    scale: str = _help("tiny: the tiny recipes with %s updates (CPU, minutes, a smoke test); small: the small.yaml "
+                       "recipes (the whole loop with fine-tuning evaluation, sized for a 30-minute budget on 2 CPU "
+                       "cores for 1,000-3,000 clips of 1-2 s); base: the paper recipes"
+                       % ", ".join(f"{k} {v}" for k, v in TINY_UPDATES.items()), default="tiny")
+    iterations: int = _help("pre-training iterations (2 or 3)", default=2)
+    supervised_teacher: bool = _help("iter3+: fine-tune iter2 on the labelled train split (examples/beats_finetune) "
+                                     "and distil the last tokenizer from it (needs 3 iterations)", default=False)
+    labels: str = _help("iter2+ labels: computed by the frozen tokenizer in every update (on-the-fly), or "
+                        "precomputed once to disk (then task.crop=start)", default="on-the-fly")
+    evaluate: bool = _help("evaluate the encoders (and run the fbank baseline)", default=True)
+    eval: str = _help("how every encoder (and a random init) is evaluated on the evaluation split, beside a "
+                      "raw-fbank baseline: probe (logistic regression on frozen features) or finetune (the "
+                      "fine-tuning recipe of the scale, eval_seeds seeds each, best-validation checkpoint)",
+                      default="probe")
+    eval_split: str = _help("held-out split every evaluation is scored on", default="test")
+    eval_train_split: str = _help("labelled split the probe and the fbank baseline are fit on", default="train")
+    label_ext: str = _help("evaluation labels are {split}.{ext} (lbl: single-label, accuracy; mlbl: multi-label, "
+                           "mAP)", default="lbl")
+    eval_seeds: int = _help("fine-tuning seeds per encoder with eval finetune (common.seed 1..N)", default=3)
+    probe_pooling: str = _help("eval probe: clip feature pooled over patches (mean or mean+std)", default="mean")
+    probe_layer: Optional[int] = _help("eval probe: encoder layer, 0-based (None: the last)", default=None)
+    recipes: Dict[str, str] = _help("recipe name per role (%s) instead of the scale's" % ", ".join(RECIPE_ROLES),
+                                    default_factory=dict)
+    overrides: List[str] = _help("Hydra overrides for the stages: key=value for every stage whose recipe has the "
+                                 "key, pretrain:key=value, tokenizer:key=value, finetune:key=value for one kind of "
+                                 "stage; any override fairseq-hydra-train accepts (+key, ++key, ~key)",
+                                 default_factory=list)
+    jobs: Optional[int] = _help("evaluation fine-tunings run this many at once, each with OMP_NUM_THREADS = CPU cores "
+                                "// jobs unless OMP_NUM_THREADS is set (None: 2 without a GPU on a machine with 2 or "
+                                "more cores, else 1)", default=None)
+    device: str = _help("device of the stages that run in this process (labels, probe, fbank, scoring)",
+                        default="auto")
+    verbose: bool = _help("echo every line of the stages' logs", default=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out).resolve()
+
+    @property
+    def data_dir(self) -> str:
+        return str(Path(self.data).resolve())
+
+    def recipe(self, role: str) -> str:
+        """The recipe name of ``role`` (``RECIPE_ROLES``)."""
+        return self.recipes.get(role) or RECIPES[self.scale][role]
+
+    def check(self) -> None:
+        """Raise :class:`PipelineError` naming the first setting that cannot run."""
+        choices = {"scale": tuple(RECIPES), "iterations": (2, 3), "labels": LABEL_MODES, "eval": EVAL_MODES,
+                   "probe_pooling": POOLINGS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise PipelineError(f"{name} {getattr(self, name)!r}: choose one of {', '.join(map(str, allowed))}")
+        unknown = sorted(set(self.recipes) - set(RECIPE_ROLES))
+        if unknown:
+            raise PipelineError(f"recipes {unknown}: the roles are {', '.join(RECIPE_ROLES)}")
+        if not (Path(self.data) / "train.tsv").is_file():
+            raise PipelineError(f"--data {self.data}: no train.tsv there")
+        if self.supervised_teacher and self.iterations != 3:
+            raise PipelineError("--supervised-teacher distils the tokenizer of iter3 (iter3+) from a fine-tuned iter2: "
+                                "add --iterations 3 (supervised_teacher needs iterations=3)")
+        if self.eval_seeds < 1:
+            raise PipelineError(f"--eval-seeds must be >= 1, got {self.eval_seeds} (eval_seeds)")
+        if self.jobs is not None and self.jobs < 1:
+            raise PipelineError(f"--jobs {self.jobs}: give 1 or more (jobs)")
+
+
+def help_of(name: str) -> str:
+    """The help text of the :class:`PipelineConfig` field ``name``."""
+    return next(f.metadata["help"] for f in fields(PipelineConfig) if f.name == name)

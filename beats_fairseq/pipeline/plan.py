@@ -1,0 +1,140 @@
+"""Which stages a run has, in which order, and what each one reads: :func:`plan`.
+
+    iter1 -> tokenizer_iter1 -> [labels_iter2 ->] iter2 [-> (finetune_iter2 ->) tokenizer_iter2 -> iter3]
+    -> fbank -> probe | eval_<encoder>_seed<s> for random and every iteration
+
+A training stage (``pretrain``, ``tokenizer``, ``finetune``) is a ``fairseq-hydra-train`` run
+of the recipe of its role (``PipelineConfig.recipe``) in ``examples/<config dir>``, with the
+stage's ``settings`` (its paths, the previous stage's checkpoint, the seed) on top; its config
+is composed by :mod:`beats_fairseq.pipeline.compose`. The other stages run in this process
+(:mod:`beats_fairseq.pipeline.steps`).
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .config import TRAINING_KINDS, PipelineConfig
+
+RANDOM = "random"
+FBANK = "fbank"
+
+
+@dataclass(eq=False)
+class Stage:
+    name: str
+    kind: str  # a training kind (TRAINING_KINDS), "labels", "fbank" or "probe"
+    title: str
+    dir: Path
+    config_dir: Optional[str] = None  # training stages: the recipe folder in examples/
+    role: Optional[str] = None  # training stages: which recipe of the scale (RECIPE_ROLES)
+    settings: Dict[str, object] = field(default_factory=dict)  # config keys the pipeline sets
+    depends: List["Stage"] = field(default_factory=list, repr=False)  # stages whose outputs this one reads
+    # labels stages: the pre-training stage they label for; random-init evaluation: the pre-training
+    # stage whose architecture it copies
+    pretrain: Optional["Stage"] = field(default=None, repr=False)
+    encoder: Optional[str] = None  # evaluation fine-tuning: "random", "iter1", ...
+    score_split: Optional[str] = None  # evaluation fine-tuning: split its best checkpoint is scored on
+    config: object = field(default=None, repr=False)  # training stages: the composed config (compose.py)
+    hydra_overrides: List[str] = field(default_factory=list)  # training stages: hydra.* for the command line
+
+    @property
+    def training(self) -> bool:
+        return self.kind in TRAINING_KINDS
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.dir / "checkpoints" / "checkpoint_last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.dir / "checkpoints" / "checkpoint_best.pt"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.dir / "tensorboard"
+
+    @property
+    def output(self) -> Path:
+        """What the stage leaves behind when it has finished."""
+        if self.training:
+            return self.dir / "score.json" if self.score_split else self.checkpoint
+        if self.kind == "labels":
+            return self.dir / "labels"
+        return self.dir / f"{self.kind}.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / ("train.log" if self.training else f"{self.kind}.log")
+
+
+def plan(config: PipelineConfig) -> List[Stage]:
+    """The ordered stages of ``config`` (configs not yet composed)."""
+    config.check()
+    stages = training_stages(config)
+    if config.evaluate:
+        stages += evaluation_stages(config, [s for s in stages if s.kind == "pretrain"])
+    return stages
+
+
+def training_stages(config: PipelineConfig) -> List[Stage]:
+    """The pre-training iterations with their tokenizers (and labels, and the supervised teacher)."""
+    run_dir, data = config.run_dir, config.data_dir
+    stages: List[Stage] = []
+
+    def pretrain(it: int, tokenizer: Optional[Stage]) -> Stage:
+        st = Stage(f"iter{it}", "pretrain", f"iter{it} pre-training", run_dir / f"iter{it}",
+                   config_dir=f"beats_iter{it}", role="pretrain", settings={"task.data": data})
+        if tokenizer is not None:
+            st.depends.append(tokenizer)
+            st.settings["model.tokenizer_path"] = str(tokenizer.checkpoint)
+            if config.labels == "precomputed":
+                name = f"labels_iter{it}"
+                labels = Stage(name, "labels", f"precompute iter{it} labels", run_dir / name, depends=[tokenizer],
+                               pretrain=st)
+                stages.append(labels)
+                st.depends.append(labels)
+                st.settings.update({"task.precomputed_labels": str(labels.output), "task.crop": "start"})
+        stages.append(st)
+        return st
+
+    def tokenizer(it: int, teacher: Stage) -> Stage:
+        name = f"tokenizer_iter{it}"
+        role = "supervised_tokenizer" if teacher.kind == "finetune" else "tokenizer"
+        st = Stage(name, "tokenizer", f"tokenizer distilled from {teacher.name}", run_dir / name,
+                   config_dir="beats_tokenizer", role=role, depends=[teacher],
+                   settings={"task.data": data, "model.teacher_path": str(teacher.checkpoint)})
+        stages.append(st)
+        return st
+
+    encoder = pretrain(1, None)
+    for it in range(2, config.iterations + 1):
+        teacher = encoder
+        if config.supervised_teacher and it == config.iterations:
+            name = f"finetune_iter{it - 1}"
+            teacher = Stage(name, "finetune", f"fine-tune iter{it - 1} (supervised teacher)", run_dir / name,
+                            config_dir="beats_finetune", role="finetune", depends=[encoder],
+                            settings={"task.data": data, "model.pretrained_path": str(encoder.checkpoint)})
+            stages.append(teacher)
+        encoder = pretrain(it, tokenizer(it - 1, teacher))
+    return stages
+
+
+def evaluation_stages(config: PipelineConfig, encoders: List[Stage]) -> List[Stage]:
+    """The raw-fbank baseline, then the linear probe or the fine-tuning runs of every encoder."""
+    run_dir, split = config.run_dir, config.eval_split
+    fbank = Stage(FBANK, "fbank", f"raw-fbank baseline on {split}", run_dir / FBANK)
+    if config.eval == "probe":
+        return [fbank, Stage("probe", "probe", f"linear probe on {split}", run_dir / "probe", depends=list(encoders))]
+    out = [fbank]
+    for name, source in [(RANDOM, None)] + [(e.name, e) for e in encoders]:
+        for seed in range(1, config.eval_seeds + 1):
+            stage = f"eval_{name}_seed{seed}"
+            init = "random init" if source is None else name
+            out.append(Stage(
+                stage, "finetune", f"fine-tune {init}, seed {seed}, score on {split}", run_dir / stage,
+                config_dir="beats_finetune", role="finetune", encoder=name, score_split=split,
+                pretrain=source or encoders[0], depends=[] if source is None else [source],
+                settings={"task.data": config.data_dir, "common.seed": seed,
+                          "model.pretrained_path": None if source is None else str(source.checkpoint)}))
+    return out

@@ -1,0 +1,80 @@
+"""The end of a run: ``summary.md``, ``summary.json``, ``report.png`` and ``report.html`` in ``RUN_DIR``.
+
+The evaluation comes first everywhere: a headline that says which encoder is best and by how
+much, the table of every encoder (mean ± std over the runs, difference to the raw-fbank
+baseline), then the curves (:mod:`beats_fairseq.pipeline.figure`) and the stages. The HTML
+page is built from the same tables as the Markdown (:class:`beats_fairseq.tables.Table`).
+"""
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Callable, List
+
+from .config import PipelineConfig
+from .plan import Stage
+from .state import State
+from .summary import evaluation_table, headline, stage_table, summarise
+
+
+def _tables(summary: dict, config: PipelineConfig):
+    """(title, table) of the summary, the evaluation first."""
+    from ..probe import ProbeResult, results_table
+
+    out = []
+    if summary.get("evaluation"):
+        block = summary["evaluation"]
+        out.append((f"Evaluation ({block['how']})", evaluation_table(block)))
+    out.append(("Stages", stage_table(summary["stages"])))
+    if summary["probe"]:
+        out.append(("Linear probe", results_table([ProbeResult(**r) for r in summary["probe"]], config.eval_split)))
+    return out
+
+
+def markdown(summary: dict, config: PipelineConfig, title: str) -> str:
+    text = [f"# {title}", ""]
+    if summary.get("evaluation"):
+        text += [headline(summary["evaluation"]), ""]
+    for name, table in _tables(summary, config):
+        text += [f"{name}:", "", table.markdown(), ""]
+    text += [f"Command: `{summary['command']}`"]
+    return "\n".join(text) + "\n"
+
+
+def page(summary: dict, config: PipelineConfig, title: str, png: Path) -> str:
+    """``report.html``: the headline, the evaluation table, the picture, the other tables."""
+    image = base64.b64encode(png.read_bytes()).decode("ascii")
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    if summary.get("evaluation"):
+        parts.append(f"<p class=\"headline\">{html.escape(headline(summary['evaluation']))}</p>")
+    tables = _tables(summary, config)
+    for k, (name, table) in enumerate(tables):
+        if k == (1 if summary.get("evaluation") else 0):
+            parts.append(f"<img alt=\"curves of every stage\" src=\"data:image/png;base64,{image}\">")
+        parts += [f"<h2>{html.escape(name)}</h2>", table.html()]
+    parts.append(f"<p>Command: <code>{html.escape(summary['command'])}</code></p>")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:.5em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:90%}th{background:#eee}img{max-width:100%}"
+             ".headline{font-size:120%;font-weight:bold}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title><style>{style}"
+            "</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def write_summary(config: PipelineConfig, stages: List[Stage], state: State, command: str,
+                  say: Callable[[str], None] = print) -> dict:
+    """Write the summary files and the report into ``RUN_DIR``; print the Markdown summary."""
+    from .figure import draw_report
+
+    run_dir = config.run_dir
+    summary = summarise(config, stages, state, command)
+    title = f"BEATs pipeline: {run_dir.name}"
+    md = markdown(summary, config, title)
+    (run_dir / "summary.md").write_text(md, encoding="utf-8")
+    with open(run_dir / "summary.json", "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    png = run_dir / "report.png"
+    draw_report(png, stages, summary, title)
+    (run_dir / "report.html").write_text(page(summary, config, title, png), encoding="utf-8")
+    say("\n" + md + f"\nReport: {run_dir / 'report.html'} (picture: {png})")
+    return summary

@@ -1,0 +1,194 @@
+"""What each kind of stage does. Each step returns what goes into the stage's ``state.json`` entry.
+
+* training stages (:func:`train`): ``fairseq-hydra-train`` on the stage's composed config
+  (``RUN_DIR/<stage>/stage.yaml``), output in ``train.log``, metrics from its TensorBoard events;
+  an evaluation fine-tuning then scores its best-validation checkpoint (``score.json``);
+* ``labels``: :func:`beats_fairseq.precompute.precompute_labels` with the clip settings of the
+  pre-training stage it labels for;
+* ``fbank``: :func:`beats_fairseq.probe.fbank_baseline`;
+* ``probe``: :func:`beats_fairseq.probe.run_probe` of every encoder beside a random one.
+
+The in-process steps run in this process on ``Context.device``; the evaluation splits are read
+once per run (:meth:`Context.splits`), so every evaluation uses the same classes and metric.
+"""
+
+import json
+import logging
+import os
+import shlex
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+from omegaconf import OmegaConf
+
+from .compose import Composer
+from .config import PipelineConfig, PipelineError
+from .events import last_metrics, read_curves
+from .launch import Children, fairseq_train_command, progress_text, run_logged
+from .plan import Stage
+
+
+@dataclass
+class Context:
+    config: PipelineConfig
+    composer: Composer
+    device: str
+    say: Callable[[str], None] = print
+    children: Children = field(default_factory=Children)
+    _splits: Optional[list] = None
+
+    def splits(self):
+        """(train split, evaluation split) of the evaluation: :func:`beats_fairseq.evaluation.read_splits`."""
+        if self._splits is None:
+            from ..evaluation import read_splits
+
+            c = self.config
+            self._splits = read_splits(c.data_dir, [c.eval_train_split, c.eval_split], c.label_ext)
+        return self._splits
+
+    def echo(self, stage: Stage) -> Callable[[str], None]:
+        """What the console shows of a child's line: progress lines (every line with ``verbose``)."""
+        def echo(line: str) -> None:
+            if self.config.verbose:
+                self.say(f"    {line}")
+                return
+            shown = progress_text(line)
+            if shown:
+                self.say(f"    {stage.name} {shown}")
+            elif "Traceback" in line or "Error" in line:
+                self.say(f"    {line}")
+        return echo
+
+
+def _write_json(path, value) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2)
+
+
+# ---------------------------------------------------------------------------- training
+def train(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
+    cfg = ctx.composer.compose(stage)
+    OmegaConf.save(cfg, stage.dir / "stage.yaml")
+    entry = {"config": OmegaConf.to_yaml(cfg), "recipe": str(ctx.composer.recipe_path(stage))}
+    code = run_logged(fairseq_train_command(stage.dir, stage.hydra_overrides), stage.log_path, ctx.echo(stage),
+                      threads, ctx.children)
+    if code != 0:
+        raise PipelineError(f"stage {stage.name} failed (exit status {code}); see {stage.log_path}")
+    if not stage.checkpoint.is_file():
+        raise PipelineError(f"stage {stage.name} ended without {stage.checkpoint}; see {stage.log_path}")
+    entry["metrics"] = last_metrics(read_curves(stage.tensorboard))
+    if stage.score_split:
+        entry["metrics"]["score"] = score(stage, ctx)
+    return entry
+
+
+def score(stage: Stage, ctx: Context) -> dict:
+    """Score the run's best-validation checkpoint on the held-out split (``score.json``)."""
+    from ..evaluation import score_classifier
+
+    if not stage.best_checkpoint.is_file():
+        raise PipelineError(f"stage {stage.name} ended without {stage.best_checkpoint} (no validation ran); "
+                            f"see {stage.log_path}")
+    split = ctx.splits()[1]
+    metric, value = score_classifier(str(stage.best_checkpoint), split, ctx.device)
+    result = {"encoder": stage.encoder, "seed": int(stage.config.common.seed), "metric": metric, "value": value,
+              "split": split.name, "checkpoint": os.path.relpath(stage.best_checkpoint, ctx.config.run_dir)}
+    _write_json(stage.output, result)
+    ctx.say(f"    {stage.name}: {metric} {value:.4f} on {split.name} (best-validation checkpoint)")
+    return result
+
+
+# ---------------------------------------------------------------------------- in this process
+class _StageLog(logging.Handler):
+    """The library's log lines of an in-process stage, into its log file (and the console with ``verbose``)."""
+
+    def __init__(self, stream, echo: Optional[Callable[[str], None]]):
+        super().__init__(logging.INFO)
+        self.stream, self.echo = stream, echo
+
+    def emit(self, record) -> None:
+        line = self.format(record)
+        self.stream.write(line + "\n")
+        self.stream.flush()
+        if self.echo:
+            self.echo(line)
+
+
+def labels(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
+    from ..precompute import ClipSettings, precompute_labels, logger
+
+    tokenizer, pretrain = stage.depends[0], ctx.composer.compose(stage.pretrain)
+    task, dataset = pretrain.task, pretrain.dataset
+    splits = [dataset.get("train_subset", "train") or "train"]
+    splits += [s for s in str(dataset.get("valid_subset", "valid")).split(",") if s and s not in splits]
+    clips = ClipSettings(int(task.max_sample_size), int(task.min_sample_size), int(task.sample_rate), str(task.crop))
+    workers = int(dataset.get("num_workers", 0) or 0)
+    # the command that rewrites these labels, for the sidecar's hint
+    argv = ["--tokenizer", str(tokenizer.checkpoint), "--data", str(task.data), "--out", str(stage.output),
+            "--splits", *splits, "--max-sample-size", str(clips.max_sample_size), "--min-sample-size",
+            str(clips.min_sample_size), "--sample-rate", str(clips.sample_rate), "--crop", clips.crop,
+            "--num-workers", str(workers)]
+    command = "beats-precompute-labels " + shlex.join(argv)
+    stage.dir.mkdir(parents=True, exist_ok=True)
+    with open(stage.log_path, "a", encoding="utf-8") as log:
+        handler = _StageLog(log, ctx.echo(stage) if ctx.config.verbose else None)
+        logger.addHandler(handler)
+        try:
+            precompute_labels(str(tokenizer.checkpoint), str(task.data), str(stage.output), splits, clips,
+                              ctx.device, num_workers=workers, command=command)
+        finally:
+            logger.removeHandler(handler)
+    return {"metrics": {}}
+
+
+def fbank(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
+    from ..probe import FBANK_DESCRIPTION, fbank_baseline
+
+    train_split, eval_split = ctx.splits()
+    metric, value = fbank_baseline(train_split, eval_split)
+    result = {"metric": metric, "value": value, "split": eval_split.name, "train_split": train_split.name,
+              "how": FBANK_DESCRIPTION}
+    _write_json(stage.output, result)
+    ctx.say(f"    fbank baseline: {metric} {value:.4f} on {eval_split.name}")
+    return {"metrics": {"fbank": result}}
+
+
+def probe_key(stage: Stage, config: PipelineConfig) -> dict:
+    """What a finished probe stage covered: rerun it when this changes (e.g. a new iteration)."""
+    return {"encoders": [d.name for d in stage.depends], "train_split": config.eval_train_split,
+            "eval_split": config.eval_split, "label_ext": config.label_ext, "pooling": config.probe_pooling,
+            "layer": config.probe_layer}
+
+
+def probe(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
+    from ..probe import results_table, run_probe
+
+    config = ctx.config
+    encoders = {s.name: str(s.checkpoint) for s in stage.depends}
+    train_split, eval_split = ctx.splits()
+    stage.dir.mkdir(parents=True, exist_ok=True)
+    with open(stage.log_path, "a", encoding="utf-8") as log:
+        def say(message):
+            log.write(message + "\n")
+            log.flush()
+            ctx.say(f"    {message}")
+
+        results = run_probe(encoders, train_split, eval_split, True, seed=0, device=ctx.device, log=say,
+                            pooling=config.probe_pooling, layer=config.probe_layer)
+    run_dir = str(config.run_dir) + os.sep
+    for r in results:  # shown relative to the run folder
+        if r.checkpoint.startswith(run_dir):
+            r.checkpoint = r.checkpoint[len(run_dir):]
+    rows = [r.as_dict() for r in results]
+    _write_json(stage.output, rows)
+    (stage.dir / "probe.md").write_text(results_table(results, eval_split.name) + "\n", encoding="utf-8")
+    return {"metrics": {"probe": rows}, "probed": probe_key(stage, config)}
+
+
+STEPS: Dict[str, Callable[..., dict]] = {"pretrain": train, "tokenizer": train, "finetune": train, "labels": labels,
+                                         "fbank": fbank, "probe": probe}
+
+
+def run_step(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
+    stage.dir.mkdir(parents=True, exist_ok=True)
+    return STEPS[stage.kind](stage, ctx, threads)

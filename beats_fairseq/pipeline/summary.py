@@ -1,0 +1,147 @@
+"""What a run gives: ``summary.json``'s content (:func:`summarise`), its tables and its headline.
+
+Everything comes from ``state.json``: each stage's last metrics (from its TensorBoard events),
+the probe's rows, the fine-tunings' scores and the fbank baseline.
+
+``summary.json``: ``{"command", "stages": [row per stage], "probe": [probe rows], "evaluation":
+{"metric", "split", "how", "rows": {name: {"mean", "std", "runs"}}}}`` (``evaluation`` only when
+something was evaluated).
+"""
+
+import statistics
+from typing import Dict, List, Optional
+
+from ..tables import Table
+from .config import PipelineConfig
+from .plan import FBANK, RANDOM, Stage
+from .state import State
+
+SCORES = {"pretrain": ("accuracy", "masked acc."), "tokenizer": ("cosine", "cosine")}
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
+    return str(value)
+
+
+# ---------------------------------------------------------------------------- stages
+def stage_row(stage: Stage, entry: dict) -> dict:
+    metrics = entry.get("metrics") or {}
+    train, valid, inner = metrics.get("train", {}), metrics.get("valid", {}), metrics.get("train_inner", {})
+    updates = valid.get("num_updates", train.get("num_updates", inner.get("num_updates")))
+    row = {"stage": stage.name, "what": stage.title, "status": entry.get("status", "pending"),
+           "seconds": round(float(entry.get("seconds", 0.0)), 1),
+           "updates": None if updates is None else int(updates),
+           "train_loss": train.get("loss", inner.get("loss")), "valid_loss": valid.get("loss")}
+    if stage.kind in SCORES:
+        key, row["score_name"] = SCORES[stage.kind]
+        row["score"] = valid.get(key, train.get(key, inner.get(key)))
+        first, second = (valid, train) if stage.kind == "pretrain" else (train, inner)
+        row["code_usage"] = first.get("code_usage", second.get("code_usage"))
+        row["code_perplexity"] = valid.get("code_perplexity", train.get("code_perplexity",
+                                                                         inner.get("code_perplexity")))
+    elif stage.kind == "finetune":
+        row["score_name"] = "mAP" if "mAP" in valid else "accuracy"
+        row["score"] = valid.get(row["score_name"])
+    return row
+
+
+def stage_table(rows: List[dict]) -> Table:
+    table = Table(["stage", "what", "updates", "train loss", "valid loss", "masked acc. / cosine / acc.",
+                   "codebook usage (perplexity)", "time", "status"])
+    for r in rows:
+        score = "-" if r.get("score") is None else f"{_fmt(r['score'])} ({r['score_name']})"
+        usage = "-" if r.get("code_usage") is None else \
+            f"{_fmt(r['code_usage'], 3)} ({_fmt(r.get('code_perplexity'), 1)})"
+        table.add(r["stage"], r["what"], "-" if r.get("updates") is None else r["updates"], _fmt(r.get("train_loss")),
+                  _fmt(r.get("valid_loss")), score, usage, format_seconds(r["seconds"]), r["status"])
+    return table
+
+
+# ---------------------------------------------------------------------------- evaluation
+def evaluation_row(runs: List[float]) -> Dict[str, object]:
+    runs = [float(v) for v in runs]
+    std = statistics.stdev(runs) if len(runs) > 1 else 0.0
+    return {"mean": float(statistics.fmean(runs)), "std": float(std), "runs": runs}
+
+
+def evaluation_block(metric: str, split: str, runs: Dict[str, List[float]], how: Optional[str] = None) -> dict:
+    """The ``evaluation`` block of ``summary.json``; ``runs``: ``{row name: [value per run]}``, in order."""
+    block = {"metric": metric, "split": split, "rows": {k: evaluation_row(v) for k, v in runs.items() if v}}
+    if how:
+        block["how"] = how
+    return block
+
+
+def evaluation_table(block: dict) -> Table:
+    rows = block["rows"]
+    base = rows.get(FBANK, {}).get("mean")
+    table = Table(["encoder", f"{block['metric']} on {block['split']} (mean ± std)", "vs fbank", "runs"])
+    for name, row in rows.items():
+        delta = "" if base is None or name == FBANK else f"{row['mean'] - base:+.3f}"
+        table.add(name, f"{row['mean']:.3f} ± {row['std']:.3f}", delta, ", ".join(f"{v:.3f}" for v in row["runs"]))
+    return table
+
+
+def headline(block: dict) -> str:
+    """Which row is best and by how much: ``"Best: iter1, accuracy 0.357 ± 0.012 on test (3 runs); +0.040
+    over iter2, +0.052 over fbank, +0.130 over random. ..."``."""
+    rows = block["rows"]
+    ranked = sorted(rows, key=lambda n: rows[n]["mean"], reverse=True)
+    best = ranked[0]
+    top, n = rows[best], len(rows[best]["runs"])
+    text = f"Best: {best}, {block['metric']} {top['mean']:.3f}" + (f" ± {top['std']:.3f}" if n > 1 else "") \
+        + f" on {block['split']}" + (f" ({n} runs)" if n > 1 else "")
+    others = [ranked[1]] if len(ranked) > 1 else []
+    others += [name for name in (FBANK, RANDOM) if name in rows and name not in others and name != best]
+    if others:
+        text += "; " + ", ".join(f"{top['mean'] - rows[name]['mean']:+.3f} over {name}" for name in others)
+    if len(ranked) > 1 and n > 1 and top["mean"] - rows[ranked[1]]["mean"] < max(top["std"], rows[ranked[1]]["std"]):
+        text += f". The gap to {ranked[1]} is within the spread over runs"
+    return text + "."
+
+
+def evaluation(config: PipelineConfig, stages: List[Stage], state: State, probe: List[dict]) -> dict:
+    """The ``evaluation`` block: random, fbank and every iteration, one value per run."""
+    runs, metric = {}, None
+    if config.eval == "probe":
+        for r in probe:
+            runs[r["encoder"]], metric = [r["value"]], r["metric"]
+        layer = "last layer" if config.probe_layer is None else f"layer {config.probe_layer}"
+        how = f"linear probe, {config.probe_pooling} pooling, {layer}"
+    else:
+        for stage in stages:
+            score = state.stage(stage.name).get("metrics", {}).get("score") if stage.score_split else None
+            if score:
+                runs.setdefault(stage.encoder, []).append(score["value"])
+                metric = score["metric"]
+        how = f"fine-tuned ({config.eval_seeds} seeds), best-validation checkpoint"
+    fbank = state.stage(FBANK).get("metrics", {}).get("fbank")
+    if fbank:
+        runs = {**{k: v for k, v in runs.items() if k == RANDOM}, FBANK: [fbank["value"]],
+                **{k: v for k, v in runs.items() if k != RANDOM}}
+        metric = metric or fbank["metric"]
+    return evaluation_block(metric, config.eval_split, runs, how) if runs else {}
+
+
+# ---------------------------------------------------------------------------- summary.json
+def summarise(config: PipelineConfig, stages: List[Stage], state: State, command: str) -> dict:
+    """The content of ``summary.json``."""
+    rows = [stage_row(stage, state.stage(stage.name)) for stage in stages]
+    probe = state.stage("probe").get("metrics", {}).get("probe", []) \
+        if config.evaluate and config.eval == "probe" else []
+    summary = {"command": command, "stages": rows, "probe": probe}
+    block = evaluation(config, stages, state, probe) if config.evaluate else {}
+    if block:
+        summary["evaluation"] = block
+    return summary
