@@ -68,7 +68,7 @@ def main() -> int:
     data = Path(args.data).resolve()
     if not (data / "train.tsv").is_file():
         sys.exit(f"pipeline_jobs: --data {args.data}: no train.tsv there")
-    from beats_fairseq.cli.pipeline import cpu_cores
+    from beats_fairseq.pipeline.runner import cpu_cores
 
     cores = cpu_cores()  # what beats-pipeline --jobs divides
     work = Path(tempfile.mkdtemp(prefix="pipeline_jobs_"))

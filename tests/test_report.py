@@ -2,15 +2,20 @@
 
 import base64
 import json
-from pathlib import Path
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from beats_fairseq.cli import config_dir
-from beats_fairseq.cli.pipeline_plot import evaluation_bars, markdown_to_html, stage_curves, write_report
-from beats_fairseq.cli.pipeline_stages import Stage
+from beats_fairseq.pipeline import PipelineConfig, plan
+from beats_fairseq.pipeline.events import last_metrics, read_curves
+from beats_fairseq.pipeline.figure import evaluation_bars, panel_runs
+from beats_fairseq.pipeline.report import write_summary
+from beats_fairseq.pipeline.state import State
 from beats_fairseq.recipes import recipe_dir, recipe_names
+from beats_fairseq.tables import Table
 from conftest import REPO, assert_picture
+from test_pipeline import write_events
 
 SHIPPED = (".yaml", ".py", ".sh")  # setup.py's package_data patterns for examples/*/
 
@@ -35,74 +40,92 @@ def test_every_recipe_documents_the_tensorboard_key():
         assert "tensorboard --logdir" in path.read_text(), path
 
 
-def json_line(kind, metrics):
-    prefix = "" if kind == "train_inner" else f"{kind}_"
-    body = json.dumps({f"{prefix}{k}": str(v) for k, v in metrics.items()})
-    return f"[2026-01-01 00:00:00,000][{kind}][INFO] - {body}\n"
+METRICS = {"pretrain": "accuracy", "tokenizer": "cosine", "finetune": "accuracy"}
 
 
-def write_log(path: Path, score: str, updates=(10, 20, 30, 40), code=True):
-    path.parent.mkdir(parents=True, exist_ok=True)
+def fake_run(run, demo_data, **options):
+    """The stages of a finished run with TensorBoard curves and state.json entries like a real one's (no training)."""
+    config = PipelineConfig(data=str(demo_data), out=str(run), **options)
+    stages = plan(config)
+    state = State(run / "state.json")
+    rng = np.random.RandomState(0)
+    for k, stage in enumerate(stages):
+        entry = {"status": "done", "seconds": 10.0 + k}
+        if stage.training:
+            score, end = METRICS[stage.kind], 60 if stage.kind == "finetune" else 100
+            gain = 0.3 + 0.1 * k / len(stages) + 0.05 * rng.rand()
+            inner = [(n, {"loss": 5 - 3 * gain * n / end, score: gain * n / end, "code_usage": 0.6 + 0.3 * n / end})
+                     for n in range(10, end + 1, 10)]
+            valid = [(n, {"loss": 5.2 - 3 * gain * n / end, score: 0.9 * gain * n / end}) for n in (end // 2, end)]
+            write_events(stage.tensorboard, "train_inner", inner if stage.kind != "finetune" else
+                         [(n, {"loss": m["loss"]}) for n, m in inner])
+            write_events(stage.tensorboard, "valid", valid)
+            entry["metrics"] = last_metrics(read_curves(stage.tensorboard))
+            if stage.score_split:
+                entry["metrics"]["score"] = {"encoder": stage.encoder, "metric": "accuracy", "value": gain}
+        elif stage.kind == "fbank":
+            entry["metrics"] = {"fbank": {"metric": "accuracy", "value": 0.33}}
+        elif stage.kind == "probe":
+            entry["metrics"] = {"probe": [
+                {"encoder": name, "checkpoint": f"{name}.pt", "metric": "accuracy", "value": value, "train_clips": 120,
+                 "eval_clips": 36, "dim": 128, "seconds": 1.0}
+                for name, value in (("random", 0.3), ("iter1", 0.5), ("iter2", 0.45))]}
+            entry["probed"] = {}
+        state.data["stages"][stage.name] = entry
+    return config, stages, state
+
+
+def test_report_of_a_three_iteration_finetune_run_is_short_and_answers_first(tmp_path, demo_data):
+    run = tmp_path / "run"
+    config, stages, state = fake_run(run, demo_data, iterations=3, supervised_teacher=True, eval="finetune")
     lines = []
-    for n in updates:
-        metrics = {"loss": 5.0 - n / 20, score: n / 50, "num_updates": n}
-        if code:
-            metrics.update(code_usage=0.5 + n / 100, code_perplexity=10 + n)
-        lines.append(json_line("train_inner", metrics))
-        if n % 20 == 0:
-            lines.append(json_line("valid", {"loss": 5.2 - n / 20, score: n / 60, "num_updates": n}))
-    path.write_text("".join(lines))
+    summary = write_summary(config, stages, state, "beats-pipeline ...", say=lines.append)
+    assert set(summary) == {"command", "stages", "probe", "evaluation"}
+    assert list(summary["evaluation"]["rows"]) == ["random", "fbank", "iter1", "iter2", "iter3"]
+    assert all(len(r["runs"]) == 3 for name, r in summary["evaluation"]["rows"].items() if name != "fbank")
+    assert_picture(run / "report.png", min_width=1200, min_height=900)
+    from PIL import Image
+
+    width, height = Image.open(run / "report.png").size
+    assert height <= 2000, height  # at most about two screens
+    # one panel per kind of training: iterations together, tokenizers together, fine-tunings grouped by encoder
+    panels = panel_runs(stages)
+    assert list(panels) == ["pretrain", "tokenizer", "finetune"]
+    assert [r.label for r in panels["pretrain"]] == ["iter1", "iter2", "iter3"]
+    assert [r.label for r in panels["tokenizer"]] == ["tokenizer_iter1 (from iter1)", "tokenizer_iter2 (from finetune_iter2)"]
+    assert [r.label for r in panels["finetune"]] == ["finetune_iter2 (teacher)", "random", "iter1", "iter2", "iter3"]
+    assert [len(r.curves) for r in panels["finetune"]] == [1, 3, 3, 3, 3]
+    assert panels["tokenizer"][1].colour == panels["pretrain"][1].colour  # distilled from (a fine-tuned) iter2
+    page = (run / "report.html").read_text()
+    assert page.index("Best: iter3") < page.index("<th>accuracy on test (mean ± std)</th>") < page.index("<img") \
+        < page.index("<td>tokenizer_iter1</td>")
+    embedded = page.split("data:image/png;base64,")[1].split('"')[0]
+    assert base64.b64decode(embedded) == (run / "report.png").read_bytes()
+    md = (run / "summary.md").read_text()
+    assert md.index("Best: iter3") < md.index("| iter3 |") < md.index("| stage |") and "\n".join(lines).endswith(")")
 
 
-def test_curves_of_a_resumed_log_keep_one_value_per_update(tmp_path):
-    log = tmp_path / "train.log"
-    write_log(log, "accuracy", updates=(10, 20, 30))
-    with open(log, "a") as f:  # resumed from the checkpoint of update 20
-        f.write(json_line("train_inner", {"loss": 1.0, "accuracy": 0.9, "num_updates": 30}))
-    curves = stage_curves(log)
-    assert curves["train"]["loss"] == ([10.0, 20.0, 30.0], [4.5, 4.0, 1.0])
-    assert curves["valid"]["accuracy"][0] == [20.0]
+def test_report_without_evaluation_or_fine_tuning_has_no_empty_panel(tmp_path, demo_data):
+    run = tmp_path / "run"
+    config, stages, state = fake_run(run, demo_data, evaluate=False)
+    (run / "tokenizer_iter1" / "tensorboard").rename(run / "gone")  # e.g. a run that failed before logging
+    summary = write_summary(config, stages, state, "cmd", say=lambda text: None)
+    assert "evaluation" not in summary and evaluation_bars(summary) is None
+    assert list(panel_runs(stages)) == ["pretrain"]
+    assert_picture(run / "report.png", min_width=1200, min_height=250)
+    assert "Best:" not in (run / "report.html").read_text()
 
 
-def test_evaluation_bars_read_the_evaluation_block_else_the_probe():
-    probe = [{"encoder": "random", "metric": "accuracy", "value": 0.3}, {"encoder": "iter1", "metric": "accuracy",
-                                                                           "value": 0.5}]
-    assert evaluation_bars({"probe": probe}) == ("linear probe accuracy", ["random", "iter1"], [0.3, 0.5], None)
-    block = {"random": {"mean": 0.3, "std": 0.02, "runs": [0.28, 0.32]}, "fbank": {"mean": 0.4, "std": 0.0, "runs": 1},
-             "iter1": {"mean": 0.5, "std": 0.01, "runs": 3}}
-    metric, names, values, stds = evaluation_bars({"probe": probe, "evaluation": block})
-    assert metric == "linear probe accuracy, mean ± std over runs"
-    assert names == ["random (n=2)", "fbank", "iter1 (n=3)"] and values == [0.3, 0.4, 0.5] and stds[0] == 0.02
+def test_evaluation_bars_read_the_evaluation_block():
+    block = {"metric": "accuracy", "split": "test", "rows": {
+        "random": {"mean": 0.3, "std": 0.02, "runs": [0.28, 0.32]}, "fbank": {"mean": 0.4, "std": 0.0, "runs": [0.4]}}}
+    assert evaluation_bars({"evaluation": block}) == ("accuracy on test, mean ± std over runs", ["random", "fbank"],
+                                                      [0.3, 0.4], [0.02, 0.0])
     assert evaluation_bars({"probe": []}) is None
 
 
-def test_report_png_and_html_show_every_stage_and_the_evaluation(tmp_path):
-    run = tmp_path / "run"
-    stages = [Stage("iter1", "pretrain", "iter1 pre-training", run),
-              Stage("tokenizer_iter1", "tokenizer", "tokenizer distilled from iter1", run),
-              Stage("iter2", "pretrain", "iter2 pre-training", run), Stage("probe", "probe", "linear probe", run)]
-    write_log(stages[0].log_path, "accuracy")
-    write_log(stages[1].log_path, "cosine")
-    # iter2 has no log yet (e.g. it failed): its row says so instead of failing the report
-    summary = {"probe": [{"encoder": "random", "metric": "accuracy", "value": 0.31},
-                         {"encoder": "iter1", "metric": "accuracy", "value": 0.52}]}
-    md = "# BEATs pipeline: run\n\n| stage | what |\n|---|---|\n| iter1 | `iter1` pre-training |\n"
-    png, page = write_report(run, stages, summary, md)
-    assert_picture(png, min_width=1000, min_height=900)
-    text = page.read_text()
-    assert "<td>iter1</td><td><code>iter1</code> pre-training</td>" in text and "<h1>BEATs pipeline: run</h1>" in text
-    embedded = text.split("data:image/png;base64,")[1].split('"')[0]
-    assert base64.b64decode(embedded) == png.read_bytes()
-
-
-def test_markdown_tables_become_html_tables():
-    out = markdown_to_html("intro <b>\n| a | b |\n|---|---|\n| 1 | 2 |\n\n| c |\n|---|\n| 3 |")
-    assert out.count("<table>") == 2 and "<th>a</th><th>b</th>" in out and "<td>1</td><td>2</td>" in out
-    assert "<p>intro &lt;b&gt;</p>" in out
-
-
-def test_finetune_row_draws_its_accuracy(tmp_path):
-    stage = Stage("finetune_iter2", "finetune", "fine-tune iter2", tmp_path)
-    write_log(stage.log_path, "accuracy", code=False)
-    png, _ = write_report(tmp_path, [stage], {}, "# run\n")
-    assert_picture(png, min_width=1000, min_height=250)
+def test_tables_are_markdown_and_html_from_one_table():
+    table = Table(["name", "value"])
+    table.add("a|b", "<1>")
+    assert table.markdown() == "| name | value |\n|---|---|\n| a\\|b | <1> |"
+    assert table.html() == "<table><tr><th>name</th><th>value</th></tr><tr><td>a|b</td><td>&lt;1&gt;</td></tr></table>"

@@ -13,8 +13,10 @@ with these overrides, in this order:
    the stage's ``fairseq-hydra-train`` command line.
 
 Then the stage's own settings are set (its paths, the checkpoint it reads, its seed, the
-architecture of a random init, where it logs): an override of one of those keys is an error,
-since the pipeline would not work with it.
+architecture of a random init, where it logs). A plain override of one of those keys leaves the
+pipeline's value for that stage (``common.seed=7`` seeds the training stages, the evaluation
+fine-tunings keep their seeds); one with a kind prefix is an error. The stage's ``stage.yaml`` is
+the composed config with the recipe's ``hydra:`` block (its run folder, no chdir).
 """
 
 import copy

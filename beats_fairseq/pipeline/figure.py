@@ -184,5 +184,5 @@ def draw_report(path: Path, stages: List[Stage], summary: dict, title: str) -> N
             if kind in panels:
                 draw_panel(fig, grid[row], kind, panels[kind])
                 row += 1
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
