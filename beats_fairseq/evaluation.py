@@ -35,9 +35,14 @@ class Score(NamedTuple):
     value: float
 
 
+def several_ids(*label_lists: Sequence[Sequence[int]]) -> bool:
+    """Some clip has several class ids."""
+    return any(len(ids) > 1 for labels in label_lists for ids in labels)
+
+
 def is_multilabel(label_ext: str, *label_lists: Sequence[Sequence[int]]) -> bool:
     """The one rule: ``.mlbl`` label files, or a clip with several class ids."""
-    return label_ext == MULTILABEL_EXT or any(len(ids) > 1 for labels in label_lists for ids in labels)
+    return label_ext == MULTILABEL_EXT or several_ids(*label_lists)
 
 
 @dataclass
@@ -66,7 +71,7 @@ class LabelledSplit:
 
     def classes(self) -> np.ndarray:
         """``(clips,)`` class id of every clip (single-label data)."""
-        if any(len(ids) != 1 for ids in self.labels):
+        if several_ids(self.labels):
             raise ValueError(f"split {self.name!r} has clips with several class ids: it has no single class per clip")
         import numpy as np
 
@@ -126,8 +131,8 @@ def score(scores, split: LabelledSplit, metric: Optional[str] = None) -> Score:
     metric = metric or split.metric
     if metric == "mAP":
         return Score("mAP", mean_average_precision(scores, split.targets()))
-    if metric == "accuracy":
-        return Score("accuracy", accuracy(scores, split.classes()))
+    if metric == "accuracy":  # the top class is (one of) the clip's
+        return Score("accuracy", accuracy(scores, split.targets()))
     raise ValueError(f"metric {metric!r}: choose one of {METRICS}")
 
 

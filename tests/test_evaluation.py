@@ -17,7 +17,7 @@ from beats_fairseq.probe import fbank_baseline, fbank_statistics
 from beats_fairseq.recipes import recipe_dir
 
 from conftest import assert_picture
-from test_pipeline import given_finished_iter1_and_tokenizer, run_pipeline
+from test_pipeline import given_finished_iter1_and_tokenizer, run_pipeline as run_command
 
 
 def stage_names(out):
@@ -26,7 +26,7 @@ def stage_names(out):
 
 def test_small_scale_with_finetune_evaluation_plans_every_stage(tmp_path, demo_data, capsys):
     run = tmp_path / "run"
-    code, out = run_pipeline(capsys, "--data", demo_data, "--out", run, "--scale", "small", "--iterations", "3",
+    code, out = run_command(capsys, "--data", demo_data, "--out", run, "--scale", "small", "--iterations", "3",
                              "--supervised-teacher", "--eval", "finetune", "--eval-seeds", "2", "--dry-run")
     assert code == 0, out
     evals = [f"eval_{e}_seed{s}" for e in ("random", "iter1", "iter2", "iter3") for s in (1, 2)]
@@ -57,9 +57,9 @@ def test_small_scale_with_finetune_evaluation_plans_every_stage(tmp_path, demo_d
             assert c.model.pretrained_path == str(run / encoder / "checkpoints" / "checkpoint_last.pt")
 
     # --eval probe (default): the fbank baseline and one probe stage
-    code, out = run_pipeline(capsys, "--data", demo_data, "--out", tmp_path / "p", "--scale", "small", "--dry-run")
+    code, out = run_command(capsys, "--data", demo_data, "--out", tmp_path / "p", "--scale", "small", "--dry-run")
     assert code == 0 and stage_names(out) == ["iter1", "tokenizer_iter1", "iter2", "fbank", "probe"]
-    code, out = run_pipeline(capsys, "--data", demo_data, "--out", tmp_path / "p", "--eval", "finetune",
+    code, out = run_command(capsys, "--data", demo_data, "--out", tmp_path / "p", "--eval", "finetune",
                              "--eval-seeds", "0", "--dry-run")
     assert code == 1 and "--eval-seeds must be >= 1" in out
 

@@ -194,6 +194,37 @@ def test_overrides_mean_what_they_mean_to_fairseq_hydra_train(tmp_path, demo_dat
             compose_with(tmp_path, demo_data, *overrides, eval="finetune", eval_seeds=1)
 
 
+def test_ctrl_c_marks_a_stage_interrupted_and_the_same_run_resumes_it(tmp_path, demo_data, monkeypatch):
+    from beats_fairseq.pipeline import steps
+    from beats_fairseq.pipeline.runner import Runner
+
+    config = PipelineConfig(data=str(demo_data), out=str(tmp_path / "r"))
+    stages = [s for s in plan(config) if s.kind == "fbank"]  # a stage that runs in this process
+
+    def interrupted(stage, ctx, threads=None):
+        raise KeyboardInterrupt
+
+    def baseline(stage, ctx, threads=None):
+        stage.output.write_text("{}")
+        return {"metrics": {"fbank": {"metric": "accuracy", "value": 0.5}}}
+
+    lines = []
+    monkeypatch.setitem(steps.STEPS, "fbank", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(config, stages, say=lines.append).run()
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert state["stages"]["fbank"]["status"] == "interrupted" and state["plan"] == ["fbank"]
+    assert lines[-1] == "[stage 1/1] fbank interrupted: run the same command again to resume"
+    monkeypatch.setitem(steps.STEPS, "fbank", baseline)
+    summary = Runner(config, stages, say=lines.append).run()
+    assert "[stage 1/1] fbank raw-fbank baseline on test (resuming) ..." in lines
+    assert summary["evaluation"]["rows"] == {"fbank": {"mean": 0.5, "std": 0.0, "runs": [0.5]}}
+    monkeypatch.setitem(steps.STEPS, "fbank", interrupted)  # finished: not run again
+    lines.clear()
+    assert Runner(config, stages, say=lines.append).run() == summary
+    assert lines[0] == "[stage 1/1] fbank: finished earlier (0m00s), skipped"
+
+
 def split(labels, num_classes, multilabel=False):
     return LabelledSplit("s", "s.tsv", [list(ids) for ids in labels], num_classes, multilabel)
 
@@ -244,9 +275,10 @@ def test_pipeline_resumes_after_finished_stages_and_probes_beside_a_random_encod
     md = (run / "summary.md").read_text()
     assert "| iter2 | iter2 pre-training | 4 |" in md and "| random |" in md and "linear probe accuracy (test)" in md
     assert md.index("Best: ") < md.index("| encoder | accuracy on test") < md.index("| stage |")  # the answer first
-    assert_picture(run / "report.png", min_width=1000, min_height=700)
+    assert_picture(run / "report.png", min_width=1000, min_height=450)  # the bars and iter2 (the others are given)
     page = (run / "report.html").read_text()
-    assert "<td>iter2</td>" in page and page.index("Best: ") < page.index("<img") < page.index("<td>iter2</td>")
+    assert page.index("Best: ") < page.index("<td>iter2</td>") < page.index("<img") \
+        < page.index("<td>iter2 pre-training</td>")  # the answer, the evaluation table, the curves, the stages
     assert list((run / "iter2" / "tensorboard").glob("*/events.out.tfevents.*"))  # TensorBoard logs per stage
 
     # everything is finished now: a second run trains nothing and prints the same table

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> int:
     import numpy as np
 
-    from ..evaluation import class_columns, classifier_scores, per_class, read_split, score
+    from ..evaluation import class_columns, classifier_scores, per_class, read_split, score, several_ids
 
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device)
@@ -78,7 +78,7 @@ def run(args) -> int:
             raise CliError(str(exc)) from None
     split = read_split(args.manifest, args.labels, num_classes=len(names))
     metric = {"auto": split.metric, "map": "mAP", "accuracy": "accuracy"}[args.metric]
-    if metric == "accuracy" and any(len(ids) > 1 for ids in split.labels):
+    if metric == "accuracy" and several_ids(split.labels):
         raise CliError(f"{args.labels} has clips with several labels: use --metric map")
 
     reader = BatchReader(clips_from_manifest(args.manifest), args, device, desc="evaluate")

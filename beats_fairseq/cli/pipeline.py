@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--label-ext", default="lbl", help=_help("label_ext", "lbl"))
     evaluation.add_argument("--eval-seeds", type=int, default=3, help=_help("eval_seeds", 3))
     evaluation.add_argument("--probe-pooling", choices=POOLINGS, default="mean", help=_help("probe_pooling", "mean"))
-    evaluation.add_argument("--probe-layer", type=int, default=None, help=_help("probe_layer", "the last"))
+    evaluation.add_argument("--probe-layer", type=int, default=None,
+                            help=_help("probe_layer").replace("; None: the last", " (default: the last)"))
     evaluation.add_argument("--no-eval", action="store_true", help="no evaluation at all (no fbank baseline either)")
     for old, new in RENAMED.items():
         add_deprecated_alias(parser, old, new)

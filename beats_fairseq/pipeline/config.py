@@ -45,21 +45,21 @@ class PipelineConfig:
                        % ", ".join(f"{k} {v}" for k, v in TINY_UPDATES.items()), default="tiny")
     iterations: int = _help("pre-training iterations (2 or 3)", default=2)
     supervised_teacher: bool = _help("iter3+: fine-tune iter2 on the labelled train split (examples/beats_finetune) "
-                                     "and distil the last tokenizer from it (needs 3 iterations)", default=False)
+                                     "and distil the last tokenizer from it (needs --iterations 3)", default=False)
     labels: str = _help("iter2+ labels: computed by the frozen tokenizer in every update (on-the-fly), or "
                         "precomputed once to disk (then task.crop=start)", default="on-the-fly")
-    evaluate: bool = _help("evaluate the encoders (and run the fbank baseline)", default=True)
+    evaluate: bool = _help("evaluate the encoders and run the fbank baseline (False: --no-eval)", default=True)
     eval: str = _help("how every encoder (and a random init) is evaluated on the evaluation split, beside a "
                       "raw-fbank baseline: probe (logistic regression on frozen features) or finetune (the "
-                      "fine-tuning recipe of the scale, eval_seeds seeds each, best-validation checkpoint)",
+                      "fine-tuning recipe of --scale, --eval-seeds seeds each, best-validation checkpoint)",
                       default="probe")
     eval_split: str = _help("held-out split every evaluation is scored on", default="test")
     eval_train_split: str = _help("labelled split the probe and the fbank baseline are fit on", default="train")
     label_ext: str = _help("evaluation labels are {split}.{ext} (lbl: single-label, accuracy; mlbl: multi-label, "
                            "mAP)", default="lbl")
-    eval_seeds: int = _help("fine-tuning seeds per encoder with eval finetune (common.seed 1..N)", default=3)
-    probe_pooling: str = _help("eval probe: clip feature pooled over patches (mean or mean+std)", default="mean")
-    probe_layer: Optional[int] = _help("eval probe: encoder layer, 0-based (None: the last)", default=None)
+    eval_seeds: int = _help("fine-tuning seeds per encoder with --eval finetune (common.seed 1..N)", default=3)
+    probe_pooling: str = _help("--eval probe: clip feature pooled over patches (mean or mean+std)", default="mean")
+    probe_layer: Optional[int] = _help("--eval probe: encoder layer, 0-based; None: the last", default=None)
     recipes: Dict[str, str] = _help("recipe name per role (%s) instead of the scale's" % ", ".join(RECIPE_ROLES),
                                     default_factory=dict)
     overrides: List[str] = _help("Hydra overrides for the stages: key=value for every stage whose recipe has the "

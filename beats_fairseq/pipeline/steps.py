@@ -181,7 +181,7 @@ def probe(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
             r.checkpoint = r.checkpoint[len(run_dir):]
     rows = [r.as_dict() for r in results]
     _write_json(stage.output, rows)
-    (stage.dir / "probe.md").write_text(results_table(results, eval_split.name) + "\n", encoding="utf-8")
+    (stage.dir / "probe.md").write_text(results_table(results, eval_split.name).markdown() + "\n", encoding="utf-8")
     return {"metrics": {"probe": rows}, "probed": probe_key(stage, config)}
 
 
