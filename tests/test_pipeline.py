@@ -225,6 +225,27 @@ def test_ctrl_c_marks_a_stage_interrupted_and_the_same_run_resumes_it(tmp_path, 
     assert lines[0] == "[stage 1/1] fbank: finished earlier (0m00s), skipped"
 
 
+def test_labels_stage_precomputes_in_this_process_with_the_pretraining_clip_settings(tmp_path, demo_data):
+    from beats_fairseq.data.label_store import LabelStore
+    from beats_fairseq.pipeline.compose import Composer
+    from beats_fairseq.pipeline.steps import Context, run_step
+
+    run = tmp_path / "run"
+    given_finished_iter1_and_tokenizer(run)
+    config = PipelineConfig(data=str(demo_data), out=str(run), labels="precomputed", evaluate=False)
+    stages = {s.name: s for s in plan(config)}
+    lines = []
+    assert run_step(stages["labels_iter2"], Context(config, Composer(config), "cpu", lines.append)) == {"metrics": {}}
+    iter2 = stages["iter2"].config
+    assert iter2.task.precomputed_labels == str(run / "labels_iter2" / "labels") and iter2.task.crop == "start"
+    for split in ("train", "valid"):
+        store = LabelStore(str(run / "labels_iter2" / "labels"), split)
+        assert store.meta["crop"]["max_sample_size"] == iter2.task.max_sample_size  # the task's clip settings
+        assert store.meta["manifest"]["entries"] == (120 if split == "train" else 36)
+        assert store.meta["command"].startswith(f"beats-precompute-labels --tokenizer {run / 'tokenizer_iter1'}")
+    assert "labels (codebook 32) written" in (run / "labels_iter2" / "labels.log").read_text() and not lines
+
+
 def split(labels, num_classes, multilabel=False):
     return LabelledSplit("s", "s.tsv", [list(ids) for ids in labels], num_classes, multilabel)
 

@@ -131,13 +131,15 @@ def labels(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
     command = "beats-precompute-labels " + shlex.join(argv)
     stage.dir.mkdir(parents=True, exist_ok=True)
     with open(stage.log_path, "a", encoding="utf-8") as log:
-        handler = _StageLog(log, ctx.echo(stage) if ctx.config.verbose else None)
+        handler, level = _StageLog(log, ctx.echo(stage) if ctx.config.verbose else None), logger.level
         logger.addHandler(handler)
+        logger.setLevel(logging.INFO)  # its lines go to the log whatever the program's logging says
         try:
             precompute_labels(str(tokenizer.checkpoint), str(task.data), str(stage.output), splits, clips,
                               ctx.device, num_workers=workers, command=command)
         finally:
             logger.removeHandler(handler)
+            logger.setLevel(level)
     return {"metrics": {}}
 
 
