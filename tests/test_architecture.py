@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "beats_fairseq"
 LAYERS = [
     ("seeding", "metrics", "plots", "recipes", "checkpoint", "distributed", "safe_checkpoints", "optim",
      "modules"),
-    ("augment", "data", "tokenizers", "criterions", "features"),
+    ("augment", "data", "tokenizers", "criterions", "features", "fairseq_patches"),
     ("models",),
     ("loading",),
     ("tasks",),

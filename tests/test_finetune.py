@@ -371,7 +371,7 @@ def test_recipes_use_known_keys(name):
 
     from beats_fairseq.models.beats_classifier import BeatsClassifierConfig
     from beats_fairseq.modules.backbone import ARCH_FIELDS
-    from beats_fairseq.tasks.beats_pretraining import RESUME_FIELDS
+    from beats_fairseq.tasks.audio_task import RESUME_FIELDS
 
     cfg = OmegaConf.load(REPO_EXAMPLES / f"{name}.yaml")
     # every fine-tuning setting; no architecture (it comes from model.pretrained_path)

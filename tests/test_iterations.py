@@ -159,9 +159,9 @@ def test_mismatching_manifest_crop_sample_rate_and_tokenizer_are_refused(labels,
     # a random crop cannot be precomputed
     with pytest.raises(LabelStoreMismatch, match=r"task\.crop=random.*set task\.crop=start"):
         make_task(demo_data, str(labels), max_sample_size=32000, crop="random").load_dataset("train")
-    # sample rate
-    with pytest.raises(LabelStoreMismatch, match=r"sample_rate is 8000 now"):
-        make_task(demo_data, str(labels), sample_rate=8000).load_dataset("valid")
+    # sample rate: the task reads audio at the fbank's 16 kHz only
+    with pytest.raises(ValueError, match=r"task\.sample_rate=8000: .*fixed at 16000 Hz"):
+        make_task(demo_data, str(labels), sample_rate=8000)
     # another tokenizer: the model's tokenizer_path names tok_b
     from beats_fairseq.models.beats import BeatsConfig
 
