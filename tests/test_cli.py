@@ -186,11 +186,14 @@ def test_extract_shapes_alignment_and_values(corpus, oracle):
                          "--overwrite", *FAST]) == 1  # no tokenizer
 
 
-def test_extract_tokenizer_labels(corpus, oracle):
+def test_extract_tokenizer_labels_only_when_asked(corpus, oracle, capsys):
     pytest.importorskip("beats_fairseq.models.beats_tokenizer")
     ckpt = str(oracle.dir / "tokenizer_small.pt")
     out = corpus / "tok"
     assert extract.main([ckpt, str(corpus / "test.tsv"), "--out", str(out), "--batch-size", "1", *FAST]) == 0
+    assert not (out / "labels.npy").exists()  # a tokenizer checkpoint gives its features unless labels are asked for
+    assert extract.main([ckpt, str(corpus / "test.tsv"), "--out", str(out), "--batch-size", "1", "--overwrite",
+                         "--outputs", "clip,patch,labels", *FAST]) == 0
     labels, offsets = np.load(out / "labels.npy"), np.load(out / "patch_offsets.npy")
     assert labels.dtype == np.int64 and labels.shape == (offsets[-1],)
     assert np.load(out / "patch_features.npy").shape[0] == offsets[-1]
@@ -198,6 +201,15 @@ def test_extract_tokenizer_labels(corpus, oracle):
     for i, wav in enumerate(waveforms(corpus)):
         expected = tokenizer.extract_labels(wav[None]).reshape(-1)
         np.testing.assert_array_equal(labels[offsets[i]:offsets[i + 1]], expected.numpy())
+    # --tokenizer asks for labels with auto outputs, and contradicts outputs without labels
+    encoder = str(oracle.dir / "beats_small.pt")
+    assert extract.main([encoder, str(corpus / "test.tsv"), "--out", str(out), "--tokenizer", ckpt, "--overwrite",
+                         "--batch-size", "1", *FAST]) == 0
+    np.testing.assert_array_equal(np.load(out / "labels.npy"), labels)
+    capsys.readouterr()
+    assert extract.main([encoder, str(corpus / "test.tsv"), "--out", str(out), "--tokenizer", ckpt, "--overwrite",
+                         "--outputs", "clip", *FAST]) == 1
+    assert "--tokenizer is only used for labels" in capsys.readouterr().err
 
 
 def write_labelled_manifest(corpus, lines, ext):
