@@ -79,6 +79,39 @@ def test_every_console_script_has_help(capsys):
         assert f"usage: {prog}" in out and "options:" in out, (prog, out[:300])
 
 
+def test_commands_that_run_a_model_over_audio_share_their_flags():
+    """The shared inference flags (``cli/common.add_inference_args``) mean the same in every command."""
+    from beats_fairseq.cli import precompute_labels, probe
+
+    shared = {"--device": "auto", "--batch-size": None, "--num-workers": 2, "--max-seconds": None,
+              "--no-progress": False, "--quiet": False}
+    for command in (predict, extract, evaluate, probe, precompute_labels):
+        options = {o: a for a in command.build_parser()._actions for o in a.option_strings}
+        for flag, default in shared.items():
+            if command is precompute_labels and flag == "--max-seconds":
+                continue  # labels must cover whole clips
+            assert flag in options, f"{command.__name__} has no {flag}"
+            if default is not None:
+                assert options[flag].default == default, (command.__name__, flag)
+        assert "--progress" not in options
+
+
+def test_probe_runs_with_the_shared_flags(corpus, oracle, capsys):
+    from beats_fairseq.cli import probe
+
+    (corpus / "train.tsv").write_text((corpus / "test.tsv").read_text())
+    for split in ("train", "test"):
+        (corpus / f"{split}.lbl").write_text("0\n1\n0\n")
+    args = ["--data", str(corpus), "--encoder", f"small={oracle.dir / 'beats_small.pt'}", "--no-random-baseline",
+            "--device", "auto", "--batch-size", "2", *FAST]
+    assert probe.main([*args, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "| small | 1.0000 |" in captured.out and "probe small" not in captured.err  # --quiet: no INFO lines
+    assert probe.main(args) == 0
+    assert "probe small: accuracy 1.0000" in capsys.readouterr().err
+    assert probe.main([*args, "--device", "nonsense"]) == 1  # the shared --device check
+
+
 @pytest.mark.parametrize("command", ["folder", "audioset", "esc50", "spcv2"])
 def test_manifest_subcommand_help(command, capsys):
     with pytest.raises(SystemExit):

@@ -235,7 +235,8 @@ class BeatsAudioTask(FairseqTask):
         in this process, so the workers of the next epoch skip them without opening them. Only when
         one dataset of the kind (training or evaluation) is loaded: ids do not name their split."""
         items = (sample or {}).get("bad_items")
-        datasets = [d for s, d in self.datasets.items() if hasattr(d, "remember_bad") and is_training_split(s) == training]
+        datasets = [d for s, d in self.datasets.items()
+                    if hasattr(d, "remember_bad") and is_training_split(s) == training]
         if items and len(datasets) == 1:
             datasets[0].remember_bad(items)
 
