@@ -9,6 +9,7 @@ from beats_fairseq.checkpoint import is_official, read_checkpoint
 from beats_fairseq.loading import load
 from beats_fairseq.cli import convert
 from beats_fairseq.cli.inference import load_model
+from oracle_checks import PARITY_TOL, PROBABILITY_ATOL
 
 ORACLES = {
     "beats_small": ("beats_encoder", "model_outputs"),
@@ -71,9 +72,9 @@ def test_official_round_trip(name, oracle, tmp_path):
     if "labels" in first:
         assert torch.equal(first["labels"].reshape(-1), ref["labels"])
     elif "probs" in first:
-        torch.testing.assert_close(first["probs"], ref["probs"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(first["probs"], ref["probs"], atol=PROBABILITY_ATOL, rtol=0)
     else:
-        torch.testing.assert_close(first["features"], ref["features"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(first["features"], ref["features"], **PARITY_TOL)
 
 
 @pytest.mark.parametrize("name", sorted(ORACLES))
