@@ -8,7 +8,7 @@ from fairseq import checkpoint_utils
 from beats_fairseq.checkpoint import is_official, read_checkpoint
 from beats_fairseq.loading import load
 from beats_fairseq.cli import convert
-from beats_fairseq.cli.common import load_model
+from beats_fairseq.cli.inference import load_model
 from oracle_checks import PARITY_TOL, PROBABILITY_ATOL
 
 ORACLES = {

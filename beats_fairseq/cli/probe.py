@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from ..probe import POOLINGS, results_table, run_probe
+from ..constants import POOLINGS
 from .common import CliError, run_main
 
 logger = logging.getLogger("beats_fairseq.probe")
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     def run(args):
+        from ..probe import results_table, run_probe
+
         encoders = {}
         for item in args.encoder:
             name, sep, path = item.partition("=")
