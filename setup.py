@@ -37,7 +37,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "beats-make-demo-data=beats_fairseq.data.demo:main",
+            "beats-make-demo-data=beats_fairseq.cli.make_demo_data:main",
             "beats-predict=beats_fairseq.cli.predict:main",
             "beats-extract=beats_fairseq.cli.extract:main",
             "beats-evaluate=beats_fairseq.cli.evaluate:main",

@@ -12,7 +12,7 @@ import torch
 from beats_fairseq.checkpoint import read_checkpoint
 from beats_fairseq.loading import load
 from beats_fairseq.cli import convert, evaluate, extract, manifest, predict
-from beats_fairseq.cli.common import num_patches
+from beats_fairseq.cli.inference import num_patches
 from beats_fairseq.data import read_audio, write_class_map
 from conftest import assert_picture
 

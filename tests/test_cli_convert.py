@@ -8,7 +8,7 @@ from fairseq import checkpoint_utils
 from beats_fairseq.checkpoint import is_official, read_checkpoint
 from beats_fairseq.loading import load
 from beats_fairseq.cli import convert
-from beats_fairseq.cli.common import load_model
+from beats_fairseq.cli.inference import load_model
 from oracle_checks import PARITY_TOL, PROBABILITY_ATOL
 
 ORACLES = {
@@ -144,7 +144,7 @@ def test_single_label_classifier_export_warns_and_keeps_logits(tmp_path, capsys)
 def test_library_and_commands_give_a_classifier_the_same_label_dict(label_dict, oracle, tmp_path):
     """``beats_fairseq.load`` and the commands' ``load_model`` read an official classifier and its
     conversion with the same ``label_dict``, hence the same class names."""
-    from beats_fairseq.cli.common import class_table
+    from beats_fairseq.cli.inference import class_table
 
     state = read_checkpoint(oracle.dir / "beats_small_finetuned.pt")
     full = dict(state["label_dict"])

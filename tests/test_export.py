@@ -4,9 +4,17 @@ import pytest
 import torch
 
 from beats_fairseq import load
-from beats_fairseq.export import compare_onnxruntime, export_onnx
+from beats_fairseq.export import EXPORT_MIN_TORCH, check_export_torch, compare_onnxruntime, export_onnx
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="pip install onnxruntime (scripts/setup_env.sh does)")
+TORCH = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+needs_export_torch = pytest.mark.skipif(TORCH < EXPORT_MIN_TORCH, reason=f"ONNX export needs torch >= {EXPORT_MIN_TORCH}")
+
+
+def test_export_names_the_torch_it_needs():
+    check_export_torch("2.11.0+cu130")
+    with pytest.raises(RuntimeError, match=r"torch >= 2.11 \(this is torch 2.10.0\)"):
+        check_export_torch("2.10.0")
 
 
 def waveforms(real_audio):
@@ -19,6 +27,7 @@ def waveforms(real_audio):
     ("beats_small_finetuned", ["features", "probabilities"]),
     ("tokenizer_small", ["features", "labels"]),
 ])
+@needs_export_torch
 def test_onnxruntime_matches_pytorch(oracle, real_audio, tmp_path, name, outputs):
     model = load(str(oracle.dir / f"{name}.pt"))
     path = str(tmp_path / f"{name}.onnx")
@@ -32,6 +41,7 @@ def test_onnxruntime_matches_pytorch(oracle, real_audio, tmp_path, name, outputs
         assert value <= (0.0 if key == "labels" else 1e-4), (key, value)
 
 
+@needs_export_torch
 def test_layer_output_and_cli(oracle, real_audio, tmp_path, capsys):
     from beats_fairseq.cli.export import main
 
@@ -47,6 +57,7 @@ def test_layer_output_and_cli(oracle, real_audio, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@needs_export_torch
 def test_beats_base_size_export(real_audio, tmp_path):
     """BEATs-base size (90M parameters, random weights): within 1e-4 at 1 s to 23.3 s."""
     from beats_fairseq.models.beats_encoder import BeatsEncoderModel, BeatsEncoderModelConfig
@@ -59,6 +70,7 @@ def test_beats_base_size_export(real_audio, tmp_path):
     assert compare_onnxruntime(model, path, wavs)["features"] <= 1e-4
 
 
+@needs_export_torch
 def test_latency_benchmark_smoke(tmp_path):
     """benchmarks/onnx_latency.py runs and writes its JSON (tiny model; nothing is timed here)."""
     import importlib.util

@@ -26,21 +26,8 @@ import logging
 import os
 import sys
 
-import numpy as np
-import torch
-
-from ..features import REDUCTIONS, chunk_grid, frame_features
-from .common import (
-    BatchReader,
-    CliError,
-    add_inference_args,
-    clips_from_manifest,
-    load_model,
-    model_kind,
-    num_patches,
-    resolve_device,
-    run_main,
-)
+from ..constants import REDUCTIONS
+from .common import CliError, add_inference_args, run_main
 
 logger = logging.getLogger("beats_fairseq.cli.extract")
 
@@ -54,6 +41,8 @@ class NpyRowWriter:
     """Write a 2-D (or 1-D) ``.npy`` file row block by row block without holding it in memory."""
 
     def __init__(self, path: str, dtype, row_shape=()):
+        import numpy as np
+
         self.path, self.dtype, self.row_shape, self.rows = path, np.dtype(dtype), tuple(row_shape), 0
         self.file = open(path, "wb")
         self.file.write(self._header())
@@ -64,7 +53,9 @@ class NpyRowWriter:
         body = text.ljust(_HEADER_BYTES - 10 - 1) + "\n"
         return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body.encode("latin1")
 
-    def append(self, block: np.ndarray) -> None:
+    def append(self, block) -> None:
+        import numpy as np
+
         block = np.ascontiguousarray(block, dtype=self.dtype)
         if block.shape[1:] != self.row_shape:
             raise ValueError(f"{self.path}: rows of shape {block.shape[1:]}, expected {self.row_shape}")
@@ -141,6 +132,8 @@ def find_labeller(model, kind, checkpoint, tokenizer_path, device):
     """Callable ``(source, padding_mask) -> (B, N) labels`` and its patch size: from ``tokenizer_path``,
     else from the checkpoint itself (a tokenizer, or an iter1 ``beats`` model's random projection).
     Never reads a file the user did not name."""
+    from .inference import load_model, model_kind
+
     if tokenizer_path:
         tokenizer = load_model(tokenizer_path, device)
         if not hasattr(tokenizer, "extract_labels"):
@@ -167,6 +160,12 @@ def prepare_out(folder: str, overwrite: bool) -> None:
 
 
 def run(args) -> int:
+    import numpy as np
+    import torch
+
+    from ..features import chunk_grid, frame_features
+    from .inference import BatchReader, clips_from_manifest, load_model, model_kind, num_patches, resolve_device
+
     device = resolve_device(args.device)
     clips = clips_from_manifest(args.manifest)
     model = load_model(args.checkpoint, device)

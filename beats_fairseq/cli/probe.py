@@ -7,8 +7,8 @@ import argparse
 import logging
 import sys
 
-from ..probe import POOLINGS, results_table, run_probe
-from .common import CliError, add_inference_args, resolve_device, run_main
+from ..constants import POOLINGS
+from .common import CliError, add_inference_args, run_main
 
 logger = logging.getLogger("beats_fairseq.probe")
 
@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     def run(args):
+        from ..probe import results_table, run_probe
+        from .inference import resolve_device
+
         encoders = {}
         for item in args.encoder:
             name, sep, path = item.partition("=")
