@@ -97,7 +97,7 @@ class BeatsAudioTaskConfig(FairseqDataclass):
     )
     seed: int = II("common.seed")
     # Read by fairseq's FairseqTask.get_batch_iterator. Not listed in the recipes: exact resume
-    # needs these values (docs/scale.md, "What was wrong before").
+    # needs these values (docs/scale.md, "What goes wrong with fairseq's defaults").
     rebuild_batches: bool = field(
         default=True,
         metadata={"help": "new batches every epoch from (seed, epoch); fairseq's default (false) keeps those of the "
