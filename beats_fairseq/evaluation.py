@@ -17,14 +17,11 @@
 use these and nothing else.
 """
 
-from __future__ import annotations
-
 import os
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
-if TYPE_CHECKING:
-    import numpy as np
+import numpy as np
 
 MULTILABEL_EXT = "mlbl"
 METRICS = ("mAP", "accuracy")
@@ -62,8 +59,6 @@ class LabelledSplit:
 
     def targets(self) -> np.ndarray:
         """``(clips, classes)`` float32 multi-hot matrix."""
-        import numpy as np
-
         out = np.zeros((len(self.labels), self.num_classes), dtype=np.float32)
         for row, ids in enumerate(self.labels):
             out[row, ids] = 1.0
@@ -73,8 +68,6 @@ class LabelledSplit:
         """``(clips,)`` class id of every clip (single-label data)."""
         if several_ids(self.labels):
             raise ValueError(f"split {self.name!r} has clips with several class ids: it has no single class per clip")
-        import numpy as np
-
         return np.asarray([ids[0] for ids in self.labels], dtype=np.int64)
 
     def subset(self, positions: Sequence[int]) -> "LabelledSplit":
@@ -138,8 +131,6 @@ def score(scores, split: LabelledSplit, metric: Optional[str] = None) -> Score:
 
 def per_class(scores, split: LabelledSplit, metric: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
     """(AP or accuracy of every class, nan where it has no clip; clips of every class)."""
-    import numpy as np
-
     from .metrics import accuracy_per_class, average_precision_per_class
 
     if (metric or split.metric) == "mAP":
@@ -152,7 +143,6 @@ def per_class(scores, split: LabelledSplit, metric: Optional[str] = None) -> Tup
 def classifier_scores(model, batches) -> Tuple[List[int], np.ndarray]:
     """(positions of the scored clips, ``(clips, classes)`` probabilities) of a classifier over the
     batches of a :class:`~beats_fairseq.data.clips.ClipBatches` (unreadable clips it skips are left out)."""
-    import numpy as np
     import torch
 
     positions, blocks = [], []
@@ -185,8 +175,6 @@ def score_classifier(checkpoint: str, split: LabelledSplit, device="cpu", batch_
 def class_columns(mids: Sequence[str], class_map: str):
     """(model output column of every class-map row, their MIDs, their display names), for a model whose
     outputs are the MIDs ``mids`` (an official ``label_dict``: not in the class map's order)."""
-    import numpy as np
-
     from .data.manifest import read_class_map
 
     rows = read_class_map(class_map)

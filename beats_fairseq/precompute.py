@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data.audio import MIN_SAMPLES_ONE_PATCH
+from .constants import MIN_SAMPLES_ONE_PATCH
 from .data.label_store import (
     LabelStore,
     LabelStoreMismatch,
@@ -46,7 +46,6 @@ class ClipSettings:
 
     max_sample_size: int = 160000
     min_sample_size: int = MIN_SAMPLES_ONE_PATCH
-    sample_rate: int = 16000
     crop: str = "start"  # for training splits; a random crop cannot be precomputed
 
 
@@ -58,7 +57,7 @@ def pretraining_task(data: str, clips: ClipSettings):
 
     root = OmegaConf.create({"common": {"seed": 1, "bf16": False, "fp16": False}})
     root.task = OmegaConf.structured(BeatsPretrainingConfig(
-        data=data, sample_rate=clips.sample_rate, max_sample_size=clips.max_sample_size,
+        data=data, max_sample_size=clips.max_sample_size,
         min_sample_size=clips.min_sample_size, crop=clips.crop, bad_audio="skip",
     ))
     return BeatsPretrainingTask(root.task)

@@ -28,18 +28,19 @@ The command ``beats-probe`` (``beats_fairseq/cli/probe.py``) runs it::
     beats-probe --data demo_data --encoder iter1=runs/iter1/checkpoints/checkpoint_last.pt --eval-split test
 """
 
-from __future__ import annotations
-
 import copy
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+import numpy as np
+import torch
+
+from .constants import POOLINGS
 from .evaluation import LabelledSplit, Score, score
 from .tables import Table
 
 RANDOM = "random"
-POOLINGS = ("mean", "mean+std")
 
 
 @dataclass
@@ -71,8 +72,6 @@ def load_backbone(path: str, device="cpu"):
 
 def random_backbone(like, seed: int = 0, device="cpu"):
     """A randomly initialised backbone with the architecture (and fbank settings) of ``like``."""
-    import torch
-
     from .modules.backbone import BeatsBackbone
 
     state = torch.random.get_rng_state()
@@ -91,9 +90,6 @@ def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 
     patches, of the last layer or of ``layer`` (0-based), in manifest order."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r}: choose one of {POOLINGS}")
-    import numpy as np
-    import torch
-
     from .data.clips import SAMPLE_RATE, ClipBatches, clips_from_manifest
 
     clips = clips_from_manifest(manifest_path)
@@ -121,7 +117,6 @@ def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 
 def fit_and_score(train_x, train: LabelledSplit, eval_x, evaluated: LabelledSplit, C: float = 1.0,
                   max_iter: int = 2000) -> Score:
     """The metric of ``evaluated`` for a logistic-regression probe trained on ``train_x``."""
-    import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.preprocessing import StandardScaler
@@ -177,11 +172,8 @@ FBANK_DESCRIPTION = ("logistic regression on mean+std pooled 128-bin fbank (this
                      "Povey window), standardised, C = 1")
 
 
-def fbank_statistics(manifest: str, batch_size: int = 16):
+def fbank_statistics(manifest: str, batch_size: int = 16) -> np.ndarray:
     """``(M, 256)`` float32: per clip, the mean and the std of each of the 128 fbank bins over its frames."""
-    import numpy as np
-    import torch
-
     from .data.clips import ClipBatches, clips_from_manifest
     from .modules.fbank import compute_fbank, num_frames
 

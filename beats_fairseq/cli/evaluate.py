@@ -16,17 +16,7 @@ import sys
 from pathlib import Path
 
 from ..plots import PER_CLASS_BARS, per_class_chart
-from .common import (
-    BatchReader,
-    CliError,
-    add_inference_args,
-    class_table,
-    clips_from_manifest,
-    load_model,
-    model_kind,
-    resolve_device,
-    run_main,
-)
+from .common import CliError, add_inference_args, run_main
 
 
 # ---------------------------------------------------------------------------- tool
@@ -63,6 +53,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..evaluation import class_columns, classifier_scores, per_class, read_split, score, several_ids
+    from .inference import BatchReader, class_table, clips_from_manifest, load_model, model_kind, resolve_device
 
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device)

@@ -14,7 +14,7 @@ import shlex
 import sys
 
 from ..pipeline.config import EVAL_MODES, LABEL_MODES, RECIPE_ROLES, RECIPES, PipelineConfig, help_of
-from ..probe import POOLINGS
+from ..constants import POOLINGS
 from .common import CliError, add_deprecated_alias, run_main
 
 # old option -> new option (the old names work for one more release, with a warning)

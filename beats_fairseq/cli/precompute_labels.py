@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 
+from ..constants import MIN_SAMPLES_ONE_PATCH
 from .common import CliError, run_main
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,9 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="task.max_sample_size: longer clips are cropped to this many samples (default: 160000)")
     crop.add_argument("--crop", choices=["start", "center"], default="start",
                       help="task.crop for training splits (a random crop cannot be precomputed; default: start)")
-    crop.add_argument("--min-sample-size", type=int, default=None,
-                      help="task.min_sample_size (default: the task's, one row of 16x16 patches)")
-    crop.add_argument("--sample-rate", type=int, default=16000, help="task.sample_rate (default: 16000)")
+    crop.add_argument("--min-sample-size", type=int, default=MIN_SAMPLES_ONE_PATCH,
+                      help=f"task.min_sample_size (default: {MIN_SAMPLES_ONE_PATCH})")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     run.add_argument("--batch-size", type=int, default=16,
@@ -55,16 +55,14 @@ def run(args) -> int:
     from ..data.label_store import command_line
     from ..precompute import ClipSettings, precompute_labels
     from ..tokenizers import NotATokenizerError
-    from .common import resolve_device
+    from .inference import resolve_device
 
     if args.batch_size <= 0:
         raise CliError(f"--batch-size must be > 0, got {args.batch_size}")
     device = resolve_device(args.device)
     if not os.path.isfile(args.tokenizer):
         raise CliError(f"tokenizer checkpoint {args.tokenizer!r} does not exist")
-    clips = ClipSettings(args.max_sample_size, sample_rate=args.sample_rate, crop=args.crop)
-    if args.min_sample_size is not None:
-        clips.min_sample_size = args.min_sample_size
+    clips = ClipSettings(args.max_sample_size, args.min_sample_size, args.crop)
     try:
         precompute_labels(args.tokenizer, args.data, args.out, args.splits, clips, device, args.batch_size,
                           args.num_workers, args.force, not args.no_progress, command_line(args.argv))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..probe import POOLINGS
+from ..constants import POOLINGS
 
 TRAINING_KINDS = ("pretrain", "tokenizer", "finetune")
 # Recipe name per scale and role (the yaml in the role's examples/ folder). "supervised_tokenizer" is

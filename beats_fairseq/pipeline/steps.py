@@ -121,13 +121,12 @@ def labels(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
     task, dataset = pretrain.task, pretrain.dataset
     splits = [dataset.get("train_subset", "train") or "train"]
     splits += [s for s in str(dataset.get("valid_subset", "valid")).split(",") if s and s not in splits]
-    clips = ClipSettings(int(task.max_sample_size), int(task.min_sample_size), int(task.sample_rate), str(task.crop))
+    clips = ClipSettings(int(task.max_sample_size), int(task.min_sample_size), str(task.crop))
     workers = int(dataset.get("num_workers", 0) or 0)
     # the command that rewrites these labels, for the sidecar's hint
     argv = ["--tokenizer", str(tokenizer.checkpoint), "--data", str(task.data), "--out", str(stage.output),
             "--splits", *splits, "--max-sample-size", str(clips.max_sample_size), "--min-sample-size",
-            str(clips.min_sample_size), "--sample-rate", str(clips.sample_rate), "--crop", clips.crop,
-            "--num-workers", str(workers)]
+            str(clips.min_sample_size), "--crop", clips.crop, "--num-workers", str(workers)]
     command = "beats-precompute-labels " + shlex.join(argv)
     stage.dir.mkdir(parents=True, exist_ok=True)
     with open(stage.log_path, "a", encoding="utf-8") as log:
