@@ -83,6 +83,7 @@ def random_backbone(like, seed: int = 0, device="cpu"):
     return backbone.to(device).eval()
 
 
+@torch.no_grad()
 def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 8, num_workers: int = 0,
                   max_seconds: Optional[float] = None, progress: bool = False, desc: str = "features",
                   pooling: str = "mean", layer: Optional[int] = None):
@@ -97,19 +98,18 @@ def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 
     batches = ClipBatches(clips, torch.device(device), batch_size, num_workers, max_samples, progress=progress,
                           desc=desc)
     out = None
-    with torch.inference_mode():
-        for batch in batches:
-            x, mask = backbone.extract_features(batch.source, batch.padding_mask, layer=layer)
-            x = x.float()
-            keep = torch.ones_like(x[..., :1]) if mask is None else (~mask).unsqueeze(-1).float()
-            count = keep.sum(dim=1).clamp_min(1.0)
-            pooled = (x * keep).sum(dim=1) / count
-            if pooling == "mean+std":
-                var = (((x - pooled.unsqueeze(1)) ** 2) * keep).sum(dim=1) / count
-                pooled = torch.cat([pooled, var.sqrt()], dim=-1)
-            if out is None:
-                out = np.zeros((len(clips), pooled.size(-1)), dtype=np.float32)
-            out[batch.positions] = pooled.cpu().numpy()
+    for batch in batches:
+        x, mask = backbone.extract_features(batch.source, batch.padding_mask, layer=layer)
+        x = x.float()
+        keep = torch.ones_like(x[..., :1]) if mask is None else (~mask).unsqueeze(-1).float()
+        count = keep.sum(dim=1).clamp_min(1.0)
+        pooled = (x * keep).sum(dim=1) / count
+        if pooling == "mean+std":
+            var = (((x - pooled.unsqueeze(1)) ** 2) * keep).sum(dim=1) / count
+            pooled = torch.cat([pooled, var.sqrt()], dim=-1)
+        if out is None:
+            out = np.zeros((len(clips), pooled.size(-1)), dtype=np.float32)
+        out[batch.positions] = pooled.cpu().numpy()
     return out
 
 
@@ -172,6 +172,7 @@ FBANK_DESCRIPTION = ("logistic regression on mean+std pooled 128-bin fbank (this
                      "Povey window), standardised, C = 1")
 
 
+@torch.no_grad()
 def fbank_statistics(manifest: str, batch_size: int = 16) -> np.ndarray:
     """``(M, 256)`` float32: per clip, the mean and the std of each of the 128 fbank bins over its frames."""
     from .data.clips import ClipBatches, clips_from_manifest
@@ -179,13 +180,12 @@ def fbank_statistics(manifest: str, batch_size: int = 16) -> np.ndarray:
 
     clips = clips_from_manifest(manifest)
     out = np.zeros((len(clips), 256), dtype=np.float32)
-    with torch.inference_mode():
-        for batch in ClipBatches(clips, torch.device("cpu"), batch_size):
-            fbank = compute_fbank(batch.source)
-            for row, (position, length) in enumerate(zip(batch.positions, batch.lengths)):
-                frames = fbank[row, : num_frames(length)]
-                out[position, :128] = frames.mean(0).numpy()
-                out[position, 128:] = frames.std(0, unbiased=False).numpy()
+    for batch in ClipBatches(clips, torch.device("cpu"), batch_size):
+        fbank = compute_fbank(batch.source)
+        for row, (position, length) in enumerate(zip(batch.positions, batch.lengths)):
+            frames = fbank[row, : num_frames(length)]
+            out[position, :128] = frames.mean(0).numpy()
+            out[position, 128:] = frames.std(0, unbiased=False).numpy()
     return out
 
 
