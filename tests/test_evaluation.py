@@ -93,10 +93,12 @@ def test_evaluation_block_and_table():
     assert headline(block) == ("Best: iter1, accuracy 0.450 ± 0.071 on test (2 runs); +0.200 over fbank, "
                                "+0.250 over random.")
     close = evaluation_block("mAP", "eval", {"fbank": [0.3], "iter1": [0.40, 0.50], "iter2": [0.42, 0.44]})
-    assert headline(close) == ("Best: iter1, mAP 0.450 ± 0.071 on eval (2 runs); +0.020 over iter2, +0.150 over "
-                               "fbank. The gap to iter2 is within the spread over runs.")
-    assert headline(evaluation_block("mAP", "eval", {"fbank": [0.5], "iter1": [0.4]})) == \
-        "Best: fbank, mAP 0.500 on eval; +0.100 over iter1."
+    assert headline(close) == ("Best: iter1, mAP 0.450 ± 0.071 on eval (2 runs); +0.020 over iter2 (within the "
+                               "spread over runs), +0.150 over fbank.")
+    baseline = evaluation_block("accuracy", "test", {"random": [0.62, 0.70, 0.72], "fbank": [0.683],
+                                                     "iter1": [0.47, 0.33, 0.47], "iter2": [0.60, 0.52, 0.53]})
+    assert headline(baseline) == ("Best: fbank, accuracy 0.683 on test; +0.003 over random (within the spread over "
+                                  "runs). Best pre-trained encoder: iter2, 0.550 ± 0.044 (-0.133 against fbank).")
 
 
 def write_split(folder, name, labels, ext):

@@ -94,20 +94,30 @@ def evaluation_table(block: dict) -> Table:
 
 
 def headline(block: dict) -> str:
-    """Which row is best and by how much: ``"Best: iter1, accuracy 0.357 ± 0.012 on test (3 runs); +0.040
-    over iter2, +0.052 over fbank, +0.130 over random. ..."``."""
+    """Which row is best and by how much: ``"Best: iter1, accuracy 0.357 ± 0.012 on test (3 runs); +0.040 over
+    iter2 (within the spread over runs), +0.052 over fbank, +0.130 over random."``; when the best row is not a
+    pre-trained encoder (fbank, random), the best encoder too."""
     rows = block["rows"]
+
+    def value(name: str) -> str:
+        row = rows[name]
+        return f"{row['mean']:.3f}" + (f" ± {row['std']:.3f}" if len(row["runs"]) > 1 else "")
+
+    def gap(name: str) -> str:
+        diff, spread = rows[best]["mean"] - rows[name]["mean"], max(rows[best]["std"], rows[name]["std"])
+        return f"{diff:+.3f} over {name}" + (" (within the spread over runs)" if diff < spread else "")
+
     ranked = sorted(rows, key=lambda n: rows[n]["mean"], reverse=True)
-    best = ranked[0]
-    top, n = rows[best], len(rows[best]["runs"])
-    text = f"Best: {best}, {block['metric']} {top['mean']:.3f}" + (f" ± {top['std']:.3f}" if n > 1 else "") \
-        + f" on {block['split']}" + (f" ({n} runs)" if n > 1 else "")
-    others = [ranked[1]] if len(ranked) > 1 else []
-    others += [name for name in (FBANK, RANDOM) if name in rows and name not in others and name != best]
+    best, runs = ranked[0], len(rows[ranked[0]]["runs"])
+    text = f"Best: {best}, {block['metric']} {value(best)} on {block['split']}" + (f" ({runs} runs)" if runs > 1 else "")
+    others = [name for name in ranked[1:2] + [FBANK, RANDOM] if name in rows and name != best]
     if others:
-        text += "; " + ", ".join(f"{top['mean'] - rows[name]['mean']:+.3f} over {name}" for name in others)
-    if len(ranked) > 1 and n > 1 and top["mean"] - rows[ranked[1]]["mean"] < max(top["std"], rows[ranked[1]]["std"]):
-        text += f". The gap to {ranked[1]} is within the spread over runs"
+        text += "; " + ", ".join(gap(name) for name in dict.fromkeys(others))
+    encoders = [name for name in ranked if name not in (FBANK, RANDOM)]
+    if best in (FBANK, RANDOM) and encoders:
+        first = encoders[0]
+        text += f". Best pre-trained encoder: {first}, {value(first)} ({rows[first]['mean'] - rows[best]['mean']:+.3f} " \
+            f"against {best})"
     return text + "."
 
 
