@@ -15,7 +15,8 @@ fairseq (``torch.distributed`` + DDP) is the engine; this module only fills thre
   The tasks of this project call it in ``setup_task``, so ``common.cpu=true`` with
   ``distributed_backend=gloo`` trains with ``ddp_backend=pytorch_ddp`` (tests, debugging
   without GPUs).
-* :func:`any_rank`: logical OR of a per-rank flag over all ranks (one scalar all-reduce).
+* :func:`max_over_ranks` and :func:`any_rank`: the largest value / logical OR of a per-rank value
+  over all ranks (one scalar all-reduce).
 * :class:`NonFiniteGuard`: what the tasks do on a non-finite loss (``task.nonfinite_loss``):
   ``fail`` raises ``FloatingPointError`` naming the batch's files; ``skip`` gives the batch a
   zero loss (zero gradients on every parameter, so DDP's all-reduce still happens), drops it
@@ -81,15 +82,20 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def any_rank(flag: bool, device=None) -> bool:
-    """True if ``flag`` is True on any rank (no communication in a single process)."""
+def max_over_ranks(value: int, device=None) -> int:
+    """The largest ``value`` of all ranks (one scalar all-reduce; none in a single process)."""
     if world_size() == 1:
-        return bool(flag)
+        return int(value)
     if device is None:
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def any_rank(flag: bool, device=None) -> bool:
+    """True if ``flag`` is True on any rank (no communication in a single process)."""
+    return max_over_ranks(int(bool(flag)), device) > 0
 
 
 # --------------------------------------------------------------------------- non-finite loss

@@ -35,6 +35,22 @@ class BrokenCheckpointError(SystemExit):
     """No intact checkpoint to resume from (a SystemExit: the message, no traceback)."""
 
 
+#: Exit status of a run whose checkpoint could not be written (sysexits' EX_IOERR).
+EXIT_WRITE_FAILED = 74
+
+
+class CheckpointWriteError(SystemExit):
+    """A checkpoint file could not be written (exit status :data:`EXIT_WRITE_FAILED`, no traceback);
+    ``message`` names the folder and the error. The files already there are unchanged."""
+
+    def __init__(self, path: str, error: BaseException):
+        folder, name = os.path.split(os.path.abspath(path))
+        self.message = (f"could not write checkpoint {name} in {folder}: {type(error).__name__}: {error}. The "
+                        f"checkpoints already in {folder} are unchanged (no temporary file left): free space or "
+                        "fix the folder, then run the same command to resume")
+        super().__init__(EXIT_WRITE_FAILED)
+
+
 def _is_local(path: str) -> bool:
     return "://" not in str(path)
 
@@ -53,13 +69,26 @@ def _fsync_dir(path: str) -> None:
 
 
 def write_atomically(path: str, write) -> None:
-    """``write(f)`` into ``path + ".tmp"``, fsync, rename over ``path``."""
+    """``write(f)`` into ``path + ".tmp"``, fsync, rename over ``path``. When that fails (a full disk,
+    a read-only folder) the temporary file is removed, ``path`` is left as it was, and
+    :class:`CheckpointWriteError` stops the run with one line naming the folder and the error."""
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(e, Exception):
+            error = CheckpointWriteError(path, e)
+            logger.error(error.message)
+            raise error from e
+        raise
     _fsync_dir(path)
 
 

@@ -10,7 +10,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "beats_fairseq"
 LAYERS = [
     ("seeding", "metrics", "plots", "recipes", "checkpoint", "distributed", "safe_checkpoints", "optim",
      "modules"),
-    ("augment", "data", "tokenizers", "criterions", "features"),
+    ("preemption", "rank_watch", "run_lock"),
+    ("augment", "data", "tokenizers", "criterions", "features", "cluster_patches"),
     ("models",),
     ("loading",),
     ("tasks",),

@@ -40,6 +40,7 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING, open_dict
 
 from ..checkpoint import upgrade_model_cfg
+from ..cluster_patches import apply_cluster_patches
 from ..data.audio import MIN_SAMPLES_ONE_PATCH
 from ..data.audio_dataset import AudioDataset
 from ..data.label_store import LabelStore, PrecomputedLabelsDataset, tokenizer_identity
@@ -82,6 +83,11 @@ class BeatsAudioTaskConfig(FairseqDataclass):
     )
     max_nonfinite_skips: int = field(
         default=100, metadata={"help": "nonfinite_loss=skip: stop after this many consecutive skipped updates"}
+    )
+    rank_timeout: float = field(
+        default=60.0,
+        metadata={"help": "multi-process runs: seconds without a heartbeat after which a rank counts as lost (killed, "
+                  "its node failed); the other ranks then stop, naming it (docs/scale.md)"},
     )
     # mixed precision
     exact_waveforms: bool = field(
@@ -157,6 +163,7 @@ class BeatsPretrainingTask(FairseqTask):
     def setup_task(cls, cfg, **kwargs):
         enable_cpu_ddp()
         enable_safe_checkpoints()
+        apply_cluster_patches()
         return cls(cfg)
 
     def build_model(self, cfg, from_checkpoint=False):
@@ -252,16 +259,6 @@ class BeatsPretrainingTask(FairseqTask):
             with torch.autocast(device_type=device, enabled=amp):
                 return criterion(model, sample)
 
-    def remember_bad(self, sample, training: bool) -> None:
-        """Items of ``sample`` found bad (in a DataLoader worker, say) join their dataset's ``known_bad``
-        in this process, so the workers of the next epoch skip them without opening them. Only when
-        one dataset of the kind (training or evaluation) is loaded: ids do not name their split."""
-        items = (sample or {}).get("bad_items")
-        datasets = [d for s, d in self.datasets.items() if hasattr(d, "remember_bad")
-                    and s.startswith(EVAL_SPLIT_PREFIXES) != training]
-        if items and len(datasets) == 1:
-            datasets[0].remember_bad(items)
-
     def get_checkpoint_dict(self):
         """Saved by fairseq in ``extra_state[task class name]``: the known-bad items of every split."""
         known = {s: sorted(d.known_bad) for s, d in self.datasets.items() if getattr(d, "known_bad", None)}
@@ -288,7 +285,6 @@ class BeatsPretrainingTask(FairseqTask):
             self.nonfinite.on_nonfinite(loss, self.batch_files(sample, training=True),
                                         f"in training update {update_num + 1}")
             loss, sample_size, logging_output = zero_loss(model), 0, zeroed(logging_output)
-        self.remember_bad(sample, training=True)
         if ignore_grad:
             loss = loss * 0
         with torch.autograd.profiler.record_function("backward"):
@@ -302,7 +298,6 @@ class BeatsPretrainingTask(FairseqTask):
 
     def valid_step(self, sample, model, criterion, **kwargs):
         model.eval()
-        self.remember_bad(sample, training=False)
         with torch.no_grad():
             loss, sample_size, logging_output = criterion(model, sample)
         skipped = not bool(torch.isfinite(loss.detach()).all())
