@@ -1,5 +1,6 @@
 """fairseq patches for runs on a cluster: a graceful stop on SIGUSR1/SIGTERM, a lost rank named,
-one run per ``checkpoint.save_dir``, bad validation files of fairseq's dry run reported.
+one run per ``checkpoint.save_dir``, a multi-process resume, bad validation files of fairseq's dry
+run reported.
 
 Each patch is a function named after what it does: it receives fairseq's original attribute and
 returns its replacement; its docstring gives the fairseq version it was written for and why it is
@@ -14,7 +15,7 @@ import sys
 from typing import Callable, List, Tuple
 
 from . import preemption, rank_watch, run_lock
-from .distributed import any_rank
+from .distributed import any_rank, trusted_broadcast_object_slow
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,18 @@ def watch_ranks_while_training(original):
     replacement of the one-epoch ``train`` lets the heartbeat judge the other ranks while an epoch
     runs and, on an error, waits for its verdict, which names the lost rank (``rank_watch.py``)."""
     return rank_watch.watch_while_training(original)
+
+
+@patches("fairseq.distributed.utils", "_broadcast_object_slow")
+def resume_on_several_ranks(original):
+    """Written for ve-fairseq 0.12.3 with torch 2.6 or later. When a multi-process run resumes, rank
+    0 reads ``checkpoint_last.pt`` and broadcasts the training state, pickled, to the other ranks,
+    which unpickle it with ``torch.load``'s default, ``weights_only=True`` since torch 2.6: it
+    refuses the OmegaConf config fairseq put into the state, and every rank but rank 0 stopped
+    (``Unsupported global: omegaconf.dictconfig.DictConfig``), so no multi-process run could
+    resume. The replacement's receiving ranks load those bytes, which rank 0 of the same run made,
+    with ``weights_only=False`` (``distributed.py``)."""
+    return trusted_broadcast_object_slow(original)
 
 
 @patches("fairseq.data.iterators", "EpochBatchIterator.next_epoch_itr")

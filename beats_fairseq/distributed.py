@@ -181,3 +181,28 @@ class NonFiniteGuard:
         logger.warning("update %d skipped (non-finite loss on some rank); %d skipped so far",
                        (self.update_num or 0) + 1, self.total_skipped)
         return True
+
+
+# --------------------------------------------------------------------------- resuming on several ranks
+def trusted_broadcast_object_slow(original):
+    """fairseq's ``_broadcast_object_slow`` (``original``) whose receiving ranks unpickle in full.
+
+    When a multi-process run resumes, rank 0 reads the checkpoint and broadcasts it, pickled, to
+    the other ranks; they ``torch.load`` it with torch's default, ``weights_only=True`` since torch
+    2.6, which refuses the OmegaConf config fairseq put into the state after reading it. The bytes
+    come from rank 0 of the same run: the receiving side loads them with ``weights_only=False``
+    (fairseq's protocol otherwise unchanged: the length, then the bytes)."""
+    import io
+
+    from fairseq.distributed.utils import broadcast, get_rank
+
+    def _broadcast_object_slow(obj, src_rank, group, dist_device):
+        if get_rank(group) == src_rank:
+            return original(obj, src_rank, group, dist_device)
+        length = torch.LongTensor([0]).to(dist_device)
+        broadcast(length, src=src_rank, group=group)
+        buffer = torch.ByteTensor(int(length.item())).to(dist_device)
+        broadcast(buffer, src=src_rank, group=group)
+        return torch.load(io.BytesIO(buffer.cpu().numpy()), map_location="cpu", weights_only=False)
+
+    return _broadcast_object_slow
