@@ -89,6 +89,7 @@ class RankWatch:
                         "the process that hosted it is gone (rank 0, unless torchrun hosts the store)")
             if lost is not None and self.active.is_set():
                 self._exit(lost)
+                return
 
     def _check(self, now: float) -> Optional[str]:
         """Why this rank must stop (a line naming the lost rank), or None."""

@@ -68,16 +68,37 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+class _KeepsWriteError:
+    """A file whose first write error is kept: torch's zip writer replaces it with its own message
+    (``unexpected pos ...``) where the disk said ``No space left on device``."""
+
+    def __init__(self, f):
+        self.f = f
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
 def write_atomically(path: str, write) -> None:
     """``write(f)`` into ``path + ".tmp"``, fsync, rename over ``path``. When that fails (a full disk,
     a read-only folder) the temporary file is removed, ``path`` is left as it was, and
     :class:`CheckpointWriteError` stops the run with one line naming the folder and the error."""
     tmp = f"{path}.tmp"
+    f = None
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as raw:
+            f = _KeepsWriteError(raw)
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -85,7 +106,7 @@ def write_atomically(path: str, write) -> None:
         except OSError:
             pass
         if isinstance(e, Exception):
-            error = CheckpointWriteError(path, e)
+            error = CheckpointWriteError(path, getattr(f, "error", None) or e)
             logger.error(error.message)
             raise error from e
         raise
