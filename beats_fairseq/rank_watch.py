@@ -2,8 +2,8 @@
 
 Without this, the other ranks of a multi-process run wait in their next collective: with NCCL
 until its timeout (10 minutes by default) and then with an error that names no rank; with gloo
-they fail at once with ``Connection closed by peer`` and an address. Once training starts
-(:func:`start`, called when fairseq loads the checkpoint, after every rank passed a collective)
+they fail at once with ``Connection closed by peer`` and an address. When training starts
+(:func:`start`, called as fairseq loads the checkpoint, right after a collective of all ranks)
 each rank runs a heartbeat thread over the rendezvous store of ``torch.distributed`` (a clone of
 the default store, so the thread never waits behind the training's own use of it):
 
@@ -13,16 +13,18 @@ the default store, so the thread never waits behind the training's own use of it
   logs one line naming it and exits with :data:`EXIT_LOST_RANK` (76);
 * the other ranks watch rank 0's counter and ``beats_lost``: they log the line naming the lost
   rank and exit the same way. A store that stops answering means the process hosting it is
-  gone (rank 0 when the store was started by rank 0, ``env://`` and ``tcp://`` without torchrun);
-* a watcher that was itself held up longer than the timeout (a suspended job, a starved
-  machine) starts its clocks again rather than accuse the others.
+  gone (rank 0 when the store was started by rank 0: ``env://`` and ``tcp://`` without torchrun);
+* the watch judges from the checkpoint load to the end of the first epoch and during every
+  later epoch (:func:`watch_while_training`), not between epochs nor after the last one, when
+  ranks leave at their own pace; a watcher that was itself held up for half the timeout (a
+  suspended job, a starved machine) starts its clocks again rather than accuse the others.
 
-So every surviving rank stops within ``timeout`` plus one heartbeat interval (``7/6 x
+So every surviving rank stops within ``timeout`` plus two heartbeat intervals (``4/3 x
 task.rank_timeout``), whether it waits in a collective (NCCL) or its collective failed (gloo:
-:func:`explain`, called on the error, waits until the watch has either named a lost rank or
-seen every watched rank alive, and only then lets the error through). The last checkpoint is
-untouched: the same command resumes from it. A rank that is alive but stuck still beats; that
-case is left to the collective's own timeout.
+:meth:`RankWatch.explain`, called on the error, waits for the watch's verdict and lets the error
+through only when there is none). The last checkpoint is untouched: the same command resumes
+from it. A rank that is alive but stuck still beats; that case is left to the collective's own
+timeout.
 """
 
 import logging

@@ -11,6 +11,9 @@ during the copy leaves a truncated ``checkpoint_last.pt``, and the next launch s
   (``fsync``) and renamed over ``NAME`` (``os.replace``, atomic on a POSIX file system), so a
   file named ``checkpoint*.pt`` is either the old complete file or the new complete one;
   paths that are not local files (other ``PathManager`` back-ends) keep fairseq's behaviour;
+  a write that fails (a full disk, a read-only folder) removes its temporary file, leaves
+  ``NAME`` as it was and stops the run with one line naming the folder and the disk's error
+  (:class:`CheckpointWriteError`, exit status 74);
 * ``load_checkpoint``: a ``checkpoint_last.pt`` that is not an intact checkpoint (empty,
   truncated, not a zip archive, or its pickled record fails its CRC) is reported with one
   warning naming it, and training resumes from the newest intact ``checkpoint*.pt`` of

@@ -20,6 +20,9 @@ Shared by the three training tasks (this one, ``beats_tokenizer_training`` and
   alone, so the fbank and the tokenizer labels are computed in float32 from exact samples;
 * **masks**: the model's mask seed is ``common.seed`` (the per-clip rule, ``seeding.py``);
 * multi-process training on CPU (gloo) works with ``ddp_backend=pytorch_ddp``;
+* cluster faults (``beats_fairseq/cluster_patches.py``, docs/scale.md): a graceful stop on
+  SIGUSR1/SIGTERM after the current update, a lost rank named within ``rank_timeout``, one run
+  per ``checkpoint.save_dir``;
 * **exact resume** (``docs/scale.md``): batches rebuilt every epoch from (seed, epoch) and
   DataLoader workers forked afresh every epoch (``rebuild_batches``/``persistent_workers``
   below), crash-safe checkpoint files (``beats_fairseq/safe_checkpoints.py``), and the
