@@ -18,10 +18,12 @@ setup(
     + ["beats_fairseq.examples", "hydra_plugins", "hydra_plugins.beats_fairseq_resolver"],
     package_dir={"beats_fairseq.examples": "examples"},
     package_data={"beats_fairseq.examples": ["*/*.yaml", "*/*.py", "*/*.sh"]},
+    # Ranges that CI installs at both ends (scripts/test_install.sh); the exact versions of the
+    # development environment are in constraints.txt (scripts/setup_env.sh).
     install_requires=[
-        "torch==2.11.0",
-        "torchaudio==2.11.0",
-        "ve-fairseq==0.12.3",
+        "torch>=2.8,<2.12",  # torchaudio (required by fairseq) has no release for torch 2.12+
+        "torchaudio>=2.8,<2.12",
+        "ve-fairseq>=0.12.3,<0.13",  # fairseq main as a wheel; import name fairseq
         "soundfile",
         "numpy",
         "scikit-learn",
@@ -35,7 +37,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "beats-make-demo-data=beats_fairseq.data.demo:main",
+            "beats-make-demo-data=beats_fairseq.cli.make_demo_data:main",
             "beats-predict=beats_fairseq.cli.predict:main",
             "beats-extract=beats_fairseq.cli.extract:main",
             "beats-evaluate=beats_fairseq.cli.evaluate:main",

@@ -99,6 +99,19 @@ def example_waveform(batch: int = 2, seconds: float = 2.0, seed: int = 0) -> tor
     return torch.stack(rows)
 
 
+EXPORT_MIN_TORCH = (2, 11)
+
+
+def check_export_torch(version: str = torch.__version__) -> None:
+    """The dynamic-length export needs torch >= 2.11: torch.export of 2.8 to 2.10 fails to prove the
+    symbolic patch-grid sizes (a ``ConstraintViolationError`` on ``samples``)."""
+    major, minor = (int(part) for part in version.split("+")[0].split(".")[:2])
+    if (major, minor) < EXPORT_MIN_TORCH:
+        raise RuntimeError(f"ONNX export needs torch >= {'.'.join(map(str, EXPORT_MIN_TORCH))} (this is torch "
+                           f"{version}); everything else works with torch >= 2.8: pip install 'torch>=2.11' "
+                           "'torchaudio>=2.11' to export")
+
+
 def export_onnx(model, path: str, layer: Optional[int] = None, opset: int = OPSET) -> List[str]:
     """Write ``model`` (anything ``beats_fairseq.load`` returns) to ``path``; returns the output names."""
     try:
@@ -107,6 +120,7 @@ def export_onnx(model, path: str, layer: Optional[int] = None, opset: int = OPSE
     except ImportError as exc:
         raise ImportError(f"ONNX export needs onnx and onnxscript ({exc}): pip install onnx onnxscript onnxruntime, "
                           "or pip install -e '.[onnx]' in the repository") from None
+    check_export_torch()
     wrapper = OnnxModel(model, layer).eval()
     example = example_waveform()
     with torch.no_grad():

@@ -21,9 +21,8 @@ from typing import List, Optional
 
 import torch
 
+from .constants import REDUCTIONS
 from .modules.fbank import FRAME_LENGTH, FRAME_SHIFT, NUM_MEL_BINS, SAMPLE_RATE, num_frames
-
-REDUCTIONS = ("mean", "concat")
 
 
 @dataclass

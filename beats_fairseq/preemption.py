@@ -20,7 +20,7 @@ checkpoint) these two signals no longer kill it:
   sent to the whole process group (SLURM, torchrun) reaches the workers too, which would
   otherwise die and take the run with them; they end when their parent stops them.
 
-fairseq's training loop is not changed beyond that: ``beats_fairseq/cluster_patches.py``
+fairseq's training loop is not changed beyond that: ``beats_fairseq/fairseq_patches.py``
 installs :func:`stop_after_update_on_signal` around ``validate_and_save`` (called on every rank
 after every update) and :func:`note_checkpoint_saves` around ``save_checkpoint``.
 """

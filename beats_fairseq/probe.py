@@ -32,12 +32,12 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from .constants import POOLINGS
 from .metrics import mean_average_precision
 
 logger = logging.getLogger("beats_fairseq.probe")
 
 RANDOM = "random"
-POOLINGS = ("mean", "mean+std")
 
 
 @dataclass

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: Exit status of the surviving ranks when one rank is lost.
 EXIT_LOST_RANK = 76
+#: Seconds without a heartbeat after which a rank is lost (``task.rank_timeout``).
+DEFAULT_TIMEOUT = 60.0
 ALIVE = "beats_alive/{}"
 LOST = "beats_lost"
 

@@ -55,8 +55,8 @@ def build_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="default: cuda")
     p.add_argument("--tiny", action="store_true", help="smoke mode: tiny models, a few updates, no compile")
-    p.add_argument("--oracle", default=str(REPO.parent / "shared" / "oracle"),
-                   help="folder of the official BEATs outputs (default: ../shared/oracle)")
+    p.add_argument("--oracle", default=str(REPO / "tests" / "data" / "oracle"),
+                   help="folder of the official BEATs outputs (default: tests/data/oracle)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="where the JSONs and logs go")
     p.add_argument("--logs", default=None, help="where the training logs go (default: OUT/logs)")
     p.add_argument("--steps", nargs="+", default=["parity_fp32", "bf16_features", "attention", "training", "throughput"],

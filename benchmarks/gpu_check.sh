@@ -6,7 +6,7 @@
 #
 #   --device   cuda (default) or cpu
 #   --tiny     smoke mode: tiny models, a few updates (with --device cpu: the CI test)
-#   --oracle   folder of the official BEATs outputs (default ../shared/oracle)
+#   --oracle   folder of the official BEATs outputs (default tests/data/oracle)
 #   --wheels   folder of wheels (benchmarks/fetch_gpu_wheels.sh): packages this Python lacks
 #              (fairseq, hydra, soundfile, scikit-learn, ...) are installed from it into a
 #              temporary folder, with no network and without touching the system packages

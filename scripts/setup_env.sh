@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv in the repository and install beats-fairseq (editable) with its pinned
-# dependencies: torch 2.11.0, torchaudio 2.11.0, ve-fairseq 0.12.3 (import name fairseq),
+# Create .venv in the repository and install beats-fairseq (editable) with the exact versions of
+# constraints.txt: torch 2.11.0, torchaudio 2.11.0, ve-fairseq 0.12.3 (import name fairseq),
 # soundfile, numpy, scikit-learn, tqdm, tensorboardX, matplotlib, and for the tests pytest, onnx,
 # onnxruntime, onnxscript and hearvalidator (without its tensorflow dependency: it uses tensorflow
 # only for TensorFlow models). Safe to run again: it only installs what is missing. Needs
@@ -17,14 +17,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if .venv/bin/python -c "import beats_fairseq, fairseq, torchaudio, soundfile, sklearn, pytest, tensorboardX, matplotlib, onnxruntime, onnxscript, hearvalidator" \
      >/dev/null 2>&1 && [ -x .venv/bin/beats-config-dir ] \
-   && [ "$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null)" = "2.11.0" ]; then
+   && [ "$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null)" \
+        = "$(sed -n 's/^torch==//p' constraints.txt)" ]; then
   echo "[setup] .venv is ready"
   exit 0
 fi
 echo "[setup] installing dependencies into .venv (about 1-2 minutes; log: .venv/install.log)"
 {
   .venv/bin/python -m pip install --upgrade pip
-  .venv/bin/python -m pip install -e ".[test]" --config-settings editable_mode=compat
+  .venv/bin/python -m pip install -e ".[test]" -c constraints.txt --config-settings editable_mode=compat
   .venv/bin/python -m pip install --no-deps "hearvalidator==2021.0.2"
 } >.venv/install.log 2>&1 || { tail -n 40 .venv/install.log >&2; echo "[setup] install failed: see .venv/install.log" >&2; exit 1; }
 echo "[setup] done: $(.venv/bin/python -c 'import torch, fairseq; print("torch", torch.__version__, "fairseq", fairseq.__version__)' 2>/dev/null)"

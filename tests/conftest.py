@@ -1,4 +1,9 @@
-"""Shared fixtures. The oracle of the official BEATs code is read from ../shared/oracle."""
+"""Shared fixtures.
+
+The outputs of the official BEATs code (the oracle) are read from ``tests/data/oracle`` (set
+BEATS_ORACLE_DIR to read another copy). Tests that read real audio from ``../shared/devdata``
+skip, with a one-line reason, when that folder is absent (set BEATS_DEVDATA_DIR to point at it).
+"""
 
 import os
 from pathlib import Path
@@ -8,8 +13,8 @@ import soundfile as sf
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-ORACLE = Path(os.environ.get("BEATS_ORACLE_DIR", REPO.parent / "shared" / "oracle"))
-DEVDATA = REPO.parent / "shared" / "devdata"
+ORACLE = Path(os.environ.get("BEATS_ORACLE_DIR", REPO / "tests" / "data" / "oracle"))
+DEVDATA = Path(os.environ.get("BEATS_DEVDATA_DIR", REPO.parent / "shared" / "devdata"))
 
 
 TINY_BEATS = dict(embed_dim=32, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
@@ -27,11 +32,9 @@ def tiny_beats_model(**overrides):
     return BeatsModel(OmegaConf.structured(BeatsConfig(**{**TINY_BEATS, **overrides})))
 
 
-def real_audio(seconds: float, first: int = 0) -> torch.Tensor:
-    """(1, samples): devdata clips (1 s each) concatenated."""
+def devdata_clips(seconds: float, first: int = 0) -> torch.Tensor:
+    """(1, samples): devdata clips (1 s each) concatenated, from clip ``first`` on."""
     files = sorted(DEVDATA.glob("*/audio/*/*.flac"))
-    if not files:
-        pytest.fail(f"no devdata clips under {DEVDATA}")
     need = int(seconds * 16000)
     parts, total = [], 0
     for path in files[first:]:
@@ -45,10 +48,28 @@ def real_audio(seconds: float, first: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
+def real_audio():
+    """``real_audio(seconds, first=0)`` -> (1, samples) of real audio from ../shared/devdata.
+
+    Tests that use it skip when devdata is absent and carry the ``devdata`` marker (so a run with
+    devdata can select just them: ``-m devdata``)."""
+    if not any(DEVDATA.glob("*/audio/*/*.flac")):
+        pytest.skip(f"needs real audio: no devdata clips under {DEVDATA} (set BEATS_DEVDATA_DIR)")
+    return devdata_clips
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "real_audio" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.devdata)
+
+
+@pytest.fixture(scope="session")
 def oracle():
     """Loader for the oracle files: ``oracle('inputs')`` -> dict."""
     if not ORACLE.is_dir():
-        pytest.fail(f"oracle folder {ORACLE} not found: clone the repo next to shared/ or set BEATS_ORACLE_DIR")
+        pytest.fail(f"oracle folder {ORACLE} not found: it ships with the repository (tests/data/oracle), "
+                    "or set BEATS_ORACLE_DIR")
 
     def load(name):
         return torch.load(ORACLE / f"{name}.pt", weights_only=True)

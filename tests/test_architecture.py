@@ -8,10 +8,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "beats_fairseq"
 
 # Lowest first. A module may import its own component and the components of lower layers.
 LAYERS = [
+    ("constants", "errors", "import_hook"),
     ("seeding", "metrics", "plots", "recipes", "checkpoint", "distributed", "safe_checkpoints", "optim",
      "modules"),
     ("preemption", "rank_watch", "run_lock"),
-    ("augment", "data", "tokenizers", "criterions", "features", "cluster_patches"),
+    ("augment", "data", "tokenizers", "criterions", "features", "fairseq_patches"),
     ("models",),
     ("loading",),
     ("tasks",),
@@ -33,8 +34,8 @@ def import_graph():
     """{module: set of package modules it imports}; names are relative to the package ('' = its __init__).
 
     Importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` too: those count as imported,
-    except the importer's own packages and the package's ``__init__`` (it imports everything,
-    for fairseq's registries).
+    except the importer's own packages and the package's ``__init__`` (it imports the registering
+    components, and ``loading``, only when fairseq is imported or a name of it is first used).
     """
     files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph = {}

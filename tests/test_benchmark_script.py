@@ -1,7 +1,8 @@
-"""Smoke tests of benchmarks/encoder_mfu.py, pretrain_step.py and data_scale.py (tiny sizes, one repeat; nothing is timed here)."""
+"""Smoke tests of the scripts in benchmarks/ (tiny sizes, one repeat; nothing is timed here)."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,19 @@ def test_data_scale_smoke_run_writes_json(tmp_path):
         (f, p) for f in ("wav_16k", "flac_16k", "wav_44k_resampled") for p in (False, True)}
     assert all(r["clips_per_s_per_worker"] > 0 and r["workers_per_gpu"] >= 1 for r in rows)
     assert [h["label"] for h in data["history"]] == ["smoke"]
+
+
+def test_cli_startup_smoke_run_writes_json(tmp_path):
+    """benchmarks/cli_startup.py on one command, one start per call: the rows, their exit checks and the JSON."""
+    module = load_script("cli_startup")
+    assert "beats-predict" in module.console_scripts()
+    path = tmp_path / "cli_startup.json"
+    args = ["--repeats", "1", "--warmup", "0", "--commands", "beats-config-dir", "--bad-args", "--json", str(path)]
+    module.main(args)
+    data = json.loads(path.read_text())
+    assert [(r["command"], r["call"]) for r in data["rows"]] == [
+        (module.BARE, ""), ("beats-config-dir", "help"), ("beats-config-dir", "bad-args")]
+    assert all(r["runs"] == 1 and 0 < r["min_s"] <= r["median_s"] <= r["max_s"] for r in data["rows"])
+    assert len(data["history"]) == 1 and data["repeats"] == 1
+    with pytest.raises(SystemExit):  # a command that does not answer as expected stops the run
+        module.start([sys.executable, "-c", "raise SystemExit(3)"], 0, None)

@@ -194,10 +194,10 @@ def test_bad_files_found_by_dataloader_workers_are_reported_by_the_epoch_iterato
     else. A bad file that a DataLoader worker found is named and known in the main process."""
     from fairseq.data.iterators import EpochBatchIterator
 
-    from beats_fairseq.cluster_patches import apply_cluster_patches
+    from beats_fairseq.fairseq_patches import apply_fairseq_patches
     from beats_fairseq.data.audio_dataset import AudioDataset
 
-    apply_cluster_patches()
+    apply_fairseq_patches()
     dataset = AudioDataset(_corpus(tmp_path, [4000, 4000, 4000, 4000], corrupt=(2,)), shuffle=False)
     itr = EpochBatchIterator(dataset, dataset.collater, [[0, 1], [2, 3]], num_workers=1)
     with caplog.at_level(logging.WARNING, logger="beats_fairseq.data.audio_dataset"):
@@ -209,11 +209,11 @@ def test_bad_files_found_by_dataloader_workers_are_reported_by_the_epoch_iterato
 
 PATCHES_IN_A_LOADING_PROCESS = """
 import sys
-from beats_fairseq.cluster_patches import apply_cluster_patches
-apply_cluster_patches()
+from beats_fairseq.fairseq_patches import apply_fairseq_patches
+apply_fairseq_patches()
 print("fairseq_cli.train" in sys.modules)
 import fairseq_cli.train
-apply_cluster_patches()
+apply_fairseq_patches()
 print(fairseq_cli.train.validate_and_save.__qualname__.split(".")[0], fairseq_cli.train.train.__qualname__.split(".")[0])
 """
 

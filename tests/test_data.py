@@ -254,11 +254,16 @@ def test_demo_deterministic_and_layout(tmp_path):
 
 
 def test_demo_cli(tmp_path, capsys):
+    from beats_fairseq.cli import make_demo_data
+
     with pytest.raises(SystemExit) as ei:
-        demo.main(["--help"])
+        make_demo_data.main(["--help"])
     assert ei.value.code == 0 and "--num-train" in capsys.readouterr().out
     argv = ["--out", str(tmp_path), "--num-train", "6", "--num-valid", "6", "--num-test", "6"]
-    assert demo.main(argv + ["--seconds", "0.5", "--multi-ratio", "0"]) == 0
+    with pytest.raises(SystemExit) as ei:
+        make_demo_data.main(argv + ["--seconds", "0.1"])
+    assert ei.value.code == 2 and "too short" in capsys.readouterr().err
+    assert make_demo_data.main(argv + ["--seconds", "0.5", "--multi-ratio", "0"]) == 0
     out = capsys.readouterr().out
     assert "train.tsv" in out and str(tmp_path) in out
     assert not (tmp_path / "train_multi.tsv").exists() and (tmp_path / "test.lbl").exists()

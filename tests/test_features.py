@@ -3,7 +3,6 @@
 import pytest
 import soundfile as sf
 import torch
-from conftest import real_audio
 
 from beats_fairseq import load
 from beats_fairseq.features import chunk_plan, column_timestamps, frame_features, num_columns
@@ -57,7 +56,7 @@ def test_chunk_plan_covers_every_column_once_nearest_centre():
                 assert mine <= min(others) + 0.5
 
 
-def test_one_chunk_equals_unchunked_exactly(small):
+def test_one_chunk_equals_unchunked_exactly(real_audio, small):
     wav = torch.cat([real_audio(7.3), real_audio(7.3, first=700)])
     mask = torch.zeros(wav.shape, dtype=torch.bool)
     mask[1, 80000:] = True
@@ -79,7 +78,7 @@ def test_one_chunk_equals_unchunked_exactly(small):
     assert torch.allclose(concat.features.view(1, t, 8, 64).mean(2), whole.features[:1], atol=1e-6)
 
 
-def test_chunks_lie_on_the_column_grid():
+def test_chunks_lie_on_the_column_grid(real_audio):
     torch.manual_seed(0)
     from beats_fairseq.modules.backbone import BeatsBackbone, BeatsBackboneConfig
 
@@ -95,7 +94,7 @@ def test_chunks_lie_on_the_column_grid():
             assert torch.equal(chunked.timestamps, whole.timestamps)
 
 
-def test_long_audio_chunked_is_close_to_unchunked(small):
+def test_long_audio_chunked_is_close_to_unchunked(real_audio, small):
     wav = real_audio(40.0)
     with torch.no_grad():
         whole = frame_features(small, wav, chunk_seconds=None)
@@ -106,7 +105,7 @@ def test_long_audio_chunked_is_close_to_unchunked(small):
     assert cos.mean() > 0.95 and cos.min() > 0.8
 
 
-def test_padded_rows_in_chunks(small):
+def test_padded_rows_in_chunks(real_audio, small):
     wav = torch.cat([real_audio(25.0), real_audio(25.0, first=900)])
     mask = torch.zeros(wav.shape, dtype=torch.bool)
     mask[1, 4 * 16000:] = True  # row 1: 4 s of audio, then padding for later chunks
@@ -121,7 +120,7 @@ def test_padded_rows_in_chunks(small):
     assert torch.allclose(out.features[1, :10], alone.features[0, :10], atol=1e-4)
 
 
-def test_bad_arguments(small):
+def test_bad_arguments(real_audio, small):
     wav = real_audio(12.0)
     with pytest.raises(ValueError, match="reduce"):
         frame_features(small, wav, reduce="max")
@@ -133,7 +132,7 @@ def test_bad_arguments(small):
         frame_features(small, wav, chunk_seconds=0.1)
 
 
-def test_extract_cli_frames_and_timestamps(small, oracle, tmp_path):
+def test_extract_cli_frames_and_timestamps(real_audio, small, oracle, tmp_path):
     import numpy as np
 
     from beats_fairseq.cli.extract import main

@@ -17,6 +17,7 @@ from beats_fairseq.data.manifest import ManifestError, write_class_map
 from beats_fairseq.metrics import accuracy, average_precision_per_class, mean_average_precision
 from beats_fairseq.models.beats import BeatsConfig, BeatsModel
 from beats_fairseq.models.beats_classifier import layer_lr_scales
+from oracle_checks import PARITY_TOL, PROBABILITY_ATOL
 from beats_fairseq.tasks.beats_audio_classification import (BeatsAudioClassificationConfig,
                                                             BeatsAudioClassificationTask)
 
@@ -296,7 +297,7 @@ def test_classifier_initialised_from_official_checkpoint(tmp_path, oracle):
     inputs = oracle("inputs")
     with torch.no_grad():
         feats, _ = model.eval().backbone.extract_features(inputs["source"], inputs["padding_mask"])
-    torch.testing.assert_close(feats, oracle("model_outputs")["features"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(feats, oracle("model_outputs")["features"], **PARITY_TOL)
 
 
 # --------------------------------------------------------------------------- official fine-tuned parity
@@ -308,9 +309,9 @@ def test_official_finetuned_probabilities(oracle):
         probs_no_mask, none = model.extract_features(inputs["source"])
         logits, _ = model(inputs["source"], inputs["padding_mask"])
         frame_logits, _ = model.patch_logits(inputs["source"], inputs["padding_mask"])
-    torch.testing.assert_close(probs, ref["probs"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(probs_no_mask, ref["probs_no_mask"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(frame_logits, ref["intermediates"]["frame_logits"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(probs, ref["probs"], atol=PROBABILITY_ATOL, rtol=0)
+    torch.testing.assert_close(probs_no_mask, ref["probs_no_mask"], atol=PROBABILITY_ATOL, rtol=0)
+    torch.testing.assert_close(frame_logits, ref["intermediates"]["frame_logits"], **PARITY_TOL)
     torch.testing.assert_close(model.probabilities(logits), probs)
     assert torch.equal(mask, ref["padding_mask"]) and none is None
     assert model.class_names == [f"/m/oracle_class_{i}" for i in range(5)] and model.cfg.multilabel
@@ -371,7 +372,7 @@ def test_recipes_use_known_keys(name):
 
     from beats_fairseq.models.beats_classifier import BeatsClassifierConfig
     from beats_fairseq.modules.backbone import ARCH_FIELDS
-    from beats_fairseq.tasks.beats_pretraining import RESUME_FIELDS
+    from beats_fairseq.tasks.audio_task import RESUME_FIELDS
 
     cfg = OmegaConf.load(REPO_EXAMPLES / f"{name}.yaml")
     # every fine-tuning setting; no architecture (it comes from model.pretrained_path)

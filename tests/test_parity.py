@@ -1,20 +1,20 @@
-"""Parity of the front end and encoder with the official BEATs code (../shared/oracle)."""
+"""Parity of the front end and encoder with the official BEATs code (tests/data/oracle)."""
 
 import pytest
 import torch
 
 from beats_fairseq.modules import fbank as fb
 from beats_fairseq.modules.encoder import relative_position_bucket
-from oracle_checks import build_backbone, feature_check, gradient_check
+from oracle_checks import FBANK_ATOL, PARITY_TOL, build_backbone, feature_check, gradient_check
 
 
 def test_fbank_matches_oracle_and_torchaudio(oracle):
     inputs, ref = oracle("inputs"), oracle("fbank")
     fbank = fb.compute_fbank(inputs["source"])
-    torch.testing.assert_close(fbank, ref["fbank"], atol=1e-4, rtol=0)
-    torch.testing.assert_close(fbank, fb.reference_fbank(inputs["source"]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(fbank, ref["fbank"], atol=FBANK_ATOL, rtol=0)
+    torch.testing.assert_close(fbank, fb.reference_fbank(inputs["source"]), atol=FBANK_ATOL, rtol=0)
     raw = fb.compute_fbank(inputs["source"], fbank_mean=0.0, fbank_std=0.5)
-    torch.testing.assert_close(raw, ref["fbank_unnormalized"], atol=1e-4 * 2 * fb.FBANK_STD, rtol=0)
+    torch.testing.assert_close(raw, ref["fbank_unnormalized"], atol=FBANK_ATOL * 2 * fb.FBANK_STD, rtol=0)
     assert fb.num_frames(48000) == ref["fbank"].shape[1] == 298
 
 
@@ -66,12 +66,12 @@ def test_features_and_intermediates(oracle, masked):
     with torch.no_grad():
         feats, mask = model.extract_features(inputs["source"], inputs["padding_mask"] if masked else None)
     if masked:
-        torch.testing.assert_close(feats, ref["features"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(feats, ref["features"], **PARITY_TOL)
         assert torch.equal(mask, ref["padding_mask"])
         for key in names:
-            torch.testing.assert_close(captured[key], ref["intermediates"][key], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(captured[key], ref["intermediates"][key], **PARITY_TOL)
     else:
-        torch.testing.assert_close(feats, ref["features_no_mask"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(feats, ref["features_no_mask"], **PARITY_TOL)
         assert mask is None
         # without a mask clip 1's padded tail takes part in attention, so its features differ
         assert (feats[1] - ref["features"][1]).abs().max() > 1e-3

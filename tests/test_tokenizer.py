@@ -7,6 +7,7 @@ from beats_fairseq.checkpoint import CheckpointKeyError
 from beats_fairseq.loading import from_official, load, load_frozen_tokenizer
 from beats_fairseq.models.beats_tokenizer import BeatsTokenizerConfig, BeatsTokenizerModel
 from beats_fairseq.tokenizers import NotATokenizerError, NormEMAVectorQuantizer, l2norm
+from oracle_checks import PARITY_TOL
 
 TINY = dict(embed_dim=32, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
             encoder_attention_heads=4, conv_pos=16, conv_pos_groups=4, dropout=0.0, attention_dropout=0.0,
@@ -39,7 +40,7 @@ def test_labels_and_quantize_input_match_oracle(official, masked):
     with torch.no_grad():
         z, _ = model.encode(inputs["source"], mask)
     expected = ref["intermediates"]["quantize_input"] if masked else ref["quantize_input_no_mask"]
-    torch.testing.assert_close(z, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(z, expected, **PARITY_TOL)
 
 
 def test_load_dispatches_official_tokenizer_and_keeps_buffers(oracle):

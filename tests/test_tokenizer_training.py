@@ -19,6 +19,7 @@ from beats_fairseq.tasks.beats_tokenizer_training import (
 from beats_fairseq.loading import load_teacher
 
 from conftest import REPO, run_train
+from oracle_checks import PARITY_TOL
 
 TINY = dict(embed_dim=32, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
             encoder_attention_heads=4, conv_pos=32, conv_pos_groups=16, dropout=0.0, attention_dropout=0.0,
@@ -48,7 +49,7 @@ def test_teachers_features_and_logits(oracle):
     inputs = oracle("inputs")
     out, mask = logits(inputs["source"], inputs["padding_mask"])
     ref = oracle("finetuned_outputs")["intermediates"]["frame_logits"]
-    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out, ref, **PARITY_TOL)
     assert torch.equal(mask, oracle("fbank")["patch_padding_mask"])
     for teacher in (features, logits):  # frozen for good
         parent = torch.nn.Module()
@@ -204,7 +205,7 @@ def test_recipes_list_every_tunable_and_follow_the_paper(name):
     import dataclasses
 
     from beats_fairseq.criterions.beats_tokenizer_distillation import BeatsTokenizerDistillationConfig
-    from beats_fairseq.tasks.beats_pretraining import RESUME_FIELDS
+    from beats_fairseq.tasks.audio_task import RESUME_FIELDS
 
     cfg = OmegaConf.load(REPO / "examples" / "beats_tokenizer" / f"{name}.yaml")
     for section, schema in (("task", BeatsTokenizerTrainingTaskConfig), ("model", BeatsTokenizerConfig),

@@ -1,23 +1,18 @@
-"""Shared pieces of the command-line tools: model loading, batched audio input, errors.
+"""Shared pieces of the command-line tools that import nothing heavy: errors, the ``main`` wrapper,
+shared options.
 
-The clips and their batches are ``beats_fairseq/data/clips.py``; :class:`BatchReader` sets them
-from the tools' arguments.
+The rule of ``beats_fairseq/cli/``: a command imports only the standard library and the
+package's light modules (this one, ``errors``, ``recipes``, ``choices``) until its arguments are
+parsed, so that ``--help`` and argument errors answer at once; torch, fairseq, numpy and the
+rest are imported inside ``run(args)``. ``tests/test_cli_startup.py`` checks every command.
+The pieces that need torch (devices, model loading, batched audio) are ``inference.py``.
 """
 
 import argparse
 import logging
-import os
 import sys
-from typing import List, Optional
 
-import torch
-
-from ..checkpoint import is_official, read_checkpoint
-from ..data.audio import AudioReadError
-from ..data.clips import SAMPLE_RATE, Batch, Clip, ClipBatches, clips_from_files, clips_from_manifest  # noqa: F401
-from ..data.label_store import num_patches  # noqa: F401  (re-exported for the tools)
-from ..data.manifest import ManifestError, read_class_map
-from ..loading import load, model_kind
+from ..errors import AudioReadError, ManifestError
 
 logger = logging.getLogger("beats_fairseq.cli")
 
@@ -86,83 +81,8 @@ def add_inference_args(parser: argparse.ArgumentParser, skip_bad: bool = True) -
     group.add_argument("--quiet", action="store_true", help="log warnings and errors only")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise CliError(f"--device {name!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 def check_positive(args, *names) -> None:
     for name in names:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise CliError(f"--{name.replace('_', '-')} must be > 0, got {value}")
-
-
-# ---------------------------------------------------------------------------- models
-def load_model(path: str, device) -> torch.nn.Module:
-    """``beats_fairseq.load`` with user-facing errors; a classifier converted by ``beats-convert``
-    gets the official ``label_dict`` stored at the top level of its fairseq checkpoint back."""
-    if not os.path.isfile(path):
-        raise CliError(f"checkpoint {path!r} does not exist")
-    try:
-        model = load(path, device=str(device))
-    except (RuntimeError, ValueError, KeyError, AssertionError) as exc:
-        raise CliError(f"cannot load checkpoint {path!r}: {exc}") from exc
-    if model_kind(model) == "classifier" and getattr(model, "label_dict", None) is None:
-        state = read_checkpoint(path)
-        if not is_official(state) and state.get("label_dict"):
-            model.label_dict = dict(state["label_dict"])
-    return model
-
-
-def class_table(model, class_map: Optional[str] = None):
-    """(mids, display names) of a classifier's outputs, in output order.
-
-    Names come from ``--class-map`` (matched by MID when the model has an official
-    ``label_dict``, else by index), then ``model.class_names``, then the ``label_dict``
-    values, then the output indices.
-    """
-    k = model.cfg.num_classes
-    label_dict = getattr(model, "label_dict", None) or {}
-    mids = [str(label_dict.get(i, label_dict.get(str(i), ""))) for i in range(k)]
-    names = getattr(model, "class_names", None)
-    if class_map:
-        rows = read_class_map(class_map)
-        if label_dict:
-            by_mid = {r["mid"]: r["display_name"] for r in rows}
-            return mids, [by_mid.get(m, m) for m in mids]
-        if len(rows) != k:
-            raise CliError(f"class map {class_map} has {len(rows)} classes but the model has {k} outputs")
-        return [r["mid"] for r in rows], [r["display_name"] for r in rows]
-    if names:
-        if len(names) != k:
-            raise CliError(f"the model has {len(names)} class names for {k} outputs")
-        return mids, [str(n) for n in names]
-    if label_dict:
-        return mids, list(mids)
-    return mids, [str(i) for i in range(k)]
-
-
-# ---------------------------------------------------------------------------- clips
-class BatchReader(ClipBatches):
-    """:class:`~beats_fairseq.data.clips.ClipBatches` set from the tools' arguments (``--batch-size``,
-    ``--num-workers``, ``--max-seconds``, ``--skip-bad``, ``--no-progress``); errors are :class:`CliError`."""
-
-    def __init__(self, clips: List[Clip], args, device, desc: str = "clips"):
-        check_positive(args, "batch_size", "max_seconds")
-        if args.num_workers < 0:
-            raise CliError(f"--num-workers must be >= 0, got {args.num_workers}")
-        max_samples = None if args.max_seconds is None else max(1, int(args.max_seconds * SAMPLE_RATE))
-        super().__init__(clips, device, batch_size=args.batch_size, num_workers=args.num_workers,
-                         max_samples=max_samples, skip_bad=getattr(args, "skip_bad", False),
-                         progress=not args.no_progress, desc=desc)
-
-    def unreadable(self, message: str):
-        raise CliError(f"{message} (or pass --skip-bad to skip unreadable files)")

@@ -15,9 +15,6 @@ no architecture: with ``model.pretrained_path`` it comes from the checkpoint)::
 import argparse
 import sys
 
-from omegaconf import OmegaConf
-
-from ..modules.backbone import ARCH_FIELDS
 from ..recipes import recipe_dir, recipe_names, recipes_root
 from .common import CliError, run_main
 
@@ -40,6 +37,10 @@ def architecture_overrides(name: str, config: str) -> str:
     """``++model.KEY=VALUE`` overrides (space-separated) of the architecture fields of a recipe.
 
     ``++`` (hydra's set-or-add) because the fine-tuning recipes hold no architecture lines."""
+    from omegaconf import OmegaConf
+
+    from ..modules.backbone import ARCH_FIELDS
+
     path = recipe_dir(name) / f"{config}.yaml"
     if not path.is_file():
         raise CliError(f"recipe {path} does not exist; available: "

@@ -2,7 +2,7 @@
 
 * official -> fairseq (``--to fairseq``): pre-trained -> model ``beats_encoder``, fine-tuned
   -> ``beats_classifier`` (its ``label_dict`` is kept: top-level key of the checkpoint and
-  ``model.label_dict`` after ``beats-*`` / ``load_model``), tokenizer -> ``beats_tokenizer``
+  ``model.label_dict`` after ``beats_fairseq.load``, as for the official file), tokenizer -> ``beats_tokenizer``
   (inference only: the official format has no estimator). The file is a regular fairseq
   checkpoint (``cfg`` with ``common``/``task``/``model``/..., ``model`` state dict, empty
   optimizer history) read by ``fairseq.checkpoint_utils.load_model_ensemble_and_task``
@@ -19,12 +19,7 @@ import logging
 import os
 import sys
 
-import torch
-
-from ..checkpoint import is_official, official_kind, read_checkpoint, save_official
-from ..loading import from_official
-from ..modules.fbank import FBANK_MEAN, FBANK_STD
-from .common import CliError, load_model, model_kind, run_main
+from .common import CliError, run_main
 
 logger = logging.getLogger("beats_fairseq.cli.convert")
 
@@ -81,6 +76,11 @@ def fairseq_checkpoint(model, source: str, label_dict=None) -> dict:
 
 
 def official_to_fairseq(src: str, dst: str) -> str:
+    import torch
+
+    from ..checkpoint import official_kind, read_checkpoint
+    from ..loading import from_official
+
     state = read_checkpoint(src)
     kind = official_kind(state["cfg"])
     model = from_official(state, source=src)
@@ -95,6 +95,9 @@ def read_label_dict(class_map: str) -> dict:
 
 
 def fairseq_to_official(src: str, dst: str, class_map=None) -> str:
+    from ..checkpoint import official_kind, save_official
+    from .inference import load_model, model_kind
+
     model = load_model(src, "cpu")
     kind = model_kind(model)
     if not hasattr(model, "to_official"):
@@ -117,6 +120,9 @@ def fairseq_to_official(src: str, dst: str, class_map=None) -> str:
 
 def warn_not_representable(model, src: str) -> None:
     """The official format has no fbank statistics (call arguments there) and always applies a sigmoid."""
+    from ..modules.fbank import FBANK_MEAN, FBANK_STD
+    from .inference import model_kind
+
     mean, std = getattr(model.cfg, "fbank_mean", FBANK_MEAN), getattr(model.cfg, "fbank_std", FBANK_STD)
     if (mean, std) != (FBANK_MEAN, FBANK_STD):
         logger.warning("%s uses fbank_mean=%s, fbank_std=%s; official checkpoints cannot store them: call the official "
@@ -130,6 +136,8 @@ def warn_not_representable(model, src: str) -> None:
 # ---------------------------------------------------------------------------- verification
 def test_signal(length: int = 20000) -> tuple:
     """Two deterministic clips (the second one 3/4 long, zero-padded) and their padding mask."""
+    import torch
+
     t = torch.arange(length, dtype=torch.float64) / 16000
     noise = torch.sin(torch.arange(length, dtype=torch.float64) ** 2 * 0.731) * 0.05
     first = 0.3 * torch.sin(2 * torch.pi * 440 * t) + noise
@@ -142,6 +150,10 @@ def test_signal(length: int = 20000) -> tuple:
 
 
 def model_outputs(model) -> dict:
+    import torch
+
+    from .inference import model_kind
+
     source, padding_mask = test_signal()
     out = {}
     with torch.inference_mode():
@@ -155,6 +167,10 @@ def model_outputs(model) -> dict:
 
 def verify(src: str, dst: str) -> str:
     """Outputs and shared weights of the two files' models must be identical."""
+    import torch
+
+    from .inference import load_model
+
     before, after = load_model(src, "cpu"), load_model(dst, "cpu")
     sd_before, sd_after = before.backbone.state_dict(), after.backbone.state_dict()
     if sd_before.keys() != sd_after.keys() or any(not torch.equal(sd_before[k], sd_after[k]) for k in sd_before):
@@ -194,6 +210,8 @@ def run(args) -> int:
         raise CliError("input and output are the same file")
     if os.path.exists(args.output) and not args.overwrite:
         raise CliError(f"{args.output} exists: pass --overwrite to replace it")
+    from ..checkpoint import is_official, read_checkpoint
+
     try:
         state = read_checkpoint(args.input)
     except RuntimeError as exc:

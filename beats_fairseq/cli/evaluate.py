@@ -15,22 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from .common import (
-    BatchReader,
-    CliError,
-    add_inference_args,
-    class_table,
-    clips_from_manifest,
-    load_model,
-    model_kind,
-    resolve_device,
-    run_main,
-)
-from ..data.manifest import read_class_map, read_label_file
-from ..metrics import accuracy, accuracy_per_class, average_precision_per_class
+from .common import CliError, add_inference_args, run_main
 
 logger = logging.getLogger("beats_fairseq.cli.evaluate")
 
@@ -70,6 +55,8 @@ PLOT_CLASSES = 60  # most bars drawn by --plot
 
 def plot_per_class(path: str, names, values, counts, metric: str, title: str) -> None:
     """Sorted horizontal bars of the per-class ``values`` (classes without a value are left out)."""
+    import numpy as np
+
     from ..plots import bar_chart, pyplot
 
     rows = sorted(((float(v), f"{n} ({int(c)})") for n, v, c in zip(names, values, counts) if not np.isnan(v)),
@@ -89,6 +76,10 @@ def plot_per_class(path: str, names, values, counts, metric: str, title: str) ->
 
 def align_to_class_map(mids, class_map: str):
     """Model output column for each class-map row (the model's official label_dict MIDs)."""
+    import numpy as np
+
+    from ..data.manifest import read_class_map
+
     rows = read_class_map(class_map)
     column = {m: i for i, m in enumerate(mids)}
     missing = [r["mid"] for r in rows if r["mid"] not in column]
@@ -100,6 +91,11 @@ def align_to_class_map(mids, class_map: str):
 
 def score_clips(model, clips, args, device):
     """(positions of the evaluated clips, probabilities (M, K)), and the reader."""
+    import numpy as np
+    import torch
+
+    from .inference import BatchReader
+
     reader = BatchReader(clips, args, device, desc="evaluate")
     positions, blocks = [], []
     with torch.inference_mode():
@@ -114,6 +110,12 @@ def score_clips(model, clips, args, device):
 
 
 def run(args) -> int:
+    import numpy as np
+
+    from ..data.manifest import read_label_file
+    from ..metrics import accuracy, accuracy_per_class, average_precision_per_class
+    from .inference import class_table, clips_from_manifest, load_model, model_kind, resolve_device
+
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device)
     kind = model_kind(model)

@@ -11,9 +11,7 @@ import logging
 import os
 import sys
 
-import torch
-
-from .common import CliError, load_model, model_kind, run_main
+from .common import CliError, run_main
 
 logger = logging.getLogger("beats_fairseq.cli.export")
 
@@ -55,6 +53,11 @@ def check_waveforms(files):
 def run(args) -> int:
     if os.path.exists(args.out) and not args.overwrite:
         raise CliError(f"{args.out} exists: pass --overwrite or choose another path")
+    import torch
+
+    from ..export import OPSET, compare_onnxruntime, export_onnx
+    from .inference import load_model, model_kind
+
     model = load_model(args.checkpoint, "cpu")
     layers = model.backbone.cfg.encoder_layers
     layer = args.layer
@@ -62,8 +65,6 @@ def run(args) -> int:
         if not -layers <= layer < layers:
             raise CliError(f"--layer {layer}: the encoder has {layers} layers (0..{layers - 1}, or negative)")
         layer %= layers
-    from ..export import OPSET, compare_onnxruntime, export_onnx
-
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     logger.info("exporting %s model %s (opset %d)", model_kind(model), args.checkpoint, OPSET)
     try:

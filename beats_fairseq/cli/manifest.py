@@ -19,9 +19,6 @@ import os
 import sys
 from typing import Dict, List
 
-import numpy as np
-
-from ..data.manifest import read_class_map
 from . import manifest_sources
 from .common import CliError, run_main
 from .manifest_writer import AUDIO_EXTENSIONS, Item, ManifestWriter, find_audio
@@ -42,6 +39,8 @@ def class_folders(audio_dir: str):
 
 def split_items(items: List[Item], fractions, seed: int):
     """Per class, a seeded shuffle then the first ``round(f * n)`` clips to each extra split."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     splits = [[] for _ in range(len(fractions) + 1)]
     by_class: Dict[int, List[Item]] = {}
@@ -59,6 +58,8 @@ def split_items(items: List[Item], fractions, seed: int):
 
 
 def run_folder(args) -> int:
+    from ..data.manifest import read_class_map
+
     names = class_folders(args.audio_dir)
     if args.classes_from:
         rows = read_class_map(args.classes_from)

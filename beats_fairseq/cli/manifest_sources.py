@@ -6,7 +6,6 @@ import os
 import re
 from typing import Dict, List
 
-from ..data.manifest import read_class_map
 from .common import CliError
 from .manifest_writer import Item, ManifestWriter, find_audio
 
@@ -62,6 +61,8 @@ def find_segment_file(index, ytid: str, start: str):
 
 
 def run_audioset(args) -> int:
+    from ..data.manifest import read_class_map
+
     splits = args.splits or [os.path.splitext(os.path.basename(p))[0] for p in args.segments]
     if len(splits) != len(args.segments):
         raise CliError(f"{len(args.segments)} --segments files but {len(splits)} --splits names")

@@ -8,12 +8,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-import numpy as np
-import soundfile as sf
-from tqdm import tqdm
-
-from ..data.manifest import write_class_map, write_manifest
-from .common import SAMPLE_RATE, CliError
+from ..constants import SAMPLE_RATE
+from .common import CliError
 
 logger = logging.getLogger("beats_fairseq.cli.manifest")
 
@@ -74,6 +70,8 @@ class ManifestWriter:
 
     def prepare(self, path: str) -> Optional[int]:
         """16 kHz length of ``path`` (writing its copy if asked), or None for a skipped file."""
+        import soundfile as sf
+
         if path in self.cache:
             return self.cache[path]
         length = None
@@ -97,6 +95,9 @@ class ManifestWriter:
         return os.path.join(self.resample_dir, os.path.splitext(self.relpath(path))[0] + ".wav")
 
     def _copy(self, path: str, byte_copy: bool) -> Optional[int]:
+        import numpy as np
+        import soundfile as sf
+
         from ..data.audio import AudioReadError, read_audio
 
         dst = self.copy_path(path)
@@ -117,6 +118,10 @@ class ManifestWriter:
 
     def write_split(self, name: str, items: List[Item], multilabel: bool = False, folder: str = "") -> int:
         """Write ``{folder}/{name}.tsv`` and ``.lbl`` (``.mlbl`` if ``multilabel``); returns the clip count."""
+        from tqdm import tqdm
+
+        from ..data.manifest import write_manifest
+
         rows, label_lines = [], []
         for item in tqdm(items, desc=f"{folder + '/' if folder else ''}{name}", unit="file",
                          disable=not self.progress, file=sys.stderr, dynamic_ncols=True):
@@ -140,6 +145,8 @@ class ManifestWriter:
         return len(rows)
 
     def write_class_map(self, names, mids, folder: str = "") -> None:
+        from ..data.manifest import write_class_map
+
         write_class_map(os.path.join(self.out, folder, "labels.csv"), names, mids)
 
     def finish(self) -> None:

@@ -45,8 +45,6 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from omegaconf import OmegaConf
-
 from .common import CliError, run_main
 from .pipeline_plot import write_report
 from .pipeline_report import format_seconds, progress_text, read_metrics, stage_row, stage_table
@@ -174,6 +172,8 @@ class Pipeline:
 
     def needs_running(self, k: int, stage: Stage) -> bool:
         """False (and says why) for a stage that finished earlier; composes a training stage's config."""
+        from omegaconf import OmegaConf
+
         entry, head = self.state.stage(stage.name), self.head(k, stage)
         if stage.kind in KINDS:
             compose(stage, self.args, self.overrides)
@@ -261,6 +261,8 @@ class Pipeline:
                 proc.terminate()
 
     def run_stage(self, stage: Stage, entry: dict, threads: Optional[int] = None) -> None:
+        from omegaconf import OmegaConf
+
         stage.dir.mkdir(parents=True, exist_ok=True)
         if stage.kind in KINDS:
             OmegaConf.save(stage.config, stage.dir / "stage.yaml")
@@ -514,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from omegaconf import OmegaConf
+
     data = Path(args.data)
     if not (data / "train.tsv").is_file():
         raise CliError(f"--data {args.data}: no train.tsv there")

@@ -47,7 +47,7 @@ def score_classifier(checkpoint: str, data: str, split: str = "test", label_ext:
                      device="cpu", batch_size: int = 16) -> Tuple[str, float]:
     """(metric, value) of a fine-tuned classifier on ``{data}/{split}.tsv`` + ``{split}.{label_ext}``."""
     from ..loading import load
-    from .common import BatchReader, clips_from_manifest
+    from .inference import BatchReader, clips_from_manifest
 
     model = load(checkpoint, device=str(device))
     manifest, labels = read_split_labels(data, split, label_ext, None)
@@ -62,7 +62,7 @@ def score_classifier(checkpoint: str, data: str, split: str = "test", label_ext:
 @torch.no_grad()
 def fbank_statistics(manifest: str, batch_size: int = 16) -> np.ndarray:
     """``(M, 256)``: per clip, the mean and the std of each of the 128 fbank bins over its frames."""
-    from .common import BatchReader, clips_from_manifest
+    from .inference import BatchReader, clips_from_manifest
     from ..modules.fbank import compute_fbank, num_frames
 
     clips = clips_from_manifest(manifest)

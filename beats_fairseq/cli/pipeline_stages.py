@@ -13,8 +13,6 @@ is scored on the test split from its best-validation checkpoint.
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from omegaconf import OmegaConf
-
 from ..recipes import recipe_dir
 from .common import CliError
 
@@ -179,6 +177,8 @@ def parse_overrides(items: List[str]):
 
 
 def compose(stage: Stage, args, overrides) -> None:
+    from omegaconf import OmegaConf
+
     names = dict(RECIPES[args.scale])
     for role in RECIPE_ROLES:
         chosen = getattr(args, f"{role}_config")

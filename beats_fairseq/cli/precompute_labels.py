@@ -21,27 +21,8 @@ import sys
 import time
 from collections import defaultdict
 
-import numpy as np
-import torch
-from omegaconf import OmegaConf
-from torch.utils.data import DataLoader
-from tqdm import tqdm
-
-from ..data.audio import MIN_SAMPLES_ONE_PATCH
-from ..data.label_store import (
-    LabelStore,
-    LabelStoreMismatch,
-    command_line,
-    crop_identity,
-    label_dtype,
-    manifest_identity,
-    num_patches,
-    tokenizer_identity,
-    write_label_store,
-)
-from ..loading import load_frozen_tokenizer
-from ..tokenizers import NotATokenizerError
-from .common import CliError, resolve_device, run_main
+from ..constants import MIN_SAMPLES_ONE_PATCH
+from .common import CliError, run_main
 
 logger = logging.getLogger("beats_fairseq.cli.precompute_labels")
 
@@ -68,7 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="task.crop for training splits (a random crop cannot be precomputed; default: start)")
     crop.add_argument("--min-sample-size", type=int, default=MIN_SAMPLES_ONE_PATCH,
                       help=f"task.min_sample_size (default: {MIN_SAMPLES_ONE_PATCH})")
-    crop.add_argument("--sample-rate", type=int, default=16000, help="task.sample_rate (default: 16000)")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     run.add_argument("--batch-size", type=int, default=16,
@@ -82,11 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def task_for(args):
     """The pre-training task with the clip settings of ``args`` (so clips are read and cropped as in training)."""
+    from omegaconf import OmegaConf
+
     from ..tasks.beats_pretraining import BeatsPretrainingConfig, BeatsPretrainingTask
 
     root = OmegaConf.create({"common": {"seed": 1, "bf16": False, "fp16": False}})
     root.task = OmegaConf.structured(BeatsPretrainingConfig(
-        data=args.data, sample_rate=args.sample_rate, max_sample_size=args.max_sample_size,
+        data=args.data, max_sample_size=args.max_sample_size,
         min_sample_size=args.min_sample_size, crop=args.crop, bad_audio="skip",
     ))
     return BeatsPretrainingTask(root.task)
@@ -98,6 +80,13 @@ def _items(batch):
 
 def label_dataset(tokenizer, dataset, device, batch_size=16, num_workers=0, progress=True, desc="labels"):
     """Labels of every kept clip of ``dataset`` (each clip alone): (list per manifest entry, unreadable entries)."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from ..data.label_store import label_dtype, num_patches
+
     dtype = label_dtype(tokenizer.codebook_size)  # kept compact: AS-2M has about 1e9 patches
     per_entry = [np.zeros(0, dtype=dtype) for _ in range(len(dataset.manifest))]
     labelled = set()
@@ -130,6 +119,8 @@ def label_dataset(tokenizer, dataset, device, batch_size=16, num_workers=0, prog
 
 
 def up_to_date(out, split, dataset, identity, min_sample_size) -> bool:
+    from ..data.label_store import LabelStore, LabelStoreMismatch
+
     try:
         store = LabelStore(out, split)
         store.check_dataset(dataset)
@@ -142,6 +133,11 @@ def up_to_date(out, split, dataset, identity, min_sample_size) -> bool:
 def run(args) -> int:
     if args.batch_size <= 0:
         raise CliError(f"--batch-size must be > 0, got {args.batch_size}")
+    from ..data.label_store import command_line, crop_identity, manifest_identity, tokenizer_identity, write_label_store
+    from ..loading import load_frozen_tokenizer
+    from ..tokenizers import NotATokenizerError
+    from .inference import resolve_device
+
     device = resolve_device(args.device)
     if not os.path.isfile(args.tokenizer):
         raise CliError(f"tokenizer checkpoint {args.tokenizer!r} does not exist")

@@ -13,20 +13,7 @@ import csv
 import logging
 import sys
 
-import torch
-
-from .common import (
-    BatchReader,
-    CliError,
-    add_inference_args,
-    class_table,
-    clips_from_files,
-    clips_from_manifest,
-    load_model,
-    model_kind,
-    resolve_device,
-    run_main,
-)
+from .common import CliError, add_inference_args, run_main
 
 logger = logging.getLogger("beats_fairseq.cli.predict")
 
@@ -66,6 +53,11 @@ def run(args) -> int:
         raise CliError("give audio files and/or --manifest")
     if args.top_k <= 0:
         raise CliError(f"--top-k must be > 0, got {args.top_k}")
+    import torch
+
+    from .inference import (BatchReader, class_table, clips_from_files, clips_from_manifest, load_model, model_kind,
+                            resolve_device)
+
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device)
     kind = model_kind(model)

@@ -11,30 +11,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-#: Shortest waveform whose kaldi fbank (25 ms window = 400 samples, 10 ms hop =
-#: 160 samples at 16 kHz, snip_edges) has 16 frames, i.e. one row of 16x16
-#: patches: 400 + 15 * 160 = 2800 samples (0.175 s).
-MIN_SAMPLES_ONE_PATCH = 400 + 15 * 160
-
-_DEFAULT_HINT = (
-    "check that the file exists and decodes (e.g. `python -c \"import soundfile; "
-    "print(soundfile.info('FILE'))\"`), re-encode it (e.g. to 16-bit wav) or remove "
-    "it from the manifest; AudioDataset(bad_audio='skip') skips such files"
-)
-
-
-class AudioReadError(RuntimeError):
-    """An audio file could not be used. ``str(err)`` names the file, the reason
-    and what to do; ``err.path`` / ``err.reason`` hold the parts."""
-
-    def __init__(self, path, reason, hint=None):
-        self.path = str(path)
-        self.reason = str(reason)
-        self.hint = hint if hint is not None else _DEFAULT_HINT.replace("FILE", self.path)
-        super().__init__(f"cannot read audio file '{self.path}': {self.reason}; {self.hint}")
-
-    def __reduce__(self):  # keep picklable (DataLoader workers) despite custom __init__
-        return (type(self), (self.path, self.reason, self.hint))
+from ..constants import MIN_SAMPLES_ONE_PATCH  # noqa: F401  (importable from here too)
+from ..errors import AudioReadError
 
 
 def read_audio(path, target_sample_rate=16000):

@@ -15,12 +15,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..constants import SAMPLE_RATE
 from .audio import MIN_SAMPLES_ONE_PATCH, AudioReadError, read_audio
 from .manifest import read_manifest
 
 logger = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16000
 
 
 @dataclass

@@ -17,18 +17,18 @@ Output layout in ``--out DIR``::
 Every clip is drawn from its own generator seeded by (seed, split, kind,
 index), so identical arguments give byte-identical files.
 
-Usage: ``beats-make-demo-data --out demo_data`` (or ``python -m beats_fairseq.data.demo``)
+The command ``beats-make-demo-data --out demo_data`` (``beats_fairseq/cli/make_demo_data.py``) calls
+:func:`generate_corpus`.
 """
 
-import argparse
 import os
 
 import numpy as np
 import soundfile as sf
 
+from ..constants import MIN_SAMPLES_ONE_PATCH, SAMPLE_RATE
 from .manifest import write_class_map, write_manifest
 
-SAMPLE_RATE = 16000
 CLASSES = ("harmonic_tone", "up_chirp", "down_chirp", "noise_burst", "click_train", "am_tone")
 DISPLAY_NAMES = ("Harmonic tone", "Up-chirp", "Down-chirp", "Noise burst", "Click train", "AM tone")
 SPLITS = ("train", "valid", "test")
@@ -187,7 +187,7 @@ def generate_corpus(out, num_train=240, num_valid=60, num_test=60, seconds=3.0, 
     """Write the corpus into ``out`` (splits with 0 clips are not written).
     Returns ``{"out", "classes", "counts", "per_class"}``; ``counts`` maps a
     manifest name (e.g. ``train_multi``) to its clip count."""
-    if seconds * SAMPLE_RATE < 2800:
+    if seconds * SAMPLE_RATE < MIN_SAMPLES_ONE_PATCH:
         raise ValueError(f"--seconds={seconds} is too short: clips need >= 0.175 s (one fbank patch row)")
     if min(num_train, num_valid, num_test, seed) < 0 or multi_ratio < 0:
         raise ValueError("clip counts, --seed and --multi-ratio must be >= 0")
@@ -208,36 +208,3 @@ def generate_corpus(out, num_train=240, num_valid=60, num_test=60, seconds=3.0, 
             counts[f"{split}_multi"] = n_multi
     write_class_map(os.path.join(out, "labels.csv"), DISPLAY_NAMES)
     return {"out": out, "classes": list(CLASSES), "counts": counts, "per_class": per_class}
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(
-        prog="beats-make-demo-data",
-        description="Generate a small deterministic synthetic labelled audio corpus "
-                    f"({len(CLASSES)} classes: {', '.join(CLASSES)}) with fairseq manifests "
-                    "(<split>.tsv), label files (.lbl single-label, .mlbl multi-label) and labels.csv.")
-    p.add_argument("--out", default="demo_data", help="output directory (default: demo_data)")
-    p.add_argument("--num-train", type=int, default=240, help="single-label train clips (default 240)")
-    p.add_argument("--num-valid", type=int, default=60, help="single-label valid clips (default 60)")
-    p.add_argument("--num-test", type=int, default=60, help="single-label test clips (default 60)")
-    p.add_argument("--multi-ratio", type=float, default=0.5,
-                   help="multi-label clips per split = ratio x single-label count (default 0.5; 0 = none)")
-    p.add_argument("--seconds", type=float, default=3.0, help="clip length in seconds (default 3.0)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    args = p.parse_args(argv)
-    try:
-        info = generate_corpus(args.out, args.num_train, args.num_valid, args.num_test,
-                               args.seconds, args.seed, args.multi_ratio)
-    except ValueError as e:
-        p.error(str(e))
-    print(f"wrote demo corpus to {info['out']} ({args.seconds:g} s clips, 16 kHz mono, seed {args.seed})")
-    for name, n in info["counts"].items():
-        print(f"  {name + '.tsv':<18} {n:5d} clips")
-    print("  classes: " + ", ".join(f"{i}={c}" for i, c in enumerate(CLASSES)))
-    for split, counts in info["per_class"].items():
-        print(f"  {split} clips per class: {counts}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

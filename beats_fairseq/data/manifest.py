@@ -23,10 +23,7 @@ from array import array
 
 import numpy as np
 
-
-class ManifestError(ValueError):
-    """A manifest/label/class-map file is malformed; the message names the
-    file and (where it applies) the 1-based line number."""
+from ..errors import ManifestError
 
 
 def _err(path, line, msg):

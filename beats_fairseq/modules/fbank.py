@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torchaudio.compliance import kaldi
 
-SAMPLE_RATE = 16000
+from ..constants import SAMPLE_RATE
+
 NUM_MEL_BINS = 128
 FRAME_LENGTH = 400  # 25 ms at 16 kHz
 FRAME_SHIFT = 160  # 10 ms at 16 kHz

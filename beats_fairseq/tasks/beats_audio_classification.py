@@ -24,7 +24,7 @@ from omegaconf import OmegaConf, open_dict
 from ..data.label_dataset import LabelledAudioDataset, read_weights_file
 from ..data.manifest import read_class_map, read_manifest
 from ..models.beats_classifier import BeatsClassifierConfig, read_pretrained
-from .beats_pretraining import EVAL_SPLIT_PREFIXES, BeatsAudioTaskConfig, BeatsPretrainingTask
+from .audio_task import BeatsAudioTask, BeatsAudioTaskConfig, is_training_split
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _set(cfg, **values) -> None:
 
 
 @register_task("beats_audio_classification", dataclass=BeatsAudioClassificationConfig)
-class BeatsAudioClassificationTask(BeatsPretrainingTask):
+class BeatsAudioClassificationTask(BeatsAudioTask):
     cfg: BeatsAudioClassificationConfig
 
     def class_map_path(self) -> str:
@@ -89,7 +89,7 @@ class BeatsAudioClassificationTask(BeatsPretrainingTask):
         return os.path.join(self.cfg.data, f"{split}.{self.cfg.label_ext}")
 
     def build_labelled_dataset(self, split: str, num_classes: Optional[int] = None, **overrides):
-        training = not split.startswith(EVAL_SPLIT_PREFIXES)
+        training = is_training_split(split)
         manifest = self.manifest_path(split)
         if num_classes is None:
             num_classes = len(self.class_map())
@@ -142,9 +142,6 @@ class BeatsAudioClassificationTask(BeatsPretrainingTask):
         _set(cfg, **arch)
         return backbone
 
-    def build_model(self, cfg, from_checkpoint=False):
-        backbone = None if from_checkpoint else self.prepare_model_cfg(cfg)
-        model = super().build_model(cfg, from_checkpoint)
+    def attach(self, model, backbone) -> None:
         if backbone is not None:
-            model.load_pretrained_backbone(backbone, cfg.pretrained_path)
-        return model
+            model.load_pretrained_backbone(backbone, model.cfg.pretrained_path)
