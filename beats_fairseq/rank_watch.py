@@ -27,6 +27,7 @@ from it. A rank that is alive but stuck still beats; that case is left to the co
 timeout.
 """
 
+import atexit
 import logging
 import os
 import sys
@@ -56,7 +57,9 @@ class RankWatch:
         self.interval = max(0.05, self.timeout / 6)
         self.watched = list(range(1, self.world)) if self.rank == 0 else [0]
         self.seen: Dict[int, tuple] = {}  # rank: (its counter, when it last moved)
+        self.moves: Dict[int, int] = {r: 0 for r in self.watched}  # rank: how often its counter was seen moving
         self.active = threading.Event()
+        self.closing = threading.Event()
         self.thread = threading.Thread(target=self._run, name="beats-rank-watch", daemon=True)
 
     # ------------------------------------------------------------------ thread
@@ -77,10 +80,14 @@ class RankWatch:
         """Keep beating, judge no one (between epochs and once training ended: ranks leave at their pace)."""
         self.active.clear()
 
+    def close(self) -> None:
+        """End the thread (at exit: a thread still in a store call when Python shuts down aborts it)."""
+        self.closing.set()
+        self.thread.join(timeout=2 * self.interval + 1)
+
     def _run(self) -> None:
         last_loop = time.monotonic()
-        while True:
-            time.sleep(self.interval)
+        while not self.closing.wait(self.interval):
             now = time.monotonic()
             if now - last_loop > self.timeout / 2:  # this process was held up: no judgement on the others
                 self.seen = {r: (count, now) for r, (count, _) in self.seen.items()}
@@ -104,6 +111,7 @@ class RankWatch:
             previous, since = self.seen[r]
             if count != previous:
                 self.seen[r] = (count, now)
+                self.moves[r] += 1
             elif now - since > self.timeout:
                 if self.rank == 0:
                     self.store.set(LOST, str(r))
@@ -123,12 +131,13 @@ class RankWatch:
     # ------------------------------------------------------------------ main thread
     def explain(self) -> None:
         """Called with an error on the main thread: wait until the watch names a lost rank (it then
-        exits the process) or, on rank 0, has seen every other rank alive after the error (return).
-        The other ranks cannot tell: they wait for rank 0's verdict as long as it may take."""
-        t = time.monotonic()
-        deadline = t + self.timeout + 2 * self.interval
+        exits the process) or, on rank 0, has seen every other rank's counter move twice since the
+        error (a rank that died just before it may still be seen moving once: its last beats); then
+        return. The other ranks cannot tell: they wait for rank 0's verdict as long as it may take."""
+        before = dict(self.moves)
+        deadline = time.monotonic() + self.timeout + 2 * self.interval
         while time.monotonic() < deadline:
-            if self.rank == 0 and all(since > t for _, since in self.seen.values()):
+            if self.rank == 0 and all(self.moves[r] >= before[r] + 2 for r in self.watched):
                 return
             time.sleep(self.interval / 4)
 
@@ -145,6 +154,7 @@ def start(timeout: float) -> Optional[RankWatch]:
         return WATCH
     store = dist.distributed_c10d._get_default_store().clone()
     WATCH = RankWatch(store, dist.get_rank(), dist.get_world_size(), timeout).start()
+    atexit.register(WATCH.close)
     return WATCH
 
 

@@ -59,17 +59,34 @@ class RecordingWatch:
         return Recording(store, rank, world, timeout)
 
 
-def beat(store, rank, seconds, interval=0.05):
+@pytest.fixture
+def threads():
+    """Threads started by a test (heartbeats, watches), ended with it: a thread still in a store
+    call when Python shuts down aborts the process."""
+    started = []
+    yield started
+    for close in started:
+        close()
+
+
+def beat(threads, store, rank, seconds, interval=0.05):
     """Rank ``rank``'s heartbeat for ``seconds``, in a thread."""
+    done = threading.Event()
+
     def run():
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        while time.monotonic() < end and not done.wait(interval):
             store.add(f"beats_alive/{rank}", 1)
-            time.sleep(interval)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    return thread
+    threads.append(lambda: (done.set(), thread.join()))
+
+
+def watch(threads, store, rank, world, timeout):
+    started = RecordingWatch(store, rank, world, timeout).start()
+    threads.append(started.close)
+    return started
 
 
 def wait_for(condition, seconds):
@@ -79,27 +96,27 @@ def wait_for(condition, seconds):
     return condition()
 
 
-def test_rank_zero_names_the_rank_that_went_silent_and_publishes_it():
+def test_rank_zero_names_the_rank_that_went_silent_and_publishes_it(threads):
     store = torch.distributed.HashStore()
     timeout = 0.6
-    beat(store, 1, 1.0)
-    beat(store, 2, 10.0)
-    watch = RecordingWatch(store, 0, 3, timeout).start()
+    beat(threads, store, 1, 1.0)
+    beat(threads, store, 2, 10.0)
+    watch0 = watch(threads, store, 0, 3, timeout)
     silent_from = time.monotonic() + 1.0
-    assert wait_for(lambda: watch.verdicts, 5)
-    at, why = watch.verdicts[0]
+    assert wait_for(lambda: watch0.verdicts, 5)
+    at, why = watch0.verdicts[0]
     assert why.startswith("rank 1 sent no heartbeat for") and store.get("beats_lost") == b"1"
     assert timeout < at - silent_from < timeout * 4 / 3 + 0.3  # 0.3 s: a loaded test machine
 
 
-def test_other_ranks_take_rank_zeros_verdict_and_notice_a_dead_store():
+def test_other_ranks_take_rank_zeros_verdict_and_notice_a_dead_store(threads):
     store = torch.distributed.HashStore()
-    beat(store, 0, 10.0)
-    watch = RecordingWatch(store, 1, 3, 0.6).start()
+    beat(threads, store, 0, 10.0)
+    watch1 = watch(threads, store, 1, 3, 0.6)
     time.sleep(0.3)
-    assert not watch.verdicts
+    assert not watch1.verdicts
     store.set("beats_lost", "2")
-    assert wait_for(lambda: watch.verdicts, 2) and watch.verdicts[0][1] == "rank 0 reports rank 2 lost"
+    assert wait_for(lambda: watch1.verdicts, 2) and watch1.verdicts[0][1] == "rank 0 reports rank 2 lost"
 
     class DeadStore:  # answers once, then the process that hosted it is gone
         calls = 0
@@ -113,22 +130,23 @@ def test_other_ranks_take_rank_zeros_verdict_and_notice_a_dead_store():
         def set_timeout(self, timeout):
             pass
 
-    watch = RecordingWatch(DeadStore(), 1, 2, 0.6).start()
-    assert wait_for(lambda: watch.verdicts, 2)
-    assert "rendezvous store of torch.distributed stopped answering" in watch.verdicts[-1][1]
+    dead = watch(threads, DeadStore(), 1, 2, 0.6)
+    assert wait_for(lambda: dead.verdicts, 2)
+    assert "rendezvous store of torch.distributed stopped answering" in dead.verdicts[-1][1]
 
 
-def test_no_verdict_while_paused_and_an_error_waits_only_until_the_others_are_seen_alive():
+def test_no_verdict_while_paused_and_an_error_waits_only_until_the_others_are_seen_alive(threads):
     store = torch.distributed.HashStore()
-    watch = RecordingWatch(store, 0, 2, 0.6).start()
-    watch.pause()  # between epochs, after the last one: rank 1 may be gone already
-    time.sleep(1.2)
-    assert not watch.verdicts
-    beat(store, 1, 10.0)
-    watch.watch()
+    timeout = 1.2
+    watch0 = watch(threads, store, 0, 2, timeout)
+    watch0.pause()  # between epochs, after the last one: rank 1 may be gone already
+    time.sleep(2 * timeout)
+    assert not watch0.verdicts
+    beat(threads, store, 1, 10.0)
+    watch0.watch()
     t = time.monotonic()
-    watch.explain()  # an error on rank 0 while rank 1 is alive: it goes through at once
-    assert time.monotonic() - t < 0.5 and not watch.verdicts
+    watch0.explain()  # an error on rank 0 while rank 1 is alive: it goes through once rank 1 is seen beating
+    assert time.monotonic() - t < timeout and not watch0.verdicts
 
 
 # --------------------------------------------------------------------------- folder lock
