@@ -135,7 +135,7 @@ class RankWatch:
         error (a rank that died just before it may still be seen moving once: its last beats); then
         return. The other ranks cannot tell: they wait for rank 0's verdict as long as it may take."""
         before = dict(self.moves)
-        deadline = time.monotonic() + self.timeout + 2 * self.interval
+        deadline = time.monotonic() + self.timeout + 4 * self.interval  # the verdict comes within 2 intervals
         while time.monotonic() < deadline:
             if self.rank == 0 and all(self.moves[r] >= before[r] + 2 for r in self.watched):
                 return
