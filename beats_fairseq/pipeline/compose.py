@@ -93,7 +93,8 @@ def tiny_settings(kind: str) -> Dict[str, int]:
 
 
 def _has(cfg: DictConfig, key: str) -> bool:
-    return OmegaConf.select(cfg, key, default=_has) is not _has
+    """``key`` is in ``cfg`` (its value not resolved: it may be a required ``${beats_required:...}``)."""
+    return OmegaConf.select(cfg, key, default=_has, throw_on_resolution_failure=False) is not _has
 
 
 class Composer:
@@ -162,7 +163,7 @@ class Composer:
                 if clash and o.kind:
                     raise PipelineError(f"override {o.item!r}: the pipeline sets {clash[0]} of stage {stage.name} "
                                         "itself; leave it out, or give it to another kind of stage")
-                if not clash:  # a plain override of a key the pipeline sets: the pipeline's value stays
+                if not clash:  # with a clash, a plain override leaves the pipeline's value
                     self.used.add(o.item)
             cfg = copy.deepcopy(recipe)
             for key, value in owned.items():
