@@ -47,6 +47,7 @@ from ..distributed import NonFiniteGuard, enable_cpu_ddp, zero_loss, zeroed
 from ..loading import load_frozen_tokenizer
 from ..safe_checkpoints import enable_safe_checkpoints
 from ..tokenizers.trained import FrozenTokenizer
+from .init_from import load_start, pretraining_start
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,9 @@ class BeatsPretrainingTask(FairseqTask):
                 logger.info("model.codebook_size=%d from tokenizer %s", tokenizer.codebook_size, path)
                 with open_dict(cfg):
                     cfg.codebook_size = tokenizer.codebook_size  # kept in the checkpoint config
+        start = pretraining_start(cfg) if not from_checkpoint and getattr(cfg, "_name", None) == "beats" else None
         model = super().build_model(cfg, from_checkpoint)
+        load_start(model, start)
         if tokenizer is not None:
             model.set_tokenizer(tokenizer)
         if hasattr(model, "set_seed"):

@@ -15,6 +15,7 @@ from fairseq.tasks import register_task
 from omegaconf import open_dict
 
 from ..loading import load_teacher
+from .init_from import load_start, tokenizer_start
 from .beats_pretraining import BeatsAudioTaskConfig, BeatsPretrainingTask
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ class BeatsTokenizerTrainingTask(BeatsPretrainingTask):
                     f"model.teacher_dim={cfg.teacher_dim} but teacher {cfg.teacher_path!r} gives {teacher.dim}-dim "
                     "targets: set model.teacher_dim=0 to take it from the teacher"
                 )
+        start = None if from_checkpoint else tokenizer_start(cfg)
         model = super().build_model(cfg, from_checkpoint)
+        load_start(model, start)
         if teacher is not None:
             model.set_teacher(teacher)
         return model

@@ -95,7 +95,7 @@ def pretraining_start(cfg) -> Optional[Start]:
         logger.info("%s: backbone, label predictor and label head from %s", OPTION, path)
     else:
         why = (f"it predicts {codes} codes, the labels have {cfg.codebook_size}" if codes is not None
-               else f"a {start.kind} checkpoint has none")
+               else f"the checkpoint holds none: {start.kind} model")
         logger.info("%s: backbone from %s; label predictor and label head initialised afresh (%s)", OPTION, path, why)
     return Start(path, parts)
 
