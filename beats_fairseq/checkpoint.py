@@ -3,7 +3,7 @@
 Nothing here knows a model class: loading a checkpoint as a model is ``beats_fairseq/loading.py``.
 
 Official BEATs checkpoints are ``{'cfg': dict, 'model': state_dict[, 'label_dict']}``.
-The one key mapping (documented in the README) between them and this project:
+The one key mapping (documented in docs/parity.md) between them and this project:
 
 * every model here keeps the official backbone under ``backbone``: official ``k`` <->
   ``backbone.k`` for ``patch_embedding``, ``layer_norm``, ``post_extract_proj``, ``encoder.*``;

@@ -2,19 +2,18 @@
 
 fairseq (``torch.distributed`` + DDP) is the engine; this module only fills three gaps:
 
-* :func:`enable_cpu_ddp`: two CUDA-only spots of fairseq, patched so that multi-process
-  training also runs on CPUs (gloo), with no change on GPUs:
+* CPU DDP: replacements for two CUDA-only spots of fairseq, so that multi-process training also
+  runs on CPUs (gloo), with no change on GPUs (installed by ``beats_fairseq/fairseq_patches.py``):
 
-  - fairseq wraps the model in ``DistributedDataParallel(device_ids=[device_id])``, which
-    torch refuses for a CPU module; a CPU module is now wrapped without
+  - :func:`cpu_aware_ddp`: fairseq wraps the model in ``DistributedDataParallel(device_ids=[device_id])``,
+    which torch refuses for a CPU module; a CPU module is wrapped without
     ``device_ids``/``output_device`` (what torch requires for CPU);
-  - ``distributed_utils.all_gather_list`` (used to gather validation outputs that cannot be
-    summed, e.g. the predictions behind mAP) allocates CUDA buffers; with the gloo backend it
-    now uses ``torch.distributed.all_gather_object``.
+  - :func:`gloo_aware_all_gather_list`: ``distributed_utils.all_gather_list`` (used to gather
+    validation outputs that cannot be summed, e.g. the predictions behind mAP) allocates CUDA
+    buffers; with the gloo backend it uses ``torch.distributed.all_gather_object``.
 
-  The tasks of this project call it in ``setup_task``, so ``common.cpu=true`` with
-  ``distributed_backend=gloo`` trains with ``ddp_backend=pytorch_ddp`` (tests, debugging
-  without GPUs).
+  So ``common.cpu=true`` with ``distributed_backend=gloo`` trains with ``ddp_backend=pytorch_ddp``
+  (tests, debugging without GPUs).
 * :func:`any_rank`: logical OR of a per-rank flag over all ranks (one scalar all-reduce).
 * :class:`NonFiniteGuard`: what the tasks do on a non-finite loss (``task.nonfinite_loss``):
   ``fail`` raises ``FloatingPointError`` naming the batch's files; ``skip`` gives the batch a
@@ -37,10 +36,10 @@ NONFINITE_POLICIES = ("fail", "skip")
 
 
 # --------------------------------------------------------------------------- CPU DDP
-def _cpu_aware_ddp(base):
-    class CpuAwareDistributedDataParallel(base):
-        """torch DDP that drops ``device_ids``/``output_device`` for a module on the CPU."""
+def cpu_aware_ddp(base):
+    """A subclass of the DDP class ``base`` that drops ``device_ids``/``output_device`` for a CPU module."""
 
+    class CpuAwareDistributedDataParallel(base):
         def __init__(self, module, device_ids=None, output_device=None, **kwargs):
             if all(p.device.type == "cpu" for p in module.parameters()):
                 device_ids, output_device = None, None
@@ -49,7 +48,9 @@ def _cpu_aware_ddp(base):
     return CpuAwareDistributedDataParallel
 
 
-def _gloo_aware_all_gather_list(original):
+def gloo_aware_all_gather_list(original):
+    """fairseq's ``all_gather_list`` (``original``), through ``all_gather_object`` on a gloo group."""
+
     def all_gather_list(data, group=None, max_size=16384):
         if dist.is_initialized() and dist.get_backend(group) == "gloo":
             from fairseq.distributed import utils as fairseq_dist
@@ -60,20 +61,7 @@ def _gloo_aware_all_gather_list(original):
             return out
         return original(data, group=group, max_size=max_size)
 
-    all_gather_list._beats_cpu_aware = True
     return all_gather_list
-
-
-def enable_cpu_ddp() -> None:
-    """Let fairseq's DDP wrapper and ``all_gather_list`` work on CPU/gloo (idempotent)."""
-    from fairseq.distributed import utils as fairseq_dist
-    from fairseq.models import distributed_fairseq_model as dfm
-
-    if not getattr(dfm.DistributedDataParallel, "_beats_cpu_aware", False):
-        dfm.DistributedDataParallel = _cpu_aware_ddp(dfm.DistributedDataParallel)
-        dfm.DistributedDataParallel._beats_cpu_aware = True
-    if not getattr(fairseq_dist.all_gather_list, "_beats_cpu_aware", False):
-        fairseq_dist.all_gather_list = _gloo_aware_all_gather_list(fairseq_dist.all_gather_list)
 
 
 # --------------------------------------------------------------------------- collectives

@@ -2,7 +2,8 @@
 
 * :func:`load`: any checkpoint of this project (through fairseq's
   ``checkpoint_utils.load_model_ensemble_and_task``) or any official BEATs checkpoint;
-* :func:`from_official`: an official ``{'cfg', 'model'[, 'label_dict']}`` dict as this project's model;
+* :func:`from_official`: an official ``{'cfg', 'model'[, 'label_dict']}`` dict as this project's model
+  (a classifier's ``label_dict``: :func:`with_label_dict`, the same for converted checkpoints);
 * :func:`model_kind`: ``classifier``, ``tokenizer``, ``pretraining`` or ``encoder``;
 * :func:`load_teacher` and :func:`load_frozen_tokenizer`: the frozen external checkpoints that
   the training tasks attach to the model they build (never part of its state dict);
@@ -21,7 +22,7 @@ import torch
 import torch.nn as nn
 from fairseq import checkpoint_utils
 
-from .checkpoint import is_official, official_kind, read_checkpoint
+from .checkpoint import check_keys, is_official, official_kind, read_checkpoint
 from .models.beats import BeatsModel
 from .models.beats_classifier import BeatsClassifierModel
 from .models.beats_encoder import BeatsEncoderModel
@@ -43,7 +44,18 @@ def official_model_class(kind: str):
 
 def from_official(state: dict, source: str = "official checkpoint"):
     """Build this project's model from an official ``{'cfg', 'model'[, 'label_dict']}`` dict."""
-    return official_model_class(official_kind(state["cfg"])).from_official(state, source)
+    model = official_model_class(official_kind(state["cfg"])).from_official(state, source)
+    return with_label_dict(model, state)
+
+
+def with_label_dict(model, state: dict):
+    """A classifier whose config names no classes gets the checkpoint's top-level ``label_dict`` (that of
+    an official checkpoint, kept at the top level by ``beats-convert``) as ``model.label_dict``: an official
+    checkpoint and its conversion give the same class names."""
+    label_dict = state.get("label_dict")
+    if label_dict and isinstance(model, BeatsClassifierModel) and model.label_dict is None:
+        model.label_dict = label_dict
+    return model
 
 
 def load(path: str, device: str = "cpu", arg_overrides: Optional[dict] = None):
@@ -58,8 +70,10 @@ def load(path: str, device: str = "cpu", arg_overrides: Optional[dict] = None):
     else:
         if "cfg" not in state or state["cfg"] is None or "model" not in state:
             raise RuntimeError(f"{path!r} is neither a fairseq checkpoint nor an official BEATs checkpoint")
-        models, _, _ = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=arg_overrides)
-        model = models[0]
+        # non-strict in fairseq, strict here: a mismatch names the file and every missing and unexpected key
+        models, _, _ = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=arg_overrides, strict=False)
+        check_keys(models[0].state_dict().keys(), state["model"].keys(), repr(path))
+        model = with_label_dict(models[0], state)
     return model.to(device).eval()
 
 

@@ -4,14 +4,15 @@ fairseq saves a checkpoint by writing the first file (``checkpoint_E_U.pt`` or
 ``checkpoint_last.pt``) to ``NAME.tmp`` and renaming it, then *copies* it to the other names
 (``checkpoint_last.pt``, ``checkpoint_best.pt``, ...). A copy is written in place, so a kill
 during the copy leaves a truncated ``checkpoint_last.pt``, and the next launch stops in
-``torch.load`` with ``EOFError``. :func:`enable_safe_checkpoints` (called by the tasks'
-``setup_task``) patches two spots of ``fairseq.checkpoint_utils``:
+``torch.load`` with ``EOFError``. This module holds the replacements for three attributes of
+``fairseq.checkpoint_utils`` (installed by ``beats_fairseq/fairseq_patches.py``):
 
-* every checkpoint file, copies included, is written to ``NAME.tmp``, flushed to disk
+* :func:`safe_torch_persistent_save` and :func:`atomic_copy_path_manager`: every checkpoint
+  file, copies included, is written to ``NAME.tmp``, flushed to disk
   (``fsync``) and renamed over ``NAME`` (``os.replace``, atomic on a POSIX file system), so a
   file named ``checkpoint*.pt`` is either the old complete file or the new complete one;
   paths that are not local files (other ``PathManager`` back-ends) keep fairseq's behaviour;
-* ``load_checkpoint``: a ``checkpoint_last.pt`` that is not an intact checkpoint (empty,
+* :func:`checked_load_checkpoint`: a ``checkpoint_last.pt`` that is not an intact checkpoint (empty,
   truncated, not a zip archive, or its pickled record fails its CRC) is reported with one
   warning naming it, and training resumes from the newest intact ``checkpoint*.pt`` of
   ``checkpoint.save_dir`` (by modification time; each holds the full training state of its
@@ -106,20 +107,21 @@ def newest_intact_checkpoint(save_dir: str, suffix: str = "", exclude: str = "")
     return None
 
 
-def _safe_torch_persistent_save(original):
+def safe_torch_persistent_save(original):
+    """fairseq's ``torch_persistent_save`` (``original``) writing local files atomically."""
+
     def torch_persistent_save(obj, filename, async_write: bool = False):
         if async_write or not _is_local(filename):
             return original(obj, filename, async_write=async_write)
         write_atomically(filename, lambda f: torch.save(obj, f))
 
-    torch_persistent_save.beats_safe = True
     return torch_persistent_save
 
 
-def _atomic_copy_path_manager(base):
-    class AtomicCopyPathManager(base):
-        """fairseq's PathManager whose ``copy`` of local files is atomic (temporary name + rename)."""
+def atomic_copy_path_manager(base):
+    """A subclass of fairseq's ``PathManager`` (``base``) whose ``copy`` of local files is atomic."""
 
+    class AtomicCopyPathManager(base):
         @staticmethod
         def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
             if not (_is_local(src_path) and _is_local(dst_path)):
@@ -129,11 +131,12 @@ def _atomic_copy_path_manager(base):
             atomic_copy(src_path, dst_path)
             return True
 
-    AtomicCopyPathManager.beats_safe = True
     return AtomicCopyPathManager
 
 
-def _checked_load_checkpoint(original):
+def checked_load_checkpoint(original):
+    """fairseq's ``load_checkpoint`` (``original``) resuming past a broken ``checkpoint_last.pt``."""
+
     def load_checkpoint(cfg, trainer, **passthrough_args):
         suffix = getattr(trainer, "checkpoint_suffix", "") or ""
         last = os.path.join(cfg.save_dir, f"checkpoint_last{suffix}.pt")
@@ -161,17 +164,4 @@ def _checked_load_checkpoint(original):
             with open_dict(cfg):
                 cfg.restore_file = "checkpoint_last.pt"
 
-    load_checkpoint.beats_safe = True
     return load_checkpoint
-
-
-def enable_safe_checkpoints() -> None:
-    """Patch ``fairseq.checkpoint_utils`` (idempotent): atomic writes and copies, checked resume."""
-    from fairseq import checkpoint_utils
-
-    if not getattr(checkpoint_utils.torch_persistent_save, "beats_safe", False):
-        checkpoint_utils.torch_persistent_save = _safe_torch_persistent_save(checkpoint_utils.torch_persistent_save)
-    if not getattr(checkpoint_utils.PathManager, "beats_safe", False):
-        checkpoint_utils.PathManager = _atomic_copy_path_manager(checkpoint_utils.PathManager)
-    if not getattr(checkpoint_utils.load_checkpoint, "beats_safe", False):
-        checkpoint_utils.load_checkpoint = _checked_load_checkpoint(checkpoint_utils.load_checkpoint)

@@ -11,7 +11,7 @@ LAYERS = [
     ("constants", "errors", "import_hook"),
     ("seeding", "metrics", "plots", "recipes", "checkpoint", "distributed", "safe_checkpoints", "optim",
      "modules"),
-    ("augment", "data", "tokenizers", "criterions", "features"),
+    ("augment", "data", "tokenizers", "criterions", "features", "fairseq_patches"),
     ("models",),
     ("loading",),
     ("tasks",),

@@ -79,6 +79,39 @@ def test_every_console_script_has_help(capsys):
         assert f"usage: {prog}" in out and "options:" in out, (prog, out[:300])
 
 
+def test_commands_that_run_a_model_over_audio_share_their_flags():
+    """The shared inference flags (``cli/common.add_inference_args``) mean the same in every command."""
+    from beats_fairseq.cli import precompute_labels, probe
+
+    shared = {"--device": "auto", "--batch-size": None, "--num-workers": 2, "--max-seconds": None,
+              "--no-progress": False, "--quiet": False}
+    for command in (predict, extract, evaluate, probe, precompute_labels):
+        options = {o: a for a in command.build_parser()._actions for o in a.option_strings}
+        for flag, default in shared.items():
+            if command is precompute_labels and flag == "--max-seconds":
+                continue  # labels must cover whole clips
+            assert flag in options, f"{command.__name__} has no {flag}"
+            if default is not None:
+                assert options[flag].default == default, (command.__name__, flag)
+        assert "--progress" not in options
+
+
+def test_probe_runs_with_the_shared_flags(corpus, oracle, capsys):
+    from beats_fairseq.cli import probe
+
+    (corpus / "train.tsv").write_text((corpus / "test.tsv").read_text())
+    for split in ("train", "test"):
+        (corpus / f"{split}.lbl").write_text("0\n1\n0\n")
+    args = ["--data", str(corpus), "--encoder", f"small={oracle.dir / 'beats_small.pt'}", "--no-random-baseline",
+            "--device", "auto", "--batch-size", "2", *FAST]
+    assert probe.main([*args, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "| small | 1.0000 |" in captured.out and "probe small" not in captured.err  # --quiet: no INFO lines
+    assert probe.main(args) == 0
+    assert "probe small: accuracy 1.0000" in capsys.readouterr().err
+    assert probe.main([*args, "--device", "nonsense"]) == 1  # the shared --device check
+
+
 @pytest.mark.parametrize("command", ["folder", "audioset", "esc50", "spcv2"])
 def test_manifest_subcommand_help(command, capsys):
     with pytest.raises(SystemExit):
@@ -186,11 +219,14 @@ def test_extract_shapes_alignment_and_values(corpus, oracle):
                          "--overwrite", *FAST]) == 1  # no tokenizer
 
 
-def test_extract_tokenizer_labels(corpus, oracle):
+def test_extract_tokenizer_labels_only_when_asked(corpus, oracle, capsys):
     pytest.importorskip("beats_fairseq.models.beats_tokenizer")
     ckpt = str(oracle.dir / "tokenizer_small.pt")
     out = corpus / "tok"
     assert extract.main([ckpt, str(corpus / "test.tsv"), "--out", str(out), "--batch-size", "1", *FAST]) == 0
+    assert not (out / "labels.npy").exists()  # a tokenizer checkpoint gives its features unless labels are asked for
+    assert extract.main([ckpt, str(corpus / "test.tsv"), "--out", str(out), "--batch-size", "1", "--overwrite",
+                         "--outputs", "clip,patch,labels", *FAST]) == 0
     labels, offsets = np.load(out / "labels.npy"), np.load(out / "patch_offsets.npy")
     assert labels.dtype == np.int64 and labels.shape == (offsets[-1],)
     assert np.load(out / "patch_features.npy").shape[0] == offsets[-1]
@@ -198,6 +234,15 @@ def test_extract_tokenizer_labels(corpus, oracle):
     for i, wav in enumerate(waveforms(corpus)):
         expected = tokenizer.extract_labels(wav[None]).reshape(-1)
         np.testing.assert_array_equal(labels[offsets[i]:offsets[i + 1]], expected.numpy())
+    # --tokenizer asks for labels with auto outputs, and contradicts outputs without labels
+    encoder = str(oracle.dir / "beats_small.pt")
+    assert extract.main([encoder, str(corpus / "test.tsv"), "--out", str(out), "--tokenizer", ckpt, "--overwrite",
+                         "--batch-size", "1", *FAST]) == 0
+    np.testing.assert_array_equal(np.load(out / "labels.npy"), labels)
+    capsys.readouterr()
+    assert extract.main([encoder, str(corpus / "test.tsv"), "--out", str(out), "--tokenizer", ckpt, "--overwrite",
+                         "--outputs", "clip", *FAST]) == 1
+    assert "--tokenizer is only used for labels" in capsys.readouterr().err
 
 
 def write_labelled_manifest(corpus, lines, ext):

@@ -138,3 +138,28 @@ def test_single_label_classifier_export_warns_and_keeps_logits(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "single-label (softmax)" in err and "fbank_mean=14.0" in err
     assert read_checkpoint(official)["cfg"]["predictor_class"] == 3
+
+
+@pytest.mark.parametrize("label_dict", ["full", "partial", "string keys"])
+def test_library_and_commands_give_a_classifier_the_same_label_dict(label_dict, oracle, tmp_path):
+    """``beats_fairseq.load`` and the commands' ``load_model`` read an official classifier and its
+    conversion with the same ``label_dict``, hence the same class names."""
+    from beats_fairseq.cli.inference import class_table
+
+    state = read_checkpoint(oracle.dir / "beats_small_finetuned.pt")
+    full = dict(state["label_dict"])
+    state["label_dict"] = {"full": full, "partial": {i: m for i, m in full.items() if i != 2},
+                           "string keys": {str(i): m for i, m in full.items()}}[label_dict]
+    official, converted = tmp_path / "official.pt", tmp_path / "converted.pt"
+    torch.save(state, official)
+    assert convert.main([str(official), str(converted), "--quiet"]) == 0
+    models = [load(str(official)), load_model(str(official), "cpu"), load(str(converted)),
+              load_model(str(converted), "cpu")]
+    assert all(m.label_dict == models[0].label_dict for m in models)
+    assert models[0].label_dict is not None
+    names = [class_table(m)[1] for m in models]
+    assert all(n == names[0] for n in names)
+    if label_dict == "partial":
+        assert names[0] == ["/m/oracle_class_0", "/m/oracle_class_1", "", "/m/oracle_class_3", "/m/oracle_class_4"]
+    else:
+        assert names[0] == [full[i] for i in range(len(full))]

@@ -149,6 +149,12 @@ def test_a_wrong_or_mismatched_checkpoint_fails_naming_file_and_keys(oracle, tmp
     torch.save(state, tmp_path / "broken.pt")
     with pytest.raises(CheckpointKeyError, match=r"(?s)broken.pt.*missing keys \(1\).*layers.1.fc2.bias.*extra"):
         task.build_model(recipe_model(CONTINUE, "tiny", init_from=str(tmp_path / "broken.pt")))
+    own_beats_checkpoint(tmp_path / "own.pt")
+    state = torch.load(tmp_path / "own.pt", weights_only=True)
+    state["model"]["label_head.extra"] = state["model"].pop("label_head.bias")
+    torch.save(state, tmp_path / "own_broken.pt")
+    with pytest.raises(CheckpointKeyError, match=r"(?s)own_broken.pt.*missing keys \(1\).*label_head.bias.*extra"):
+        task.build_model(recipe_model(CONTINUE, "tiny", init_from=str(tmp_path / "own_broken.pt")))
     cfg = recipe_model(TOKENIZER, "tiny", init_from=str(oracle.dir / "beats_small.pt"),
                        teacher_path=str(oracle.dir / "beats_small.pt"))
     with pytest.raises(ValueError, match=r"beats_small.pt' holds a encoder model .* takes a tokenizer"):

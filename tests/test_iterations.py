@@ -159,9 +159,9 @@ def test_mismatching_manifest_crop_sample_rate_and_tokenizer_are_refused(labels,
     # a random crop cannot be precomputed
     with pytest.raises(LabelStoreMismatch, match=r"task\.crop=random.*set task\.crop=start"):
         make_task(demo_data, str(labels), max_sample_size=32000, crop="random").load_dataset("train")
-    # sample rate
-    with pytest.raises(LabelStoreMismatch, match=r"sample_rate is 8000 now"):
-        make_task(demo_data, str(labels), sample_rate=8000).load_dataset("valid")
+    # sample rate: the task reads audio at the fbank's 16 kHz only
+    with pytest.raises(ValueError, match=r"task\.sample_rate=8000: .*fixed at 16000 Hz"):
+        make_task(demo_data, str(labels), sample_rate=8000)
     # another tokenizer: the model's tokenizer_path names tok_b
     from beats_fairseq.models.beats import BeatsConfig
 
@@ -241,7 +241,7 @@ def _first_clip(data):
 
 
 @pytest.mark.slow
-def test_iter2_tiny_runs_with_on_the_fly_and_precomputed_labels(demo_data, labels, tokenizers, tmp_path):
+def test_iter2_tiny_runs_with_on_the_fly_and_precomputed_labels(demo_data, labels, tokenizers, tmp_path, capsys):
     own = tmp_path / "tokenizer.pt"  # a copy of tokenizers[0]: deleted below
     shutil.copy(tokenizers[0], own)
     common = [f"task.data={demo_data}", "optimization.max_update=4",
@@ -267,15 +267,18 @@ def test_iter2_tiny_runs_with_on_the_fly_and_precomputed_labels(demo_data, label
     proc = subprocess.run([sys.executable, "-c", STANDALONE, str(tmp_path / "fly" / "checkpoint_last.pt"), str(own)],
                           capture_output=True, text=True, cwd="/")
     assert "STANDALONE-OK" in proc.stdout, proc.stderr[-3000:]
-    # beats-extract labels with the tokenizer model.tokenizer_path names while it exists, and without one after
+    # beats-extract reads no tokenizer the user did not name: labels of an iter2 checkpoint need --tokenizer
     from beats_fairseq.cli import extract
 
     tokenizer = load_frozen_tokenizer(tokenizers[0])
-    for save, with_labels in (("pre", True), ("fly", False)):
-        out = tmp_path / f"extract_{save}"
-        assert extract.main([str(tmp_path / save / "checkpoint_last.pt"), str(Path(demo_data, "test.tsv")),
-                             "--out", str(out), "--num-workers", "0", "--no-progress"]) == 0
-        assert (out / "labels.npy").exists() == with_labels
+    checkpoint, test = str(tmp_path / "pre" / "checkpoint_last.pt"), str(Path(demo_data, "test.tsv"))
+    out, fast = tmp_path / "extract_pre", ["--num-workers", "0", "--no-progress", "--overwrite"]
+    assert extract.main([checkpoint, test, "--out", str(out), *fast]) == 0
+    assert (out / "patch_features.npy").exists() and not (out / "labels.npy").exists()
+    capsys.readouterr()
+    assert extract.main([checkpoint, test, "--out", str(out), "--outputs", "clip,labels", *fast]) == 1
+    assert f"pass --tokenizer {tokenizers[0]}" in capsys.readouterr().err  # names the tokenizer it was trained on
+    assert extract.main([checkpoint, test, "--out", str(out), "--tokenizer", tokenizers[0], *fast]) == 0
     first = tokenizer.extract_labels(torch.from_numpy(sf.read(_first_clip(demo_data), dtype="float32")[0])[None])
     labels = np.load(tmp_path / "extract_pre" / "labels.npy")
     assert torch.equal(torch.from_numpy(labels[:first.numel()]), first.reshape(-1))

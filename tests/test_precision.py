@@ -114,7 +114,8 @@ def test_exact_waveforms_collate_float64_only_under_mixed_precision(tmp_path):
     import soundfile as sf
 
     from beats_fairseq.data.manifest import write_manifest
-    from beats_fairseq.tasks.beats_pretraining import BeatsPretrainingTask, BeatsAudioTaskConfig
+    from beats_fairseq.tasks.audio_task import BeatsAudioTaskConfig
+    from beats_fairseq.tasks.beats_pretraining import BeatsPretrainingTask
 
     for i in range(2):
         sf.write(tmp_path / f"{i}.wav", 0.1 * np.random.default_rng(i).standard_normal(8000), 16000, subtype="FLOAT")
@@ -199,7 +200,8 @@ def test_amp_train_step_runs_the_forward_under_autocast(tmp_path):
     from fairseq.optim import FairseqOptimizer
     from fairseq.optim.amp_optimizer import AMPOptimizer
 
-    from beats_fairseq.tasks.beats_pretraining import BeatsPretrainingTask, BeatsAudioTaskConfig
+    from beats_fairseq.tasks.audio_task import BeatsAudioTaskConfig
+    from beats_fairseq.tasks.beats_pretraining import BeatsPretrainingTask
 
     class FakeAMP(AMPOptimizer):
         def __init__(self):

@@ -64,7 +64,8 @@ def test_pretraining_recipes_list_every_tunable(path):
     from beats_fairseq.criterions.beats_mam import BeatsMamConfig
     from beats_fairseq.models.beats import BeatsConfig
     from beats_fairseq.modules.backbone import ARCH_FIELDS
-    from beats_fairseq.tasks.beats_pretraining import RESUME_FIELDS, BeatsPretrainingConfig
+    from beats_fairseq.tasks.audio_task import RESUME_FIELDS
+    from beats_fairseq.tasks.beats_pretraining import BeatsPretrainingConfig
 
     cfg = OmegaConf.load(REPO / path)
     fixed = {"_name", "seed", "activation_fn", "layer_norm_first", *RESUME_FIELDS}  # one supported value

@@ -312,10 +312,10 @@ def test_broken_checkpoint_last_resumes_from_the_newest_intact_one(tmp_path, cap
 
     from omegaconf import OmegaConf
 
-    from beats_fairseq.safe_checkpoints import BrokenCheckpointError, _checked_load_checkpoint
+    from beats_fairseq.safe_checkpoints import BrokenCheckpointError, checked_load_checkpoint
 
     calls = []
-    load = _checked_load_checkpoint(lambda cfg, trainer, **kw: calls.append(cfg.restore_file) or "loaded")
+    load = checked_load_checkpoint(lambda cfg, trainer, **kw: calls.append(cfg.restore_file) or "loaded")
     cfg = OmegaConf.create({"save_dir": str(tmp_path), "restore_file": "checkpoint_last.pt"})
     trainer = type("Trainer", (), {"checkpoint_suffix": ""})()
     assert load(cfg, trainer) == "loaded" and calls == ["checkpoint_last.pt"]  # nothing to resume: fairseq's way

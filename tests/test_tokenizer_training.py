@@ -205,7 +205,7 @@ def test_recipes_list_every_tunable_and_follow_the_paper(name):
     import dataclasses
 
     from beats_fairseq.criterions.beats_tokenizer_distillation import BeatsTokenizerDistillationConfig
-    from beats_fairseq.tasks.beats_pretraining import RESUME_FIELDS
+    from beats_fairseq.tasks.audio_task import RESUME_FIELDS
 
     cfg = OmegaConf.load(REPO / "examples" / "beats_tokenizer" / f"{name}.yaml")
     for section, schema in (("task", BeatsTokenizerTrainingTaskConfig), ("model", BeatsTokenizerConfig),

@@ -2,7 +2,7 @@
 
 * official -> fairseq (``--to fairseq``): pre-trained -> model ``beats_encoder``, fine-tuned
   -> ``beats_classifier`` (its ``label_dict`` is kept: top-level key of the checkpoint and
-  ``model.label_dict`` after ``beats-*`` / ``load_model``), tokenizer -> ``beats_tokenizer``
+  ``model.label_dict`` after ``beats_fairseq.load``, as for the official file), tokenizer -> ``beats_tokenizer``
   (inference only: the official format has no estimator). The file is a regular fairseq
   checkpoint (``cfg`` with ``common``/``task``/``model``/..., ``model`` state dict, empty
   optimizer history) read by ``fairseq.checkpoint_utils.load_model_ensemble_and_task``

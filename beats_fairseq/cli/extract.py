@@ -5,7 +5,8 @@ Output folder (formats in docs/cli.md):
 * ``clip_features.npy``  float32 ``(M, C)``: mean of each clip's patch features;
 * ``patch_features.npy`` float32 ``(sum N_i, C)``: clip i's patches are rows
   ``patch_offsets[i]:patch_offsets[i+1]``, time-major (patch n = 8 * t + f for 16x16 patches);
-* ``labels.npy``         int64 ``(sum N_i,)``: tokenizer labels, rows aligned with the patches;
+* ``labels.npy``         int64 ``(sum N_i,)``: tokenizer labels, rows aligned with the patches (only when
+  asked for: ``--outputs ...,labels`` or ``--tokenizer``);
 * ``patch_offsets.npy``  int64 ``(M + 1,)``;
 * with ``--frames``: ``frame_features.npy`` float32 ``(sum T_i, C)`` (one row per 160 ms time column:
   its 8 frequency patches averaged, or concatenated with ``--frame-reduce concat``),
@@ -71,9 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="beats-extract",
         description="Extract clip-level (mean over the clip's patches) and patch-level features from a chosen "
-                    "encoder layer, and tokenizer labels, for every clip of a manifest. Any checkpoint of this "
-                    "project or official BEATs checkpoint works; fine-tuned classifiers give their encoder "
-                    "features. Outputs are .npy files with an index (see docs/cli.md).",
+                    "encoder layer, and on request tokenizer labels, for every clip of a manifest. Any checkpoint "
+                    "of this project or official BEATs checkpoint works; fine-tuned classifiers give their encoder "
+                    "features. Reads no file but the checkpoint, the manifest's audio and --tokenizer. Outputs are "
+                    ".npy files with an index (see docs/cli.md).",
     )
     parser.add_argument("checkpoint", help="model checkpoint (pre-trained, fine-tuned or tokenizer; fairseq or official)")
     parser.add_argument("manifest", help="fairseq .tsv manifest of the clips")
@@ -82,11 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="encoder layer whose output is written: 0-based, negative counts from the end "
                              "(-1 = last); default: the last layer, as the official extract_features")
     parser.add_argument("--outputs", default="auto",
-                        help="comma-separated subset of clip,patch,labels; auto = clip,patch plus labels when the "
-                             "checkpoint is a tokenizer or --tokenizer is given (default: auto)")
+                        help="comma-separated subset of clip,patch,labels; auto = clip,patch, plus labels when "
+                             "--tokenizer is given (default: auto). labels: tokenizer labels of the patches, from "
+                             "--tokenizer, else from the checkpoint itself when it is a tokenizer or an iter1 "
+                             "pre-training checkpoint (its random projection)")
     parser.add_argument("--tokenizer",
-                        help="tokenizer checkpoint for labels (default: the checkpoint itself if it is a tokenizer, "
-                             "or the tokenizer of a beats pre-training checkpoint)")
+                        help="tokenizer checkpoint whose labels are written (labels.npy); needed for labels of "
+                             "iter2+ pre-training checkpoints, whose tokenizer is a separate file")
     parser.add_argument("--frames", action="store_true",
                         help="also write frame-level features: one row per 160 ms time column, with timestamps "
                              "(auto outputs become clip,frames; clip features are then the mean over the columns)")
@@ -102,14 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_outputs(value: str, has_tokenizer: bool, frames: bool = False):
+def parse_outputs(value: str, tokenizer_given: bool, frames: bool = False):
+    """The outputs asked for; labels only when listed, or with ``auto`` and ``--tokenizer``."""
     if value == "auto":
-        return ["clip", "frames" if frames else "patch"] + (["labels"] if has_tokenizer else [])
+        return ["clip", "frames" if frames else "patch"] + (["labels"] if tokenizer_given else [])
     outputs = [v.strip() for v in value.split(",") if v.strip()] + (["frames"] if frames else [])
     outputs = list(dict.fromkeys(outputs))
     unknown = [v for v in outputs if v not in OUTPUTS]
     if unknown or not outputs:
         raise CliError(f"--outputs {value!r}: choose a comma-separated subset of {','.join(OUTPUTS)} (or auto)")
+    if tokenizer_given and "labels" not in outputs:
+        raise CliError(f"--tokenizer is only used for labels, which --outputs {value!r} leaves out: add labels")
     return outputs
 
 
@@ -121,8 +128,10 @@ def resolve_layer(layer, num_layers: int):
     return layer % num_layers
 
 
-def find_labeller(model, kind, tokenizer_path, device):
-    """Callable ``(source, padding_mask) -> (B, N) labels`` and its patch size, or (None, None)."""
+def find_labeller(model, kind, checkpoint, tokenizer_path, device):
+    """Callable ``(source, padding_mask) -> (B, N) labels`` and its patch size: from ``tokenizer_path``,
+    else from the checkpoint itself (a tokenizer, or an iter1 ``beats`` model's random projection).
+    Never reads a file the user did not name."""
     from .inference import load_model, model_kind
 
     if tokenizer_path:
@@ -132,13 +141,13 @@ def find_labeller(model, kind, tokenizer_path, device):
         return tokenizer.extract_labels, tokenizer.backbone.patch_size
     if kind == "tokenizer":
         return model.extract_labels, model.backbone.patch_size
-    if kind == "pretraining":
-        if model.tokenizer is not None:  # iter1: the random projection, saved in the checkpoint
-            return model.tokenizer.extract_labels, model.tokenizer.patch_size
-        path = model.cfg.tokenizer_path  # iter2+: the trained tokenizer it was trained with, if still there
-        if path and os.path.isfile(path):
-            return find_labeller(model, kind, path, device)
-    return None, None
+    if kind == "pretraining" and model.tokenizer is not None:  # iter1: the random projection, saved in the checkpoint
+        return model.tokenizer.extract_labels, model.tokenizer.patch_size
+    if kind == "pretraining" and model.cfg.tokenizer_path:
+        raise CliError(f"{checkpoint} was pre-trained on the labels of the tokenizer {model.cfg.tokenizer_path}, which "
+                       f"is not part of the checkpoint: pass --tokenizer {model.cfg.tokenizer_path} (or another "
+                       "tokenizer checkpoint) for labels")
+    raise CliError(f"{checkpoint} is a {kind} checkpoint without a tokenizer: pass --tokenizer TOKENIZER.pt for labels")
 
 
 def prepare_out(folder: str, overwrite: bool) -> None:
@@ -162,18 +171,18 @@ def run(args) -> int:
     model = load_model(args.checkpoint, device)
     kind = model_kind(model)
     backbone = model.backbone
-    labeller, label_patch = find_labeller(model, kind, args.tokenizer, device)
-    outputs = parse_outputs(args.outputs, labeller is not None, args.frames)
+    outputs = parse_outputs(args.outputs, bool(args.tokenizer), args.frames)
+    labeller, label_patch = None, None
+    if "labels" in outputs:
+        labeller, label_patch = find_labeller(model, kind, args.checkpoint, args.tokenizer, device)
+        if label_patch != backbone.patch_size:
+            raise CliError(f"the tokenizer uses {label_patch}x{label_patch} patches but the model "
+                           f"{backbone.patch_size}x{backbone.patch_size}: their rows would not align")
     chunk_seconds = args.chunk_seconds or None
     try:
         chunk_grid(chunk_seconds, args.hop_seconds, backbone.patch_size)
     except ValueError as exc:
         raise CliError(f"--chunk-seconds {args.chunk_seconds} / --hop-seconds {args.hop_seconds}: {exc}") from None
-    if "labels" in outputs and labeller is None:
-        raise CliError(f"{args.checkpoint} is a {kind} checkpoint without a tokenizer: pass --tokenizer for labels")
-    if "labels" in outputs and label_patch != backbone.patch_size:
-        raise CliError(f"the tokenizer uses {label_patch}x{label_patch} patches but the model "
-                       f"{backbone.patch_size}x{backbone.patch_size}: their rows would not align")
     layer = resolve_layer(args.layer, backbone.cfg.encoder_layers)
     frames = "frames" in outputs
     need_patches = "patch" in outputs or ("clip" in outputs and not frames)

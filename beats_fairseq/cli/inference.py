@@ -10,7 +10,6 @@ from typing import List, Optional
 
 import torch
 
-from ..checkpoint import is_official, read_checkpoint
 from ..data.clips import SAMPLE_RATE, Batch, Clip, ClipBatches, clips_from_files, clips_from_manifest  # noqa: F401
 from ..data.label_store import num_patches  # noqa: F401  (re-exported for the tools)
 from ..data.manifest import read_class_map
@@ -32,19 +31,13 @@ def resolve_device(name: str) -> torch.device:
 
 # ---------------------------------------------------------------------------- models
 def load_model(path: str, device) -> torch.nn.Module:
-    """``beats_fairseq.load`` with user-facing errors; a classifier converted by ``beats-convert``
-    gets the official ``label_dict`` stored at the top level of its fairseq checkpoint back."""
+    """``beats_fairseq.load`` with user-facing errors."""
     if not os.path.isfile(path):
         raise CliError(f"checkpoint {path!r} does not exist")
     try:
-        model = load(path, device=str(device))
+        return load(path, device=str(device))
     except (RuntimeError, ValueError, KeyError, AssertionError) as exc:
         raise CliError(f"cannot load checkpoint {path!r}: {exc}") from exc
-    if model_kind(model) == "classifier" and getattr(model, "label_dict", None) is None:
-        state = read_checkpoint(path)
-        if not is_official(state) and state.get("label_dict"):
-            model.label_dict = dict(state["label_dict"])
-    return model
 
 
 def class_table(model, class_map: Optional[str] = None):

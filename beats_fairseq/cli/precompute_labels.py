@@ -49,7 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="task.crop for training splits (a random crop cannot be precomputed; default: start)")
     crop.add_argument("--min-sample-size", type=int, default=MIN_SAMPLES_ONE_PATCH,
                       help=f"task.min_sample_size (default: {MIN_SAMPLES_ONE_PATCH})")
-    crop.add_argument("--sample-rate", type=int, default=16000, help="task.sample_rate (default: 16000)")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     run.add_argument("--batch-size", type=int, default=16,
@@ -69,7 +68,7 @@ def task_for(args):
 
     root = OmegaConf.create({"common": {"seed": 1, "bf16": False, "fp16": False}})
     root.task = OmegaConf.structured(BeatsPretrainingConfig(
-        data=args.data, sample_rate=args.sample_rate, max_sample_size=args.max_sample_size,
+        data=args.data, max_sample_size=args.max_sample_size,
         min_sample_size=args.min_sample_size, crop=args.crop, bad_audio="skip",
     ))
     return BeatsPretrainingTask(root.task)

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from ..constants import POOLINGS
-from .common import CliError, run_main
+from .common import CliError, add_inference_args, run_main
 
 logger = logging.getLogger("beats_fairseq.probe")
 
@@ -35,18 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layer", type=int, default=None,
                         help="encoder layer to probe, 0-based (default: the last)")
     parser.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the regression (default: 1)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
-    parser.add_argument("--num-workers", type=int, default=0, help="audio reading processes (default: 0)")
-    parser.add_argument("--max-seconds", type=float, default=None, help="use only the first seconds of each clip")
     parser.add_argument("--out", default=None, help="also write the table (markdown) to this file")
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    add_inference_args(parser, skip_bad=False)
     return parser
 
 
 def main(argv=None) -> int:
     def run(args):
         from ..probe import results_table, run_probe
+        from .inference import resolve_device
 
         encoders = {}
         for item in args.encoder:
@@ -56,9 +53,9 @@ def main(argv=None) -> int:
             encoders[name] = path
         multilabel = {"auto": None, "yes": True, "no": False}[args.multilabel]
         results = run_probe(encoders, args.data, args.train_split, args.eval_split, args.label_ext, multilabel,
-                            not args.no_random_baseline, args.seed, args.device, args.batch_size, args.num_workers,
-                            args.max_seconds, args.C, args.progress, log=lambda m: logger.info(m),
-                            pooling=args.pooling, layer=args.layer)
+                            not args.no_random_baseline, args.seed, resolve_device(args.device), args.batch_size,
+                            args.num_workers, args.max_seconds, args.C, not args.no_progress,
+                            log=lambda m: logger.info(m), pooling=args.pooling, layer=args.layer)
         table = results_table(results, args.eval_split)
         print(table)
         if args.out:

@@ -1,5 +1,5 @@
-"""Starting a training run from an existing model: ``model.init_from`` (and the fine-tuning
-task's ``model.pretrained_path``).
+"""Starting a training run from an existing model: ``model.init_from`` of pre-training and tokenizer
+training, ``model.pretrained_path`` of fine-tuning.
 
 Read only when a task builds a model for training, never when a model is rebuilt from its own
 checkpoint. The checkpoint is read by :func:`beats_fairseq.loading.read_starting_point`, i.e. by
@@ -9,8 +9,9 @@ checkpoint. The checkpoint is read by :func:`beats_fairseq.loading.read_starting
    label predictor's depth, a tokenizer's codebook) replaces the recipe's in the model config, hence
    in every checkpoint the run writes; one log line lists the values that changed. Regularisation
    (dropout, LayerDrop, layer-wise gradient decay) and the fbank statistics stay the recipe's.
-2. :func:`pretraining_start` / :func:`tokenizer_start`: the parts of the model it initialises
-   (a :class:`Start`); one log line names those initialised afresh instead, and why.
+2. :func:`pretraining_start` / :func:`tokenizer_start` / :func:`finetuning_start`: the parts of the
+   model it initialises (a :class:`Start`); one log line names them, and those initialised afresh
+   instead, and why.
 3. :func:`load_start`: once the model is built, every part loads strictly (missing or unexpected
    keys: an error naming the file, the part and the keys).
 
@@ -40,6 +41,7 @@ TOKENIZER_KINDS = ("tokenizer",)
 class Start(NamedTuple):
     """The weights a freshly built model starts from (:func:`load_start`)."""
 
+    option: str  # the config key that named the file
     path: str
     parts: Dict[str, Dict[str, torch.Tensor]]  # {submodule name: its state dict}
     # {submodule name: keys kept from the freshly built model}: bookkeeping of the run that wrote the file
@@ -76,6 +78,18 @@ def take_architecture(cfg, values: dict, source: str, defaults=None) -> None:
     set_config(cfg, **values)
 
 
+def finetuning_start(cfg, defaults=None) -> Optional[Start]:
+    """``model.pretrained_path`` of a ``beats_classifier`` config: the backbone (``defaults``: see
+    :func:`config_value`)."""
+    path = config_value(cfg, "pretrained_path", defaults)
+    if not path:
+        return None
+    start = read_starting_point(path, PRETRAINED_KINDS, "model.pretrained_path")
+    take_architecture(cfg, start.architecture, path, defaults)
+    logger.info("model.pretrained_path: backbone from %s (%d tensors)", path, len(start.part("backbone")))
+    return Start("model.pretrained_path", path, {"backbone": start.part("backbone")})
+
+
 def pretraining_start(cfg) -> Optional[Start]:
     """``model.init_from`` of a ``beats`` config (its codebook size already that of the labels): the
     backbone, and the label predictor and head when it is a ``beats`` checkpoint with as many codes."""
@@ -97,7 +111,7 @@ def pretraining_start(cfg) -> Optional[Start]:
         why = (f"it predicts {codes} codes, the labels have {cfg.codebook_size}" if codes is not None
                else f"the checkpoint holds none: {start.kind} model")
         logger.info("%s: backbone from %s; label predictor and label head initialised afresh (%s)", OPTION, path, why)
-    return Start(path, parts)
+    return Start(OPTION, path, parts)
 
 
 def tokenizer_start(cfg) -> Optional[Start]:
@@ -122,7 +136,7 @@ def tokenizer_start(cfg) -> Optional[Start]:
                     why)
     # code-usage bookkeeping counts the updates of the run that wrote the file: this run starts its own
     own = tuple(k[len("quantize."):] for k in PROJECT_ONLY_KEYS)
-    return Start(path, parts, {"quantize": own})
+    return Start(OPTION, path, parts, {"quantize": own})
 
 
 def load_start(model, start: Optional[Start]) -> None:
@@ -132,4 +146,4 @@ def load_start(model, start: Optional[Start]) -> None:
     for name, state in start.parts.items():
         module = getattr(model, name)
         kept = {k: v for k, v in module.state_dict().items() if k in start.keep.get(name, ())}
-        load_strict(module, {**state, **kept}, f"{OPTION}={start.path!r} ({name})")
+        load_strict(module, {**state, **kept}, f"{start.option}={start.path!r} ({name})")
