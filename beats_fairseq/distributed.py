@@ -1,6 +1,6 @@
 """Multi-process training helpers: CPU DDP, cross-rank flags, non-finite loss guard.
 
-fairseq (``torch.distributed`` + DDP) is the engine; this module only fills three gaps:
+fairseq (``torch.distributed`` + DDP) is the engine; this module only fills its gaps:
 
 * CPU DDP: replacements for two CUDA-only spots of fairseq, so that multi-process training also
   runs on CPUs (gloo), with no change on GPUs (installed by ``beats_fairseq/fairseq_patches.py``):
@@ -14,7 +14,10 @@ fairseq (``torch.distributed`` + DDP) is the engine; this module only fills thre
 
   So ``common.cpu=true`` with ``distributed_backend=gloo`` trains with ``ddp_backend=pytorch_ddp``
   (tests, debugging without GPUs).
-* :func:`any_rank`: logical OR of a per-rank flag over all ranks (one scalar all-reduce).
+* :func:`max_over_ranks` and :func:`any_rank`: the largest value / logical OR of a per-rank value
+  over all ranks (one scalar all-reduce).
+* :func:`trusted_broadcast_object_slow`: a multi-process run resumes on torch 2.6 and later (the
+  other ranks unpickle the training state rank 0 broadcasts in full).
 * :class:`NonFiniteGuard`: what the tasks do on a non-finite loss (``task.nonfinite_loss``):
   ``fail`` raises ``FloatingPointError`` naming the batch's files; ``skip`` gives the batch a
   zero loss (zero gradients on every parameter, so DDP's all-reduce still happens), drops it
@@ -69,15 +72,20 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def any_rank(flag: bool, device=None) -> bool:
-    """True if ``flag`` is True on any rank (no communication in a single process)."""
+def max_over_ranks(value: int, device=None) -> int:
+    """The largest ``value`` of all ranks (one scalar all-reduce; none in a single process)."""
     if world_size() == 1:
-        return bool(flag)
+        return int(value)
     if device is None:
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def any_rank(flag: bool, device=None) -> bool:
+    """True if ``flag`` is True on any rank (no communication in a single process)."""
+    return max_over_ranks(int(bool(flag)), device) > 0
 
 
 # --------------------------------------------------------------------------- non-finite loss
@@ -163,3 +171,28 @@ class NonFiniteGuard:
         logger.warning("update %d skipped (non-finite loss on some rank); %d skipped so far",
                        (self.update_num or 0) + 1, self.total_skipped)
         return True
+
+
+# --------------------------------------------------------------------------- resuming on several ranks
+def trusted_broadcast_object_slow(original):
+    """fairseq's ``_broadcast_object_slow`` (``original``) whose receiving ranks unpickle in full.
+
+    When a multi-process run resumes, rank 0 reads the checkpoint and broadcasts it, pickled, to
+    the other ranks; they ``torch.load`` it with torch's default, ``weights_only=True`` since torch
+    2.6, which refuses the OmegaConf config fairseq put into the state after reading it. The bytes
+    come from rank 0 of the same run: the receiving side loads them with ``weights_only=False``
+    (fairseq's protocol otherwise unchanged: the length, then the bytes)."""
+    import io
+
+    from fairseq.distributed.utils import broadcast, get_rank
+
+    def _broadcast_object_slow(obj, src_rank, group, dist_device):
+        if get_rank(group) == src_rank:
+            return original(obj, src_rank, group, dist_device)
+        length = torch.LongTensor([0]).to(dist_device)
+        broadcast(length, src=src_rank, group=group)
+        buffer = torch.ByteTensor(int(length.item())).to(dist_device)
+        broadcast(buffer, src=src_rank, group=group)
+        return torch.load(io.BytesIO(buffer.cpu().numpy()), map_location="cpu", weights_only=False)
+
+    return _broadcast_object_slow

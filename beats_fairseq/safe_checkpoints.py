@@ -12,6 +12,9 @@ during the copy leaves a truncated ``checkpoint_last.pt``, and the next launch s
   (``fsync``) and renamed over ``NAME`` (``os.replace``, atomic on a POSIX file system), so a
   file named ``checkpoint*.pt`` is either the old complete file or the new complete one;
   paths that are not local files (other ``PathManager`` back-ends) keep fairseq's behaviour;
+  a write that fails (a full disk, a read-only folder) removes its temporary file, leaves
+  ``NAME`` as it was and stops the run with one line naming the folder and the disk's error
+  (:class:`CheckpointWriteError`, exit status 74);
 * :func:`checked_load_checkpoint`: a ``checkpoint_last.pt`` that is not an intact checkpoint (empty,
   truncated, not a zip archive, or its pickled record fails its CRC) is reported with one
   warning naming it, and training resumes from the newest intact ``checkpoint*.pt`` of
@@ -36,6 +39,22 @@ class BrokenCheckpointError(SystemExit):
     """No intact checkpoint to resume from (a SystemExit: the message, no traceback)."""
 
 
+#: Exit status of a run whose checkpoint could not be written (sysexits' EX_IOERR).
+EXIT_WRITE_FAILED = 74
+
+
+class CheckpointWriteError(SystemExit):
+    """A checkpoint file could not be written (exit status :data:`EXIT_WRITE_FAILED`, no traceback);
+    ``message`` names the folder and the error. The files already there are unchanged."""
+
+    def __init__(self, path: str, error: BaseException):
+        folder, name = os.path.split(os.path.abspath(path))
+        self.message = (f"could not write checkpoint {name} in {folder}: {type(error).__name__}: {error}. The "
+                        f"checkpoints already in {folder} are unchanged (no temporary file left): free space or "
+                        "fix the folder, then run the same command to resume")
+        super().__init__(EXIT_WRITE_FAILED)
+
+
 def _is_local(path: str) -> bool:
     return "://" not in str(path)
 
@@ -53,14 +72,48 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+class _KeepsWriteError:
+    """A file whose first write error is kept: torch's zip writer replaces it with its own message
+    (``unexpected pos ...``) where the disk said ``No space left on device``."""
+
+    def __init__(self, f):
+        self.f = f
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
 def write_atomically(path: str, write) -> None:
-    """``write(f)`` into ``path + ".tmp"``, fsync, rename over ``path``."""
+    """``write(f)`` into ``path + ".tmp"``, fsync, rename over ``path``. When that fails (a full disk,
+    a read-only folder) the temporary file is removed, ``path`` is left as it was, and
+    :class:`CheckpointWriteError` stops the run with one line naming the folder and the error."""
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    f = None
+    try:
+        with open(tmp, "wb") as raw:
+            f = _KeepsWriteError(raw)
+            write(f)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(e, Exception):
+            error = CheckpointWriteError(path, getattr(f, "error", None) or e)
+            logger.error(error.message)
+            raise error from e
+        raise
     _fsync_dir(path)
 
 

@@ -11,6 +11,7 @@ LAYERS = [
     ("constants", "errors", "import_hook"),
     ("seeding", "metrics", "plots", "recipes", "checkpoint", "distributed", "safe_checkpoints", "optim",
      "modules"),
+    ("preemption", "rank_watch", "run_lock"),
     ("augment", "data", "tokenizers", "criterions", "features", "fairseq_patches"),
     ("models",),
     ("loading",),

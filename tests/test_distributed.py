@@ -21,12 +21,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import REPO
+from live_runs import PAUSE_USER_DIR, Run
 
 EXE = str(Path(sys.executable).with_name("fairseq-hydra-train"))
 
@@ -48,6 +50,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def gloo_overrides(nproc):
+    """One process per rank on CPU/gloo, ranks and rendezvous from the environment (``env://``)."""
+    return [f"distributed_training.distributed_world_size={nproc}", "distributed_training.distributed_backend=gloo",
+            "distributed_training.distributed_init_method=env://", "distributed_training.distributed_no_spawn=true",
+            "distributed_training.distributed_rank=${oc.env:RANK}"]
+
+
 def command(config_dir, config_name, overrides, nproc=1):
     """``fairseq-hydra-train`` command line; with ``nproc > 1`` under torchrun on CPU/gloo."""
     cmd = [EXE, "--config-dir", str(config_dir), "--config-name", config_name, *overrides]
@@ -55,11 +64,18 @@ def command(config_dir, config_name, overrides, nproc=1):
         return cmd
     run = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            f"--master_port={free_port()}", "--master_addr=localhost"]
-    return run + cmd + [
-        f"distributed_training.distributed_world_size={nproc}", "distributed_training.distributed_backend=gloo",
-        "distributed_training.distributed_init_method=env://", "distributed_training.distributed_no_spawn=true",
-        "distributed_training.distributed_rank=${oc.env:RANK}",
-    ]
+    return run + cmd + gloo_overrides(nproc)
+
+
+def start_ranks(config_dir, config_name, overrides, nproc=2, pause=None):
+    """One :class:`Run` per rank, started the way ``srun`` starts them (no torchrun: rank 0 hosts the
+    rendezvous store); ``pause``: {rank: "WHERE:UPDATE"} (``tests/beats_pause``)."""
+    cmd = command(config_dir, config_name, list(overrides)) + gloo_overrides(nproc)
+    port = str(free_port())
+    return [Run(cmd, dict(MASTER_ADDR="localhost", MASTER_PORT=port, WORLD_SIZE=str(nproc), RANK=str(rank),
+                          LOCAL_RANK=str(rank), **({"BEATS_TEST_PAUSE": pause[rank]} if rank in (pause or {}) else {})),
+                name=f"rank {rank}")
+            for rank in range(nproc)]
 
 
 def train(config_dir, config_name, *overrides, nproc=1, expect_fail=False, timeout=900):
@@ -279,11 +295,17 @@ def test_masks_are_per_clip_whatever_the_batching():
     assert torch.equal(model.sample_visible(None, 8, 40, "cpu", ids), first)  # fixed validation masks
 
 
+@pytest.fixture(scope="module")
+def pretrain_two_processes(demo_data, tmp_path_factory):
+    """2 processes (torchrun), batch 4, 4 updates: (save_dir, log)."""
+    save = tmp_path_factory.mktemp("pre_2p") / "ckpt"
+    return save, train(ITER1, "tiny", *pretrain_args(demo_data, save, 4), nproc=2)
+
+
 @pytest.mark.slow
-def test_pretraining_two_processes_equal_one(demo_data, pretrain_reference, tmp_path):
+def test_pretraining_two_processes_equal_one(pretrain_reference, pretrain_two_processes):
     ref_dir, ref_log = pretrain_reference
-    save = tmp_path / "ckpt"
-    log = train(ITER1, "tiny", *pretrain_args(demo_data, save, 4), nproc=2)
+    save, log = pretrain_two_processes
     assert "distributed init (rank 1)" in log or "rank 1" in log
     a, b = checkpoint(ref_dir), checkpoint(save)
     assert num_updates(a) == num_updates(b) == 4
@@ -291,6 +313,53 @@ def test_pretraining_two_processes_equal_one(demo_data, pretrain_reference, tmp_
     assert torch.equal(a["model"]["tokenizer.projection"], b["model"]["tokenizer.projection"])
     assert_same_metrics(parse_metrics(ref_log), parse_metrics(log), VALID_KEYS["pretrain"])
     assert_same_metrics(parse_metrics(ref_log, "train"), parse_metrics(log, "train"), ["loss", "accuracy", "bsz"])
+
+
+@pytest.mark.slow
+def test_ranks_agree_on_a_stop_and_a_lost_rank_is_named(demo_data, pretrain_two_processes, tmp_path):
+    """One process per rank, as srun starts them. (1) SIGUSR1 reaches rank 1 only, in update 1
+    (rank 0 already waits for it in the gradient all-reduce): both ranks stop after update 1, rank 0
+    saves it and says where to resume, both exit 75. (2) The relaunch resumes; rank 1 is SIGKILLed
+    once the checkpoint of update 2 is written: rank 0 stops within 4/3 x task.rank_timeout with a
+    line naming rank 1 (exit 76), the checkpoint of update 2 intact. (3) The relaunch resumes from
+    update 2 and ends bit for bit where the uninterrupted 2-process run ended."""
+    from beats_fairseq.preemption import EXIT_STOPPED
+    from beats_fairseq.rank_watch import EXIT_LOST_RANK
+    from test_resume import assert_identical, assert_nested_equal
+
+    save = tmp_path / "ckpt"
+    timeout = 6
+    args = override(pretrain_args(demo_data, save, 4), f"common.user_dir={PAUSE_USER_DIR}",
+                    f"++task.rank_timeout={timeout}")
+    ranks = start_ranks(ITER1, "tiny", args, pause={1: "update:1"})
+    ranks[1].wait_for("^PAUSED update 1")
+    ranks[1].signal(signal.SIGUSR1)
+    ranks[1].release()
+    logs = [rank.expect_exit(EXIT_STOPPED, timeout=300) for rank in ranks]
+    stopped = [line for line in logs[0].splitlines() if "stopped by SIGUSR1 after update 1" in line]
+    assert len(stopped) == 1 and str(save / "checkpoint_last.pt") in stopped[0], logs[0][-4000:]
+    assert "stopped by" not in logs[1]
+    assert num_updates(checkpoint(save)) == 1
+
+    ranks = start_ranks(ITER1, "tiny", args)
+    ranks[0].wait_for(r"Saved checkpoint .*@ 2 updates")
+    killed_at = time.monotonic()
+    ranks[1].signal(signal.SIGKILL)
+    log = ranks[0].expect_exit(EXIT_LOST_RANK, timeout=120)
+    assert time.monotonic() - killed_at < timeout * 4 / 3 + 10, log[-4000:]  # 10 s: a loaded test machine
+    assert "Loaded checkpoint" in log and "@ 1 updates" in log, log[-4000:]
+    lost = [line for line in log.splitlines() if "rank 1 sent no heartbeat" in line]
+    assert len(lost) == 1 and f"exit status {EXIT_LOST_RANK}" in lost[0], log[-4000:]
+    ranks[1].wait()
+    assert num_updates(checkpoint(save)) == 2
+
+    ranks = start_ranks(ITER1, "tiny", args)
+    logs = [rank.expect_exit(0, timeout=300) for rank in ranks]
+    assert "Loaded checkpoint" in logs[0] and "@ 2 updates" in logs[0], logs[0][-4000:]
+    ref, got = checkpoint(pretrain_two_processes[0]), checkpoint(save)
+    assert num_updates(ref) == num_updates(got) == 4
+    assert_identical(ref["model"], got["model"])
+    assert_nested_equal(ref["last_optimizer_state"], got["last_optimizer_state"])
 
 
 @pytest.mark.slow

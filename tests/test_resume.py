@@ -12,19 +12,24 @@ Every checkpoint loads with ``torch.load(weights_only=True)``.
 """
 
 import math
+import os
+import random
 import shutil
+import signal
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+from live_runs import PAUSE_USER_DIR, Run
 from test_distributed import (  # noqa: F401  (pretrain_reference, teacher: fixtures)
     FINETUNE,
     ITER1,
     TOKENIZER,
     VALID_KEYS,
     checkpoint,
+    command,
     finetune_args,
     num_updates,
     override,
@@ -156,22 +161,61 @@ def valid_by_update(kind, *logs):
     return out
 
 
-def run_with_kill(config_dir, args, save, kill_at, truncate_last=False, workers=0):
-    """Run, SIGKILL right after the checkpoint at update ``kill_at``, optionally truncate
-    ``checkpoint_last.pt`` (a kill while it was being written), relaunch: the logs."""
-    args = override(args, f"checkpoint.save_dir={save}", f"dataset.num_workers={workers}")
-    killed = train_and_kill(config_dir, "tiny", *args, after_updates=kill_at)
-    assert num_updates(checkpoint(save)) == kill_at
-    if truncate_last:
-        last = save / "checkpoint_last.pt"
-        with open(last, "r+b") as f:
-            f.truncate(last.stat().st_size // 2)
-    resumed = train(config_dir, "tiny", *args)
-    assert "Traceback" not in resumed and f"@ {kill_at} updates" in resumed, resumed[-4000:]
-    if truncate_last:
-        warning = [line for line in resumed.splitlines() if "is not an intact checkpoint" in line]
-        assert warning and str(save / "checkpoint_last.pt") in warning[0], resumed[-4000:]
-    return killed, resumed
+# A random update and signal for a test: BEATS_TEST_SEED=N draws the same ones again.
+SEED = int(os.environ.get("BEATS_TEST_SEED") or random.randrange(10**6))
+
+
+def random_stop(test, low, high):
+    """(stop signal, "update:U") with U drawn from [low, high], for :func:`interrupted_runs`."""
+    rng = random.Random(f"{SEED}:{test}")
+    update, signum = rng.randint(low, high), rng.choice((signal.SIGUSR1, signal.SIGTERM))
+    print(f"{test}: {signum.name} in update {update} (BEATS_TEST_SEED={SEED})")
+    return signum, f"update:{update}"
+
+
+def interrupted_runs(config_dir, args, save, stops, workers=0, while_paused=None):
+    """Launch, interrupt at each of ``stops`` in turn (each relaunch resumes), run the last launch to
+    the end: the logs of all launches. A stop is ``("kill", U)``: SIGKILL right after the checkpoint
+    of update U; ``("truncate", U)``: the same, then ``checkpoint_last.pt`` cut in half (a kill while
+    it was written: the relaunch names it and resumes from the newest intact checkpoint); or
+    ``(signal, "WHERE:U")``: the signal sent to the run and its DataLoader workers while the run is
+    paused at WHERE of update U (``tests/beats_pause``), after ``while_paused(run)`` if given: the
+    run must save update U, say so in one line and exit 75."""
+    from beats_fairseq.preemption import EXIT_STOPPED
+
+    args = override(args, f"checkpoint.save_dir={save}", f"dataset.num_workers={workers}",
+                    f"common.user_dir={PAUSE_USER_DIR}")
+    cmd = command(config_dir, "tiny", args)
+    logs, last = [], save / "checkpoint_last.pt"
+    for how, where in stops:
+        if how in ("kill", "truncate"):
+            run, update = Run(cmd), where
+            run.wait_for(rf"Saved checkpoint .*@ {update} updates")
+            run.kill()
+            run.wait()
+        else:
+            run, update = Run(cmd, {"BEATS_TEST_PAUSE": where}), int(where.split(":")[1])
+            run.wait_for(f"^PAUSED {where.replace(':', ' ')}$")
+            if while_paused is not None:
+                while_paused(run)
+            run.signal(how)
+            run.release()
+            stopped = [line for line in run.expect_exit(EXIT_STOPPED).splitlines() if "stopped by" in line]
+            assert len(stopped) == 1 and f"stopped by {how.name} after update {update} " in stopped[0], run.log[-4000:]
+            assert f"{last} holds it: run the same command to resume" in stopped[0], stopped
+        assert num_updates(checkpoint(save)) == update, (how, where)
+        logs.append(run.log)
+        if how == "truncate":
+            with open(last, "r+b") as f:
+                f.truncate(last.stat().st_size // 2)
+    logs.append(Run(cmd).expect_exit(0))
+    for (how, where), log in zip(stops, logs[1:]):
+        update = where if how in ("kill", "truncate") else int(where.split(":")[1])
+        assert "Traceback" not in log and f"@ {update} updates" in log, log[-4000:]
+        if how == "truncate":
+            warning = [line for line in log.splitlines() if "is not an intact checkpoint" in line]
+            assert warning and str(last) in warning[0], log[-4000:]
+    return logs
 
 
 def check_resumed_equals_reference(ref, ref_log, save, logs, kind, keys):
@@ -199,9 +243,50 @@ def iter1_epochs_reference(epoch_data, tmp_path_factory):
 @pytest.mark.parametrize("kill_at, truncate_last, workers", [(4, True, 2), (6, False, 0)],
                          ids=["mid_epoch-killed_while_writing-2_workers", "epoch_end-0_workers"])
 def test_pretraining_resume_over_epochs_is_exact(iter1_epochs_reference, kill_at, truncate_last, workers, tmp_path):
+    """After the mid-epoch kill, the relaunch is stopped once more, by a signal at a random update."""
     args, ref, ref_log = iter1_epochs_reference
-    logs = run_with_kill(ITER1, args, tmp_path / "resumed", kill_at, truncate_last, workers)
+    stops = [("truncate" if truncate_last else "kill", kill_at)]
+    if kill_at < 6:
+        stops.append(random_stop("pretraining", kill_at + 1, 7))
+    logs = interrupted_runs(ITER1, args, tmp_path / "resumed", stops, workers)
     check_resumed_equals_reference(ref, ref_log, tmp_path / "resumed", logs, "valid", VALID_KEYS["pretrain"])
+
+
+@pytest.mark.slow
+def test_pretraining_stops_on_signals_at_an_epoch_end_in_validation_and_in_a_save(iter1_epochs_reference, tmp_path):
+    """Signals sent to the run and its 2 DataLoader workers while it is paused: in the last update
+    of epoch 1 (no checkpoint is due there, checkpoint.save_interval=2: the stop writes the
+    end-of-epoch checkpoint), in the validation after update 4 (the validation and the update's
+    checkpoint finish, then the stop), in the middle of writing the checkpoint of update 6 (the
+    write finishes, nothing is written twice). While the first launch is paused, a second launch
+    into the same checkpoint.save_dir stops at once, naming it. The last launch ends as the
+    uninterrupted run (which saved at the end of epoch 1 too: saving changes no training state)."""
+    from beats_fairseq.run_lock import EXIT_FOLDER_HELD
+
+    args, ref, ref_log = iter1_epochs_reference
+    save = tmp_path / "resumed"
+    held = []
+
+    def second_launch(first):
+        if held:
+            return
+        cmd = command(ITER1, "tiny", override(args, f"checkpoint.save_dir={save}"))
+        held.append(Run(cmd, name="second launch").expect_exit(EXIT_FOLDER_HELD, timeout=300))
+        line = [line for line in held[0].splitlines() if "is in use by another run" in line]
+        assert len(line) == 1 and f"pid {first.proc.pid} on " in line[0] and str(save) in line[0], held[0][-4000:]
+        assert "Loaded checkpoint" not in held[0] and "begin training" not in held[0]
+
+    stops = [(signal.SIGUSR1, "update:3"), (signal.SIGTERM, "validation:4"), (signal.SIGUSR1, "save:6")]
+    logs = interrupted_runs(ITER1, override(args, "checkpoint.save_interval=2"), save, stops, workers=2,
+                            while_paused=second_launch)
+    assert held
+    epoch_end, in_validation, in_save = logs[:3]
+    assert "epoch 1 @ 3 updates" in epoch_end and "begin validation" in epoch_end  # the end-of-epoch validation
+    valid = in_validation.index("[valid][INFO]")
+    assert in_validation.index("PAUSED validation 4") < valid < in_validation.index("stopped by SIGTERM")
+    assert len([line for line in in_save.splitlines() if "Saved checkpoint" in line and "@ 6 updates" in line]) == 1
+    assert "Loaded checkpoint" in logs[1] and "epoch 2 @ 3 updates" in logs[1]  # epoch 1 is done
+    check_resumed_equals_reference(ref, ref_log, save, logs, "valid", VALID_KEYS["pretrain"])
 
 
 @pytest.mark.slow
@@ -220,28 +305,31 @@ def test_iter2_resume_over_epochs_is_exact(epoch_data, labels, tmp_path):
         args = override(args, f"task.precomputed_labels={tmp_path / 'labels'}", "task.crop=start")
     ref_log = train(ITER2, "tiny", *args)
     assert ("precomputed labels from" in ref_log) == (labels == "precomputed")
-    logs = run_with_kill(ITER2, args, tmp_path / "resumed", 4, workers=2)
+    logs = interrupted_runs(ITER2, args, tmp_path / "resumed", [("kill", 4)], workers=2)
     check_resumed_equals_reference(tmp_path / "ref", ref_log, tmp_path / "resumed", logs, "valid",
                                    VALID_KEYS["pretrain"])
 
 
 @pytest.mark.slow
 def test_tokenizer_resume_over_epochs_is_exact(epoch_data, teacher, tmp_path):
-    """k-means initialisation before the kill, EMA codebook updates on both sides of it."""
+    """k-means initialisation before the kill, EMA codebook updates on both sides of it; the
+    relaunch is stopped once more, by a signal at a random update."""
     args = override(tokenizer_args(epoch_data, tmp_path / "ref", 8, teacher, kmeans=True), *EPOCHS)
     ref_log = train(TOKENIZER, "tiny", *args)
-    logs = run_with_kill(TOKENIZER, args, tmp_path / "resumed", 4)
-    assert "k-means" not in logs[1]  # the codebook came back from the checkpoint
+    logs = interrupted_runs(TOKENIZER, args, tmp_path / "resumed", [("kill", 4), random_stop("tokenizer", 5, 7)])
+    assert "k-means" not in logs[1] + logs[2]  # the codebook came back from the checkpoint
     check_resumed_equals_reference(tmp_path / "ref", ref_log, tmp_path / "resumed", logs, "valid",
                                    VALID_KEYS["tokenizer"])
 
 
 @pytest.mark.slow
 def test_finetuning_resume_over_epochs_is_exact(epoch_data, tmp_path):
-    """mixup, SpecAugment and roll draw the same randomness in the resumed run."""
+    """mixup, SpecAugment and roll draw the same randomness in the resumed runs: stopped by a
+    signal at a random update, then killed at the end of epoch 2."""
     args = override(finetune_args(epoch_data, tmp_path / "ref", 8, augment=True), *EPOCHS)
     ref_log = train(FINETUNE, "tiny", *args)
-    logs = run_with_kill(FINETUNE, args, tmp_path / "resumed", 6, workers=2)
+    logs = interrupted_runs(FINETUNE, args, tmp_path / "resumed", [random_stop("finetuning", 1, 5), ("kill", 6)],
+                            workers=2)
     check_resumed_equals_reference(tmp_path / "ref", ref_log, tmp_path / "resumed", logs, "valid_multi",
                                    VALID_KEYS["finetune"])
     # the best metric is stored as a plain float (numpy scalars break weights-only loading)
@@ -255,7 +343,8 @@ def test_known_bad_files_are_logged_once_per_run_and_counted_every_epoch(demo_da
     max_update, which writes checkpoint_last.pt there, as the end-of-epoch save a kill would follow):
     each bad file is warned about once (per split) in the whole run, since workers forked for a
     later epoch and the relaunch (the set is in the checkpoint) skip it unopened; every epoch still
-    counts all its bad clips."""
+    counts all its bad clips. The bad validation files are named by fairseq's dry run over the
+    validation set, before training, which reads them first."""
     from test_distributed import BAD_READ, make_bad_manifest
 
     data = make_bad_manifest(tmp_path / "data", demo_data, num_good=12)  # 18 clips, 4 unreadable
@@ -270,6 +359,8 @@ def test_known_bad_files_are_logged_once_per_run_and_counted_every_epoch(demo_da
     for name in BAD_READ:
         warned = [line for line in (first + second).splitlines() if "skipping bad audio" in line and name in line]
         assert len(warned) == 2, (name, warned)  # once for train, once for valid
+        dry_run = first[first.index("begin dry-run validation"):first.index("begin training epoch 1")]
+        assert any(name in line for line in dry_run.splitlines() if "skipping bad audio" in line), name
         assert not any(name in line for line in second.splitlines() if "skipping bad audio" in line)
     known = checkpoint(save)["extra_state"]["BeatsPretrainingTask"]["known_bad_audio"]
     assert set(known) == {"train", "valid"} and all(len(ids) == len(BAD_READ) for ids in known.values())
@@ -305,6 +396,40 @@ def test_sigkill_during_a_checkpoint_copy_leaves_the_old_file_intact(tmp_path):
     assert last.read_bytes() == before and checkpoint_problem(str(last)) is None
     assert (tmp_path / "checkpoint_last.pt.tmp").stat().st_size == 1000  # the interrupted copy
     assert checkpoint_problem(str(tmp_path / "checkpoint_last.pt.tmp")) is not None
+
+
+@pytest.mark.slow
+def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_last_checkpoint(demo_data, pretrain_reference, tmp_path):
+    """The run resumes from the checkpoint of update 2 with a file size limit (RLIMIT_FSIZE) below
+    a checkpoint's size, so writing the checkpoint of update 4 fails in the middle (EFBIG, what a full
+    disk gives as ENOSPC): one line names the folder and the error, the run exits 74, no temporary
+    file is left and checkpoint_last.pt is the intact checkpoint of update 2."""
+    import resource
+    import subprocess
+
+    from beats_fairseq.safe_checkpoints import EXIT_WRITE_FAILED, checkpoint_problem
+
+    save = tmp_path / "ckpt"
+    save.mkdir()
+    last = save / "checkpoint_last.pt"
+    shutil.copy(pretrain_reference[0] / "checkpoint_1_2.pt", last)
+    before, limit = last.read_bytes(), last.stat().st_size // 2
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cmd = command(ITER1, "tiny", pretrain_args(demo_data, save, 8))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, preexec_fn=limit_file_size,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_WRITE_FAILED, log[-6000:]
+    assert "Loaded checkpoint" in log and "@ 2 updates" in log, log[-6000:]
+    failed = [line for line in log.splitlines() if "could not write checkpoint" in line]
+    assert len(failed) == 1 and f"in {save}: " in failed[0] and "File too large" in failed[0], log[-6000:]
+    assert "Traceback" not in log
+    assert sorted(p.name for p in save.iterdir()) == ["checkpoint_last.pt", "hydra", "run.lock"]
+    assert last.read_bytes() == before and checkpoint_problem(str(last)) is None
+    assert num_updates(checkpoint(save)) == 2
 
 
 def test_broken_checkpoint_last_resumes_from_the_newest_intact_one(tmp_path, caplog):

@@ -41,9 +41,10 @@ class AudioDataset(FairseqDataset):
     * Known-bad items (``known_bad``, dataset indices) are skipped without opening the file
       and still counted. The warning naming a bad file comes from the main process, once:
       a DataLoader worker only reports the ``(index, reason)`` with its batch (``bad_items``;
-      the task passes it to :meth:`remember_bad`), so the workers forked for the next epoch
-      skip the file too. Skipping instead of re-reading changes nothing but the time (a bad
-      file yields the same empty sample either way): batches, counts and resume stay exact.
+      fairseq's epoch iterator passes it to :meth:`remember_bad` in the main process as the
+      batch leaves it, ``fairseq_patches.py``), so the workers forked afterwards skip the file
+      too. Skipping instead of re-reading changes nothing but the time (a bad file yields the
+      same empty sample either way): batches, counts and resume stay exact.
 
     * Batches carry ``num_bad_audio``, the number of bad clips dropped from them, so the
       task can count bad clips per epoch in the main process whatever the number of

@@ -24,7 +24,9 @@ What ``beats_pretraining``, ``beats_tokenizer_training`` and ``beats_audio_class
   its checkpoint (``from_checkpoint``) reads no other file;
 * fairseq's patches (``beats_fairseq/fairseq_patches.py``), applied when a task is built:
   multi-process training on CPU (gloo) with ``ddp_backend=pytorch_ddp``, crash-safe checkpoint
-  files, a dummy batch with readable audio;
+  files, a dummy batch with readable audio, bad files found by DataLoader workers named in the
+  main process; and for clusters (docs/scale.md): a graceful stop on SIGUSR1/SIGTERM after the
+  current update, a lost rank named within ``rank_timeout``, one run per ``checkpoint.save_dir``;
 * **exact resume** (``docs/scale.md``): batches rebuilt every epoch from (seed, epoch) and
   DataLoader workers forked afresh every epoch (``rebuild_batches``/``persistent_workers``
   below), crash-safe checkpoint files (``beats_fairseq/safe_checkpoints.py``), and the
@@ -48,6 +50,7 @@ from ..data.audio import MIN_SAMPLES_ONE_PATCH
 from ..data.audio_dataset import AudioDataset
 from ..distributed import NonFiniteGuard, zero_loss, zeroed
 from ..fairseq_patches import apply_fairseq_patches
+from ..rank_watch import DEFAULT_TIMEOUT
 from ..modules.fbank import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
@@ -88,6 +91,11 @@ class BeatsAudioTaskConfig(FairseqDataclass):
     )
     max_nonfinite_skips: int = field(
         default=100, metadata={"help": "nonfinite_loss=skip: stop after this many consecutive skipped updates"}
+    )
+    rank_timeout: float = field(
+        default=DEFAULT_TIMEOUT,
+        metadata={"help": "multi-process runs: seconds without a heartbeat after which a rank counts as lost (killed, "
+                  "its node failed); the other ranks then stop, naming it (docs/scale.md)"},
     )
     # mixed precision
     exact_waveforms: bool = field(
@@ -230,16 +238,6 @@ class BeatsAudioTask(FairseqTask):
             with torch.autocast(device_type=device, enabled=amp):
                 return criterion(model, sample)
 
-    def remember_bad(self, sample, training: bool) -> None:
-        """Items of ``sample`` found bad (in a DataLoader worker, say) join their dataset's ``known_bad``
-        in this process, so the workers of the next epoch skip them without opening them. Only when
-        one dataset of the kind (training or evaluation) is loaded: ids do not name their split."""
-        items = (sample or {}).get("bad_items")
-        datasets = [d for s, d in self.datasets.items()
-                    if hasattr(d, "remember_bad") and is_training_split(s) == training]
-        if items and len(datasets) == 1:
-            datasets[0].remember_bad(items)
-
     def get_checkpoint_dict(self):
         """Saved by fairseq in ``extra_state[task class name]``: the known-bad items of every split."""
         known = {s: sorted(d.known_bad) for s, d in self.datasets.items() if getattr(d, "known_bad", None)}
@@ -266,7 +264,6 @@ class BeatsAudioTask(FairseqTask):
             self.nonfinite.on_nonfinite(loss, self.batch_files(sample, training=True),
                                         f"in training update {update_num + 1}")
             loss, sample_size, logging_output = zero_loss(model), 0, zeroed(logging_output)
-        self.remember_bad(sample, training=True)
         if ignore_grad:
             loss = loss * 0
         with torch.autograd.profiler.record_function("backward"):
@@ -280,7 +277,6 @@ class BeatsAudioTask(FairseqTask):
 
     def valid_step(self, sample, model, criterion, **kwargs):
         model.eval()
-        self.remember_bad(sample, training=False)
         with torch.no_grad():
             loss, sample_size, logging_output = criterion(model, sample)
         skipped = not bool(torch.isfinite(loss.detach()).all())
