@@ -6,23 +6,28 @@
   (a classifier's ``label_dict``: :func:`with_label_dict`, the same for converted checkpoints);
 * :func:`model_kind`: ``classifier``, ``tokenizer``, ``pretraining`` or ``encoder``;
 * :func:`load_teacher` and :func:`load_frozen_tokenizer`: the frozen external checkpoints that
-  the training tasks attach to the model they build (never part of its state dict).
+  the training tasks attach to the model they build (never part of its state dict);
+* :func:`read_starting_point`: the weights and architecture a training run starts from
+  (``model.init_from``, ``model.pretrained_path``), read through :func:`load`.
 
 A checkpoint loaded for inference never reads another file: teachers and tokenizers are attached
 by the tasks only when a model is built for training (``from_checkpoint=False``).
 """
 
 import logging
-from typing import Optional
+from typing import Dict, NamedTuple, Optional, Sequence
+
+import torch
 
 import torch.nn as nn
 from fairseq import checkpoint_utils
 
-from .checkpoint import is_official, official_kind, read_checkpoint
+from .checkpoint import check_keys, is_official, official_kind, read_checkpoint
 from .models.beats import BeatsModel
 from .models.beats_classifier import BeatsClassifierModel
 from .models.beats_encoder import BeatsEncoderModel
 from .models.beats_tokenizer import BeatsTokenizerModel
+from .modules.backbone import ARCH_FIELDS
 from .tokenizers.teacher import Teacher
 from .tokenizers.trained import NotATokenizerError
 
@@ -65,7 +70,9 @@ def load(path: str, device: str = "cpu", arg_overrides: Optional[dict] = None):
     else:
         if "cfg" not in state or state["cfg"] is None or "model" not in state:
             raise RuntimeError(f"{path!r} is neither a fairseq checkpoint nor an official BEATs checkpoint")
-        models, _, _ = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=arg_overrides)
+        # non-strict in fairseq, strict here: a mismatch names the file and every missing and unexpected key
+        models, _, _ = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=arg_overrides, strict=False)
+        check_keys(models[0].state_dict().keys(), state["model"].keys(), repr(path))
         model = with_label_dict(models[0], state)
     return model.to(device).eval()
 
@@ -110,3 +117,32 @@ def load_frozen_tokenizer(path: str, device: str = "cpu") -> nn.Module:
     if not model.quantize.initialised:
         raise NotATokenizerError(f"{path!r}: the tokenizer codebook was never initialised (no training step ran)")
     return model.freeze()
+
+
+class StartingPoint(NamedTuple):
+    """A model a training run starts from (:func:`read_starting_point`), in this project's names."""
+
+    path: str
+    kind: str  # model_kind(): pretraining, encoder, classifier or tokenizer
+    cfg: object  # its model config
+    state: Dict[str, torch.Tensor]  # its state dict
+
+    @property
+    def architecture(self) -> dict:
+        """The architecture fields of its backbone (``modules/backbone.py``: ``ARCH_FIELDS``)."""
+        return {name: getattr(self.cfg, name) for name in ARCH_FIELDS}
+
+    def part(self, prefix: str) -> Dict[str, torch.Tensor]:
+        """The tensors under the submodule ``prefix`` (``"backbone"``), with the prefix removed."""
+        return {k[len(prefix) + 1:]: v for k, v in self.state.items() if k.startswith(prefix + ".")}
+
+
+def read_starting_point(path: str, kinds: Sequence[str], option: str) -> StartingPoint:
+    """Read ``path`` (any checkpoint :func:`load` reads: official, or of this project) as the start of a
+    training run; its :func:`model_kind` must be one of ``kinds``, else an error naming ``option``."""
+    model = load(path)
+    kind = model_kind(model)
+    if kind not in kinds:
+        raise ValueError(f"{option}={path!r} holds a {kind} model ({type(model).__name__}); {option} takes a "
+                         f"{' or '.join(kinds)} checkpoint (official, or of this project)")
+    return StartingPoint(path, kind, model.cfg, model.state_dict())

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 import beats_fairseq
 from beats_fairseq import augment
 from beats_fairseq.checkpoint import CheckpointKeyError
+from beats_fairseq.cli.convert import fairseq_checkpoint
 from beats_fairseq.criterions.beats_classification import BeatsClassificationCriterion
 from beats_fairseq.data.label_dataset import LabelledAudioDataset, label_frequency_weights
 from beats_fairseq.data.manifest import ManifestError, write_class_map
@@ -239,8 +240,7 @@ def test_layer_decay_scales():
 def pretrained_checkpoint(path):
     torch.manual_seed(3)
     model = BeatsModel(BeatsConfig(**TINY, codebook_size=16, codebook_dim=8, label_predictor_layers=1))
-    cfg = {"model": dict(OmegaConf.to_container(OmegaConf.structured(model.cfg)), _name="beats"), "task": {}}
-    torch.save({"cfg": cfg, "model": model.state_dict()}, path)
+    torch.save(fairseq_checkpoint(model, "test"), path)  # as a pre-training run writes it
     return model
 
 

@@ -56,7 +56,7 @@ def test_finetune_from_iter1_learns_and_reloads(iter1_run, demo_data, tmp_path):
         f"task.data={demo_data}", f"model.pretrained_path={pretrained}", f"checkpoint.save_dir={ft_dir}",
         f"optimization.max_update={FINETUNE_UPDATES}", "common.log_interval=8", "dataset.validate_interval=5",
     )
-    assert "initialised the backbone from" in log
+    assert f"model.pretrained_path: backbone from {pretrained}" in log
     valid = valid_metrics(log)
     assert valid, log[-3000:]
     assert valid[-1]["accuracy"] >= 0.45, f"valid accuracy {valid[-1]} (chance 1/6)"

@@ -21,6 +21,9 @@ def test_model_paths_users_must_give_are_marked_required():
     for name in ("beats_iter2/tiny.yaml", "beats_iter3/pretrain_as2m.yaml"):
         assert keys[f"examples/{name}"] == [("tokenizer_path", "tokenizer_path")]
     assert keys["examples/beats_tokenizer/tokenizer_as2m.yaml"] == [("teacher_path", "teacher_path")]
+    for name in ("iter3", "small"):
+        assert keys[f"examples/beats_continue/{name}.yaml"] == [("init_from", "init_from"),
+                                                                ("tokenizer_path", "tokenizer_path")]
     for name in ("tiny", "as2m", "as20k", "esc50", "spcv2"):
         assert keys[f"examples/beats_finetune/{name}.yaml"] == [("pretrained_path", "pretrained_path")]
     # a plain ??? on a model field turns into None inside fairseq: never use it there
@@ -50,22 +53,28 @@ def test_iter2_launch_without_tokenizer_fails_before_training(tmp_path):
     assert not (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
 
 
-@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for d in ("beats_iter1", "beats_iter2", "beats_iter3")
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for d in ("beats_iter1", "beats_iter2", "beats_iter3",
+                                                                           "beats_continue")
                                         for p in (REPO / "examples" / d).glob("*.yaml")))
 def test_pretraining_recipes_list_every_tunable(path):
-    """Every field of the model, task and criterion configs is in each pre-training yaml (no `+` overrides)."""
+    """Every field of the model, task and criterion configs is in each pre-training yaml (no `+` overrides);
+    the continue recipes hold no architecture (it comes from model.init_from)."""
     import dataclasses
 
     from beats_fairseq.criterions.beats_mam import BeatsMamConfig
     from beats_fairseq.models.beats import BeatsConfig
+    from beats_fairseq.modules.backbone import ARCH_FIELDS
     from beats_fairseq.tasks.audio_task import RESUME_FIELDS
     from beats_fairseq.tasks.beats_pretraining import BeatsPretrainingConfig
 
     cfg = OmegaConf.load(REPO / path)
     fixed = {"_name", "seed", "activation_fn", "layer_norm_first", *RESUME_FIELDS}  # one supported value
+    if "beats_continue" in path:
+        fixed.update(ARCH_FIELDS)
     if "beats_iter1" in path:
         fixed.add("precomputed_labels")  # iter1 labels come from the random projection
-    else:  # the random projection is iter1's; the codebook size is written from the trained tokenizer
+    elif "beats_iter" in path or path.endswith("iter3.yaml"):
+        # the random projection is iter1's; the codebook size is written from the trained tokenizer
         fixed.update(("codebook_size", "codebook_dim", "tokenizer_seed"))
     for section, schema in (("model", BeatsConfig), ("task", BeatsPretrainingConfig), ("criterion", BeatsMamConfig)):
         fields = {f.name for f in dataclasses.fields(schema) if f.name not in fixed}
@@ -110,3 +119,19 @@ def test_architecture_overrides_for_a_random_init(capsys):
                        for k in ARCH_FIELDS if k in recipe}
     assert config_dir.main(["beats_finetune", "--architecture", "tiny"]) == 1
     assert "sets no architecture field" in capsys.readouterr().err
+
+
+def test_continue_recipe_derives_its_schedule_from_the_paper_recipe():
+    """examples/beats_continue/iter3.yaml: the AS-2M pre-training recipe (iter3) but for the schedule its
+    comments explain: a fifth of the peak LR, 1/40 of the updates, 10% warm-up, 1.4k s of audio per update."""
+    scratch = _flat(OmegaConf.to_container(OmegaConf.load(REPO / "examples/beats_iter3/pretrain_as2m.yaml")))
+    cont = _flat(OmegaConf.to_container(OmegaConf.load(REPO / "examples/beats_continue/iter3.yaml")))
+    assert cont["optimization.lr"][0] == pytest.approx(scratch["optimization.lr"][0] / 5)
+    assert cont["optimization.max_update"] * 40 == scratch["optimization.max_update"]
+    assert cont["lr_scheduler.warmup_updates"] * 10 == cont["optimization.max_update"]
+    audio = cont["dataset.max_tokens"] * cont["distributed_training.distributed_world_size"] / 16000
+    assert audio * cont["optimization.update_freq"][0] == 1400
+    schedule = {"optimization.lr", "optimization.max_update", "optimization.update_freq", "lr_scheduler.warmup_updates",
+                "distributed_training.distributed_world_size", "model.init_from", "common.log_interval"}
+    same = {k for k in cont if k.startswith(("optimizer.", "lr_scheduler.", "task.", "criterion.", "model."))} - schedule
+    assert {k: cont[k] for k in same} == {k: scratch[k] for k in same}

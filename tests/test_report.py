@@ -22,12 +22,12 @@ SHIPPED = (".yaml", ".py", ".sh")  # setup.py's package_data patterns for exampl
 
 def test_recipes_are_the_checkout_examples_and_all_shipped(capsys):
     assert recipe_dir("beats_iter1") == REPO / "examples" / "beats_iter1"
-    assert recipe_names() == ["beats_finetune", "beats_iter1", "beats_iter2", "beats_iter3", "beats_tokenizer"]
+    assert recipe_names() == ["beats_continue", "beats_finetune", "beats_iter1", "beats_iter2", "beats_iter3", "beats_tokenizer"]
     assert config_dir.main(["beats_tokenizer"]) == 0
     assert capsys.readouterr().out.strip() == str(REPO / "examples" / "beats_tokenizer")
     assert config_dir.main(["beats_iter9"]) == 1
     err = capsys.readouterr().err
-    assert "no recipe config dir 'beats_iter9'" in err and "valid names: beats_finetune, beats_iter1" in err
+    assert "no recipe config dir 'beats_iter9'" in err and "valid names: beats_continue, beats_finetune, beats_iter1" in err
     assert config_dir.main([]) == 0 and "beats_iter2\t" in capsys.readouterr().out
     # every file of examples/ is package data of the wheel (setup.py installs examples/*/<these suffixes>)
     files = [p for p in (REPO / "examples").rglob("*") if p.is_file() and "__pycache__" not in p.parts]

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: fairseq-hydra-train --config-dir $(beats-config-dir beats_iter1) --config-name tiny "
                "task.data=demo_data",
     )
-    parser.add_argument("name", nargs="?", help="config dir name, e.g. beats_iter1, beats_tokenizer, beats_finetune")
+    parser.add_argument("name", nargs="?", help="config dir name, e.g. beats_iter1, beats_tokenizer, beats_continue, beats_finetune")
     parser.add_argument("--architecture", metavar="CONFIG", default=None,
                         help="print the model architecture of recipe NAME/CONFIG.yaml as ++model.KEY=VALUE overrides (hydra set-or-add)")
     return parser

@@ -62,6 +62,15 @@ class BeatsConfig(BeatsBackboneConfig):
         default=False, metadata={"help": "torch.compile every Transformer layer of the encoder and predictor"}
     )
     label_predictor_layers: int = field(default=3, metadata={"help": "Transformer layers of the label predictor"})
+    # start (read by the beats_pretraining task when a run starts: tasks/init_from.py)
+    init_from: Optional[str] = field(
+        default=None,
+        metadata={"help": "start from this model instead of random weights: an official BEATs checkpoint "
+                  "(pre-trained or fine-tuned) or a beats/beats_encoder/beats_classifier checkpoint of this project. "
+                  "Its architecture replaces the config's; its backbone loads strictly, its label predictor and head "
+                  "too when it is a beats checkpoint with the same codebook size. A relaunch resumes from "
+                  "checkpoint_last.pt; empty: random initialisation"},
+    )
     # tokenizer (iter1: the random projection below; iter2+: tokenizer_path)
     tokenizer_path: Optional[str] = field(
         default=None,

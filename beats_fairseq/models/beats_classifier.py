@@ -9,7 +9,8 @@ Fine-tuning (task ``beats_audio_classification``):
 * ``pretrained_path``: a ``beats``/``beats_encoder``/``beats_classifier`` checkpoint of this
   project or an official BEATs checkpoint. It is read only when the model is first built:
   the task copies its architecture fields into this config and loads its backbone weights
-  strictly; a fine-tuned checkpoint then holds everything (reloading never reads it).
+  strictly (``tasks/init_from.py``); a fine-tuned checkpoint then holds everything (reloading
+  never reads it).
 * ``class_names``/``class_mids``: the class map, stored in the config (``model.class_names``).
 * Augmentations, in training mode only: roll and mixup on the waveform, SpecAugment on the
   normalised fbank, by the per-clip rule of ``beats_fairseq/seeding.py`` (``augment.py``).
@@ -26,20 +27,10 @@ import torch.nn as nn
 from fairseq.models import BaseFairseqModel, register_model
 
 from .. import augment
-from ..checkpoint import (
-    backbone_from_official,
-    backbone_to_official,
-    is_official,
-    load_strict,
-    official_kind,
-    read_checkpoint,
-    rename,
-)
-from ..modules.backbone import ARCH_FIELDS, BeatsBackbone, BeatsBackboneConfig, backbone_cfg_from_official, backbone_cfg_to_official
+from ..checkpoint import backbone_from_official, backbone_to_official, load_strict, rename
+from ..modules.backbone import BeatsBackbone, BeatsBackboneConfig, backbone_cfg_from_official, backbone_cfg_to_official
 
 logger = logging.getLogger(__name__)
-
-PRETRAINED_MODELS = ("beats", "beats_encoder", "beats_classifier")
 
 
 @dataclass
@@ -96,26 +87,6 @@ def masked_mean(x: torch.Tensor, padding_mask) -> torch.Tensor:
         return x.mean(dim=1)
     valid = (~padding_mask).unsqueeze(-1).to(x.dtype)
     return (x * valid).sum(dim=1) / valid.sum(dim=1)
-
-
-def read_pretrained(path: str):
-    """(architecture fields, backbone state dict with official key names) of a checkpoint."""
-    state = read_checkpoint(path)
-    if is_official(state):
-        kind = official_kind(state["cfg"])
-        if kind == "tokenizer":
-            raise ValueError(f"{path} is an official tokenizer checkpoint; pretrained_path needs a BEATs model")
-        arch = backbone_cfg_from_official(state["cfg"], path)
-        backbone = {k: v for k, v in state["model"].items() if not k.startswith("predictor.")}
-    else:
-        cfg = (state.get("cfg") or {}).get("model") or {}
-        name = cfg.get("_name")
-        if name not in PRETRAINED_MODELS:
-            raise ValueError(f"{path}: model {name!r} cannot initialise a classifier; expected one of "
-                             f"{PRETRAINED_MODELS} or an official BEATs checkpoint")
-        arch = {k: cfg[k] for k in ARCH_FIELDS if k in cfg}
-        backbone = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
-    return {k: arch[k] for k in ARCH_FIELDS if k in arch}, backbone
 
 
 def layer_lr_scales(model: "BeatsClassifierModel", decay: float):
@@ -197,12 +168,6 @@ class BeatsClassifierModel(BaseFairseqModel):
     @label_dict.setter
     def label_dict(self, value):
         self.__dict__["_label_dict"] = None if value is None else dict(value)
-
-    # ------------------------------------------------------------------ init
-    def load_pretrained_backbone(self, backbone_state, source: str) -> None:
-        """Strictly load backbone weights (official key names); errors list missing/unexpected keys."""
-        load_strict(self.backbone, backbone_state, f"pre-trained checkpoint {source} (backbone)")
-        logger.info("initialised the backbone from %s (%d tensors)", source, len(backbone_state))
 
     # ------------------------------------------------------------------ forward
     def augment_random(self, source, clip_ids=None) -> augment.TorchRandom:

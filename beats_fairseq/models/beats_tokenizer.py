@@ -22,6 +22,7 @@ tokenizer (``estimator_layers = 0``) that can label audio but not be trained fur
 
 import logging
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -69,6 +70,14 @@ class BeatsTokenizerConfig(BeatsBackboneConfig):
         default=0.01, metadata={"help": "re-seed codes whose usage EMA is below this fraction of the mean usage "
                                         "with random current inputs (0 disables; not in the official code)"})
     dead_code_interval: int = field(default=100, metadata={"help": "training updates between dead-code checks"})
+    # start (read by the beats_tokenizer_training task when a run starts: tasks/init_from.py)
+    init_from: Optional[str] = field(
+        default=None,
+        metadata={"help": "start from this tokenizer instead of random weights: an official Tokenizer_*.pt or a "
+                  "beats_tokenizer checkpoint of this project. Its architecture and codebook size replace the "
+                  "config's; its backbone, quantizer and codebook load strictly, its estimator too when it has one "
+                  "of the same size. A relaunch resumes from checkpoint_last.pt; empty: random initialisation"},
+    )
     # estimator and teacher (training only; the loss weights are the criterion's)
     estimator_layers: int = field(
         default=3, metadata={"help": "Transformer layers of the estimator that predicts the teacher from the "

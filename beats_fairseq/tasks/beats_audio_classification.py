@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from fairseq.tasks import register_task
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from ..data.label_dataset import LabelledAudioDataset, read_weights_file
 from ..data.manifest import read_class_map, read_manifest
-from ..models.beats_classifier import BeatsClassifierConfig, read_pretrained
+from ..models.beats_classifier import BeatsClassifierConfig
 from .audio_task import BeatsAudioTask, BeatsAudioTaskConfig, is_training_split
+from .init_from import config_value, finetuning_start, load_start, set_config
 
 logger = logging.getLogger(__name__)
 
@@ -56,23 +57,6 @@ class BeatsAudioClassificationConfig(BeatsAudioTaskConfig):
 
 def _in_data(data: str, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(data, path)
-
-
-def _get(cfg, key):
-    """``cfg.key``, or the ``beats_classifier`` default when a config leaves it out."""
-    if OmegaConf.is_config(cfg) and key not in cfg:
-        return getattr(BeatsClassifierConfig, key)
-    return getattr(cfg, key)
-
-
-def _set(cfg, **values) -> None:
-    if OmegaConf.is_config(cfg):
-        with open_dict(cfg):
-            for k, v in values.items():
-                setattr(cfg, k, v)
-    else:
-        for k, v in values.items():
-            setattr(cfg, k, v)
 
 
 @register_task("beats_audio_classification", dataclass=BeatsAudioClassificationConfig)
@@ -119,29 +103,23 @@ class BeatsAudioClassificationTask(BeatsAudioTask):
 
     # ------------------------------------------------------------------ model
     def prepare_model_cfg(self, cfg):
-        """Write the class map and the pre-trained architecture into ``cfg``; returns the
-        pre-trained backbone state dict (or None)."""
+        """Write the class map and the pre-trained architecture into ``cfg``; returns the start of
+        ``model.pretrained_path`` (``tasks/init_from.py``), or None."""
         rows = self.class_map()
         num = (cfg.get("num_classes", 0) if OmegaConf.is_config(cfg) else cfg.num_classes) or 0
         if num and num != len(rows):
             raise ValueError(f"model.num_classes={num} but the class map {self.class_map_path()} has {len(rows)} "
                              "classes (set model.num_classes=0 to take it from the class map)")
-        if bool(_get(cfg, "multilabel")) != bool(self.cfg.multilabel):
-            raise ValueError(f"model.multilabel={_get(cfg, 'multilabel')} but task.multilabel={self.cfg.multilabel}; "
+        multilabel = config_value(cfg, "multilabel", BeatsClassifierConfig)
+        if bool(multilabel) != bool(self.cfg.multilabel):
+            raise ValueError(f"model.multilabel={multilabel} but task.multilabel={self.cfg.multilabel}; "
                              "they must agree (the recipes set model.multilabel: ${task.multilabel})")
-        _set(cfg, num_classes=len(rows), class_names=[r["display_name"] for r in rows],
-             class_mids=[r["mid"] for r in rows])
-        if not _get(cfg, "pretrained_path"):
+        set_config(cfg, num_classes=len(rows), class_names=[r["display_name"] for r in rows],
+                   class_mids=[r["mid"] for r in rows])
+        start = finetuning_start(cfg, BeatsClassifierConfig)
+        if start is None:
             logger.info("beats_classifier: random initialisation (model.pretrained_path is empty)")
-            return None
-        arch, backbone = read_pretrained(cfg.pretrained_path)
-        changed = {k: (_get(cfg, k), v) for k, v in arch.items() if _get(cfg, k) != v}
-        if changed:
-            logger.info("architecture from %s (config value -> checkpoint value): %s", cfg.pretrained_path,
-                        ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
-        _set(cfg, **arch)
-        return backbone
+        return start
 
-    def attach(self, model, backbone) -> None:
-        if backbone is not None:
-            model.load_pretrained_backbone(backbone, model.cfg.pretrained_path)
+    def attach(self, model, start) -> None:
+        load_start(model, start)

@@ -9,11 +9,13 @@ The data, the training-step policies and exact resume are those of every task of
   ``model.codebook_size``) and never when one is rebuilt from its checkpoint;
 * or read from ``task.precomputed_labels`` (written by ``beats-precompute-labels``), checked
   against the manifest, the crop and the tokenizer of ``model.tokenizer_path``.
+
+A run starts from random weights, or from those of ``model.init_from`` (``tasks/init_from.py``).
 """
 
 import logging
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from fairseq.tasks import register_task
 from omegaconf import open_dict
@@ -22,6 +24,7 @@ from ..data.label_store import LabelStore, PrecomputedLabelsDataset, tokenizer_i
 from ..loading import load_frozen_tokenizer
 from ..tokenizers.trained import FrozenTokenizer
 from .audio_task import BeatsAudioTask, BeatsAudioTaskConfig
+from .init_from import Start, load_start, pretraining_start
 
 logger = logging.getLogger(__name__)
 
@@ -37,27 +40,36 @@ class BeatsPretrainingConfig(BeatsAudioTaskConfig):
     )
 
 
+class PretrainingExternals(NamedTuple):
+    """What a ``beats`` model built for training gets (:meth:`BeatsPretrainingTask.attach`)."""
+
+    tokenizer: Optional[FrozenTokenizer]  # of model.tokenizer_path; None: the random projection
+    start: Optional[Start]  # of model.init_from; None: random weights
+
+
 @register_task("beats_pretraining", dataclass=BeatsPretrainingConfig)
 class BeatsPretrainingTask(BeatsAudioTask):
     cfg: BeatsPretrainingConfig
     label_tokenizer = None  # identity of the model's tokenizer, checked against precomputed labels
 
-    def prepare_model_cfg(self, cfg):
-        """The frozen tokenizer of ``model.tokenizer_path`` (None without one); its codebook size
-        goes into ``model.codebook_size``."""
+    def prepare_model_cfg(self, cfg) -> "PretrainingExternals":
+        """The frozen tokenizer of ``model.tokenizer_path`` (its codebook size goes into
+        ``model.codebook_size``), then the start of ``model.init_from`` (its architecture goes into
+        ``cfg``; whether its label predictor fits depends on that codebook size)."""
+        tokenizer = None
         path = getattr(cfg, "tokenizer_path", None)
-        if not path:
-            return None
-        tokenizer = FrozenTokenizer(load_frozen_tokenizer(path), source=path)
-        if cfg.codebook_size != tokenizer.codebook_size:
-            logger.info("model.codebook_size=%d from tokenizer %s", tokenizer.codebook_size, path)
-            with open_dict(cfg):
-                cfg.codebook_size = tokenizer.codebook_size  # kept in the checkpoint config
-        return tokenizer
+        if path:
+            tokenizer = FrozenTokenizer(load_frozen_tokenizer(path), source=path)
+            if cfg.codebook_size != tokenizer.codebook_size:
+                logger.info("model.codebook_size=%d from tokenizer %s", tokenizer.codebook_size, path)
+                with open_dict(cfg):
+                    cfg.codebook_size = tokenizer.codebook_size  # kept in the checkpoint config
+        return PretrainingExternals(tokenizer, pretraining_start(cfg))
 
-    def attach(self, model, tokenizer) -> None:
-        if tokenizer is not None:
-            model.set_tokenizer(tokenizer)
+    def attach(self, model, external: "PretrainingExternals") -> None:
+        load_start(model, external.start)
+        if external.tokenizer is not None:
+            model.set_tokenizer(external.tokenizer)
         if getattr(self.cfg, "precomputed_labels", None):
             self.check_label_tokenizer(model)
 

@@ -6,6 +6,7 @@ When a model is built for training, the teacher named by ``model.teacher_path`` 
 :func:`beats_fairseq.loading.load_teacher`, frozen and attached to the model, and its target size is
 written into ``model.teacher_dim`` (hence into the checkpoint's config). Models rebuilt from a
 checkpoint (``load_model_ensemble_and_task``, ``beats_fairseq.load``) never read the teacher.
+A run starts from random weights, or from those of ``model.init_from`` (``tasks/init_from.py``).
 """
 
 import logging
@@ -16,6 +17,7 @@ from omegaconf import open_dict
 
 from ..loading import load_teacher
 from .audio_task import BeatsAudioTask, BeatsAudioTaskConfig
+from .init_from import load_start, tokenizer_start
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +32,8 @@ class BeatsTokenizerTrainingTask(BeatsAudioTask):
     cfg: BeatsTokenizerTrainingTaskConfig
 
     def prepare_model_cfg(self, cfg):
-        """The frozen teacher of ``model.teacher_path``; its target size goes into ``model.teacher_dim``."""
+        """The frozen teacher of ``model.teacher_path`` (its target size goes into ``model.teacher_dim``),
+        then the start of ``model.init_from`` (its architecture and codebook go into ``cfg``)."""
         name = getattr(cfg, "_name", None)
         if name != "beats_tokenizer":
             raise ValueError(f"task beats_tokenizer_training trains model beats_tokenizer, got model._name={name!r}")
@@ -45,7 +48,9 @@ class BeatsTokenizerTrainingTask(BeatsAudioTask):
                 f"model.teacher_dim={cfg.teacher_dim} but teacher {cfg.teacher_path!r} gives {teacher.dim}-dim "
                 "targets: set model.teacher_dim=0 to take it from the teacher"
             )
-        return teacher
+        return teacher, tokenizer_start(cfg)  # the estimator's size depends on teacher_dim
 
-    def attach(self, model, teacher) -> None:
+    def attach(self, model, external) -> None:
+        teacher, start = external
+        load_start(model, start)
         model.set_teacher(teacher)
