@@ -157,6 +157,39 @@ def test_library_plans_without_argparse(tmp_path, demo_data):
             plan(dataclasses.replace(config, **bad))
 
 
+def test_init_from_plans_continued_iterations_and_evaluates_the_start(tmp_path, demo_data, oracle):
+    import dataclasses
+
+    model, tok = oracle.dir / "beats_small.pt", oracle.dir / "tokenizer_small.pt"
+    config = PipelineConfig(data=str(demo_data), out=str(tmp_path / "r"), init_from=str(model), tokenizer=str(tok),
+                            eval="finetune", eval_seeds=1)
+    stages = {s.name: s for s in plan(config)}
+    assert list(stages) == ["iter1", "tokenizer_iter1", "iter2", "fbank", "eval_random_seed1", "eval_start_seed1",
+                            "eval_iter1_seed1", "eval_iter2_seed1"]
+    iter1, iter2 = stages["iter1"], stages["iter2"]
+    assert (iter1.config_dir, iter1.role, iter1.title) == ("beats_continue", "continue", "pre-training continued from start")
+    assert iter1.settings["model.init_from"] == str(model) and iter1.settings["model.tokenizer_path"] == str(tok)
+    assert iter2.settings["model.init_from"] == str(iter1.checkpoint)
+    assert iter2.settings["model.tokenizer_path"] == str(stages["tokenizer_iter1"].checkpoint)
+    assert stages["eval_start_seed1"].settings["model.pretrained_path"] == str(model)
+    # without --tokenizer, a tokenizer is distilled from the model first; one iteration is allowed then
+    names = [s.name for s in plan(dataclasses.replace(config, tokenizer=None, iterations=1, evaluate=False))]
+    assert names == ["tokenizer_start", "iter1"]
+    assert plan(dataclasses.replace(config, tokenizer=None))[0].settings["model.teacher_path"] == str(model)
+    for bad, message in ((dict(init_from=None), "add --init-from"), (dict(init_from=None, tokenizer=None, iterations=1),
+                         "iterations 1"), (dict(tokenizer=str(tmp_path / "nope.pt")), "--tokenizer .*nope.pt: no such")):
+        with pytest.raises(PipelineError, match=message):
+            plan(dataclasses.replace(config, **bad))
+
+    # composed: the continue recipe of the scale; a random init gets the start model's architecture
+    stages = {s.name: s for s in prepare(dataclasses.replace(config, iterations=1))}
+    assert stages["iter1"].config.model.init_from == str(model)
+    assert stages["iter1"].config.optimization.max_update == TINY_UPDATES["pretrain"]
+    official = oracle("beats_small")["cfg"]
+    random = stages["eval_random_seed1"].config.model
+    assert (random.encoder_embed_dim, random.conv_pos) == (official["encoder_embed_dim"], official["conv_pos"])
+
+
 def compose_with(tmp_path, demo_data, *overrides, **options):
     config = PipelineConfig(data=str(demo_data), out=str(tmp_path / "r"), overrides=list(overrides), **options)
     return {s.name: s for s in prepare(config)}
@@ -354,3 +387,25 @@ def test_supervised_teacher_pipeline_runs_iter3_plus_end_to_end(tmp_path, demo_d
     # a rerun trains nothing
     code, out = run_pipeline(capsys, *args)
     assert code == 0 and out.count("skipped") == 6
+
+
+@pytest.mark.slow
+def test_pipeline_continues_an_official_model_and_probes_it_beside_its_start(tmp_path, demo_data, oracle, capsys):
+    import beats_fairseq
+    from beats_fairseq.checkpoint import backbone_to_official
+
+    run = tmp_path / "run"
+    code, out = run_pipeline(capsys, "--data", demo_data, "--out", run, "--init-from", oracle.dir / "beats_small.pt",
+                             "--tokenizer", oracle.dir / "tokenizer_small.pt", "--iterations", "1",
+                             "pretrain:optimization.max_update=4")
+    assert code == 0, out[-4000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert [r["stage"] for r in summary["stages"]] == ["iter1", "fbank", "probe"]
+    assert summary["stages"][0]["updates"] == 4
+    assert [r["encoder"] for r in summary["probe"]] == ["random", "start", "iter1"]
+    official = oracle("beats_small")
+    continued = beats_fairseq.load(str(run / "iter1" / "checkpoints" / "checkpoint_last.pt"))
+    assert continued.num_codes == 32 and continued.cfg.encoder_embed_dim == official["cfg"]["encoder_embed_dim"]
+    weights = backbone_to_official(continued.state_dict())
+    assert weights.keys() == official["model"].keys()
+    assert not torch.equal(weights["encoder.layers.0.fc1.weight"], official["model"]["encoder.layers.0.fc1.weight"])

@@ -3,6 +3,10 @@
     iter1 pre-training -> tokenizer_iter1 -> iter2 pre-training [-> tokenizer_iter2 -> iter3]
     -> raw-fbank baseline -> evaluation of every iteration's encoder and of a random one
 
+or, with ``--init-from CKPT [--tokenizer TOK]``, from an existing model: every iteration continues the
+previous model's pre-training (``examples/beats_continue``), the first on the labels of TOK or of a
+tokenizer distilled from CKPT, and CKPT itself is evaluated too.
+
 This module parses the arguments into a :class:`beats_fairseq.pipeline.PipelineConfig` and runs
 it with :func:`beats_fairseq.pipeline.run_pipeline` (what the stages are, how their configs are
 composed, how a run resumes and what it writes: ``beats_fairseq/pipeline/`` and docs/iterations.md).
@@ -13,7 +17,7 @@ import os
 import shlex
 import sys
 
-from ..pipeline.config import EVAL_MODES, LABEL_MODES, RECIPE_ROLES, RECIPES, PipelineConfig, help_of
+from ..pipeline.config import EVAL_MODES, LABEL_MODES, RECIPE_ROLES, RECIPES, ROLE_FOLDERS, PipelineConfig, help_of
 from ..constants import POOLINGS
 from .common import CliError, add_deprecated_alias, run_main
 
@@ -33,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the BEATs iterations on a manifest folder: iter1 pre-training -> tokenizer -> iter2 "
                     "pre-training [-> tokenizer -> iter3], each a fairseq-hydra-train run in RUN_DIR/<stage>, then a "
                     "raw-fbank baseline and a linear probe (--eval probe) or fine-tuning runs (--eval finetune) of "
-                    "every iteration's encoder beside a random one. Rerunning the same command "
+                    "every iteration's encoder beside a random one. With --init-from, the loop starts from an "
+                    "existing model instead: every iteration continues the previous model's pre-training. Rerunning "
+                    "the same command "
                     "resumes: finished stages are skipped, an interrupted one continues from its checkpoint.",
         epilog="Overrides use Hydra's grammar, with the meaning fairseq-hydra-train gives them: key=value (every stage "
                "whose recipe has the key), +key=value (add), ++key=value (add or set), ~key (delete); "
@@ -43,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help=_help("data"))
     parser.add_argument("--out", required=True, help=_help("out"))
     parser.add_argument("--scale", choices=sorted(RECIPES), default="tiny", help=_help("scale", "tiny"))
-    parser.add_argument("--iterations", type=int, choices=[2, 3], default=2, help=_help("iterations", 2))
+    parser.add_argument("--iterations", type=int, choices=[1, 2, 3], default=2, help=_help("iterations", 2))
+    parser.add_argument("--init-from", metavar="CKPT", default=None, help=_help("init_from"))
+    parser.add_argument("--tokenizer", metavar="CKPT", default=None, help=_help("tokenizer"))
     parser.add_argument("--supervised-teacher", action="store_true", help=_help("supervised_teacher"))
     parser.add_argument("--labels", choices=LABEL_MODES, default="on-the-fly", help=_help("labels", "on-the-fly"))
     evaluation = parser.add_argument_group("evaluation")
@@ -59,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     for old, new in RENAMED.items():
         add_deprecated_alias(parser, old, new)
     for role in RECIPE_ROLES:
-        what = "iter3+ tokenizer (--supervised-teacher)" if role == "supervised_tokenizer" else role
-        folder = "beats_tokenizer" if role.endswith("tokenizer") else ("beats_finetune" if role == "finetune"
-                                                                       else "beats_iterN")
+        what = {"supervised_tokenizer": "iter3+ tokenizer (--supervised-teacher)",
+                "continue": "continued pre-training (--init-from)"}.get(role, role)
+        folder = ROLE_FOLDERS.get(role, "beats_iterN")
         parser.add_argument(f"--{role.replace('_', '-')}-config", default=None, metavar="NAME",
                             help=f"{what} recipe name in examples/{folder} (default: "
                                  + ", ".join(f"{RECIPES[s][role]} with --scale {s}" for s in sorted(RECIPES)) + ")")
@@ -78,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from(args) -> PipelineConfig:
     recipes = {role: getattr(args, f"{role}_config") for role in RECIPE_ROLES if getattr(args, f"{role}_config")}
     return PipelineConfig(
-        data=args.data, out=args.out, scale=args.scale, iterations=args.iterations,
+        data=args.data, out=args.out, scale=args.scale, iterations=args.iterations, init_from=args.init_from,
+        tokenizer=args.tokenizer,
         supervised_teacher=args.supervised_teacher, labels=args.labels, evaluate=not args.no_eval, eval=args.eval,
         eval_split=args.eval_split, eval_train_split=args.eval_train_split, label_ext=args.label_ext,
         eval_seeds=args.eval_seeds, probe_pooling=args.probe_pooling, probe_layer=args.probe_layer,

@@ -13,7 +13,8 @@ with these overrides, in this order:
    the stage's ``fairseq-hydra-train`` command line.
 
 Then the stage's own settings are set (its paths, the checkpoint it reads, its seed, the
-architecture of a random init, where it logs). A plain override of one of those keys leaves the
+architecture of a random init (that of the pre-training recipe, or of the ``init_from`` checkpoint),
+where it logs). A plain override of one of those keys leaves the
 pipeline's value for that stage (``common.seed=7`` seeds the training stages, the evaluation
 fine-tunings keep their seeds); one with a kind prefix is an error. The stage's ``stage.yaml`` is
 the composed config with the recipe's ``hydra:`` block (its run folder, no chdir).
@@ -105,6 +106,7 @@ class Composer:
         self.overrides = parse_overrides(config.overrides)
         self.used = set()  # overrides that went to some stage
         self._composed: Dict[Tuple[str, str, str], Tuple[DictConfig, List[StageOverride]]] = {}
+        self._architectures: Dict[Path, Dict[str, object]] = {}  # of the given checkpoints
 
     def recipe_path(self, stage: Stage) -> Path:
         folder = recipe_dir(stage.config_dir)
@@ -143,14 +145,29 @@ class Composer:
         """The keys the pipeline sets for ``stage``, with their values."""
         values = dict(stage.settings)
         if stage.encoder == RANDOM:  # a random init gets the architecture of the pre-trained encoders
-            from ..modules.backbone import ARCH_FIELDS
-
-            model = self.compose(stage.pretrain).model
-            values.update({f"model.{k}": model[k] for k in ARCH_FIELDS if k in model})
+            values.update({f"model.{k}": v for k, v in self.architecture(stage.pretrain).items()})
         values["checkpoint.save_dir"] = str(stage.dir / "checkpoints")
         values["common.tensorboard_logdir"] = str(stage.tensorboard)  # the curves of the report
         values["common.log_format"] = "json"  # the progress lines
         return values
+
+    def architecture(self, stage: Stage) -> Dict[str, object]:
+        """The architecture fields of the encoder ``stage`` trains (its recipe's), or of the checkpoint
+        it is given as (``init_from``: read once, with ``beats_fairseq.load``)."""
+        from ..modules.backbone import ARCH_FIELDS
+
+        if stage.given is None:
+            model = self.compose(stage).model
+            return {k: model[k] for k in ARCH_FIELDS if k in model}
+        if stage.given not in self._architectures:
+            from ..loading import read_starting_point
+
+            try:
+                start = read_starting_point(str(stage.given), ("pretraining", "encoder", "classifier"), "--init-from")
+            except (OSError, RuntimeError, ValueError) as exc:
+                raise PipelineError(f"stage {stage.name}: {exc}") from None
+            self._architectures[stage.given] = start.architecture
+        return self._architectures[stage.given]
 
     def compose(self, stage: Stage) -> DictConfig:
         """``stage.config`` (composed once), and ``stage.hydra_overrides`` for its command line."""

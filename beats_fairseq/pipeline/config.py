@@ -13,13 +13,19 @@ from ..constants import POOLINGS
 TRAINING_KINDS = ("pretrain", "tokenizer", "finetune")
 # Recipe name per scale and role (the yaml in the role's examples/ folder). "supervised_tokenizer" is
 # the iter3+ tokenizer, distilled from a fine-tuned classifier (paper: peak LR 5e-4, logits).
+# "continue" is the pre-training of a run started from an existing model (--init-from: examples/beats_continue).
 RECIPES = {
-    "tiny": {"pretrain": "tiny", "tokenizer": "tiny", "supervised_tokenizer": "tiny", "finetune": "tiny"},
-    "small": {"pretrain": "small", "tokenizer": "small", "supervised_tokenizer": "small", "finetune": "small"},
-    "base": {"pretrain": "pretrain_as2m", "tokenizer": "tokenizer_as2m",
+    "tiny": {"pretrain": "tiny", "continue": "tiny", "tokenizer": "tiny", "supervised_tokenizer": "tiny",
+             "finetune": "tiny"},
+    "small": {"pretrain": "small", "continue": "small", "tokenizer": "small", "supervised_tokenizer": "small",
+              "finetune": "small"},
+    "base": {"pretrain": "pretrain_as2m", "continue": "iter3", "tokenizer": "tokenizer_as2m",
              "supervised_tokenizer": "tokenizer_as2m_supervised_teacher", "finetune": "as2m"},
 }
-RECIPE_ROLES = ("pretrain", "tokenizer", "supervised_tokenizer", "finetune")
+RECIPE_ROLES = ("pretrain", "continue", "tokenizer", "supervised_tokenizer", "finetune")
+# The examples/ folder of each role ("pretrain": beats_iter1, beats_iter2, ... by iteration).
+ROLE_FOLDERS = {"continue": "beats_continue", "tokenizer": "beats_tokenizer",
+                "supervised_tokenizer": "beats_tokenizer", "finetune": "beats_finetune"}
 # Update counts of the tiny scale: the loop finishes in minutes on 2 CPU cores.
 TINY_UPDATES = {"pretrain": 100, "tokenizer": 60, "finetune": 60}
 EVAL_MODES = ("probe", "finetune")
@@ -43,7 +49,17 @@ class PipelineConfig:
                        "recipes (the whole loop with fine-tuning evaluation, sized for a 30-minute budget on 2 CPU "
                        "cores for 1,000-3,000 clips of 1-2 s); base: the paper recipes"
                        % ", ".join(f"{k} {v}" for k, v in TINY_UPDATES.items()), default="tiny")
-    iterations: int = _help("pre-training iterations (2 or 3)", default=2)
+    iterations: int = _help("pre-training iterations (2 or 3; with init_from 1 to 3)", default=2)
+    init_from: Optional[str] = _help(
+        "start the loop from this model (an official BEATs checkpoint or one of this project) instead of "
+        "random-projection iter1: every pre-training iteration continues the previous model (the first this one; "
+        "the continue recipe of the scale, examples/beats_continue), on the labels of a tokenizer distilled from "
+        "the previous model, or of the tokenizer checkpoint (the first iteration); the model itself is evaluated "
+        "too (as start)", default=None)
+    tokenizer: Optional[str] = _help(
+        "with init_from: the tokenizer (an official Tokenizer_*.pt or one of this project) whose labels the first "
+        "iteration continues pre-training with; None: a tokenizer distilled from the init_from model first",
+        default=None)
     supervised_teacher: bool = _help("iter3+: fine-tune iter2 on the labelled train split (examples/beats_finetune) "
                                      "and distil the last tokenizer from it (needs --iterations 3)", default=False)
     labels: str = _help("iter2+ labels: computed by the frozen tokenizer in every update (on-the-fly), or "
@@ -87,8 +103,8 @@ class PipelineConfig:
 
     def check(self) -> None:
         """Raise :class:`PipelineError` naming the first setting that cannot run."""
-        choices = {"scale": tuple(RECIPES), "iterations": (2, 3), "labels": LABEL_MODES, "eval": EVAL_MODES,
-                   "probe_pooling": POOLINGS}
+        choices = {"scale": tuple(RECIPES), "iterations": (1, 2, 3) if self.init_from else (2, 3),
+                   "labels": LABEL_MODES, "eval": EVAL_MODES, "probe_pooling": POOLINGS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise PipelineError(f"{name} {getattr(self, name)!r}: choose one of {', '.join(map(str, allowed))}")
@@ -97,6 +113,13 @@ class PipelineConfig:
             raise PipelineError(f"recipes {unknown}: the roles are {', '.join(RECIPE_ROLES)}")
         if not (Path(self.data) / "train.tsv").is_file():
             raise PipelineError(f"--data {self.data}: no train.tsv there")
+        if self.tokenizer and not self.init_from:
+            raise PipelineError("--tokenizer labels the first pre-training of a run started from a model: add "
+                                "--init-from CKPT (tokenizer needs init_from)")
+        for name in ("init_from", "tokenizer"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise PipelineError(f"--{name.replace('_', '-')} {path}: no such file ({name})")
         if self.supervised_teacher and self.iterations != 3:
             raise PipelineError("--supervised-teacher distils the tokenizer of iter3 (iter3+) from a fine-tuned iter2: "
                                 "add --iterations 3 (supervised_teacher needs iterations=3)")

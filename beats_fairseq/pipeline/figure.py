@@ -19,11 +19,11 @@ from typing import Dict, List, Optional, Tuple
 
 from ..plots import bar_chart, pyplot
 from .events import TRAIN_TAGS, Curves, Series, read_curves, validation_tag
-from .plan import FBANK, RANDOM, Stage
+from .plan import FBANK, RANDOM, START, Stage
 from .summary import headline
 
 ITERATION_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive")
-FIXED_COLOURS = {RANDOM: "tab:gray", FBANK: "tab:orange"}
+FIXED_COLOURS = {RANDOM: "tab:gray", FBANK: "tab:orange", START: "tab:cyan"}
 PANELS = {  # kind: (title, [(metric, axis title)])
     "pretrain": ("Pre-training iterations", [
         ("loss", "loss (not comparable across iterations: other label sets)"),

@@ -3,6 +3,15 @@
     iter1 -> tokenizer_iter1 -> [labels_iter2 ->] iter2 [-> (finetune_iter2 ->) tokenizer_iter2 -> iter3]
     -> fbank -> probe | eval_<encoder>_seed<s> for random and every iteration
 
+Started from an existing model (``init_from``, the encoder ``start``), every iteration continues
+the previous model (``examples/beats_continue``) on the labels of a tokenizer distilled from it,
+or, for iter1, of the given ``tokenizer``:
+
+    [tokenizer_start ->] iter1 [-> tokenizer_iter1 -> iter2 ...] -> fbank -> probe | eval_... for start too
+
+The given checkpoints are stages of kind ``model`` that never run and are not in the list: their
+``checkpoint`` (and ``output``) is the file.
+
 A training stage (``pretrain``, ``tokenizer``, ``finetune``) is a ``fairseq-hydra-train`` run
 of the recipe of its role (``PipelineConfig.recipe``) in ``examples/<config dir>``, with the
 stage's ``settings`` (its paths, the previous stage's checkpoint, the seed) on top; its config
@@ -18,6 +27,7 @@ from .config import TRAINING_KINDS, PipelineConfig
 
 RANDOM = "random"
 FBANK = "fbank"
+START = "start"  # the encoder of init_from
 
 
 @dataclass(eq=False)
@@ -37,6 +47,7 @@ class Stage:
     score_split: Optional[str] = None  # evaluation fine-tuning: split its best checkpoint is scored on
     config: object = field(default=None, repr=False)  # training stages: the composed config (compose.py)
     hydra_overrides: List[str] = field(default_factory=list)  # training stages: hydra.* for the command line
+    given: Optional[Path] = None  # kind "model": the checkpoint file (init_from, tokenizer)
 
     @property
     def training(self) -> bool:
@@ -44,7 +55,7 @@ class Stage:
 
     @property
     def checkpoint(self) -> Path:
-        return self.dir / "checkpoints" / "checkpoint_last.pt"
+        return self.given if self.given is not None else self.dir / "checkpoints" / "checkpoint_last.pt"
 
     @property
     def best_checkpoint(self) -> Path:
@@ -57,6 +68,8 @@ class Stage:
     @property
     def output(self) -> Path:
         """What the stage leaves behind when it has finished."""
+        if self.given is not None:
+            return self.given
         if self.training:
             return self.dir / "score.json" if self.score_split else self.checkpoint
         if self.kind == "labels":
@@ -71,20 +84,37 @@ class Stage:
 def plan(config: PipelineConfig) -> List[Stage]:
     """The ordered stages of ``config`` (configs not yet composed)."""
     config.check()
-    stages = training_stages(config)
+    start, tokenizer = (given(config.init_from, START, "the model of --init-from"),
+                        given(config.tokenizer, "tokenizer", "the tokenizer of --tokenizer"))
+    stages = training_stages(config, start, tokenizer)
     if config.evaluate:
-        stages += evaluation_stages(config, [s for s in stages if s.kind == "pretrain"])
+        encoders = [s for s in stages if s.kind == "pretrain"]
+        stages += evaluation_stages(config, ([start] if start else []) + encoders)
     return stages
 
 
-def training_stages(config: PipelineConfig) -> List[Stage]:
-    """The pre-training iterations with their tokenizers (and labels, and the supervised teacher)."""
+def given(path: Optional[str], name: str, title: str) -> Optional[Stage]:
+    """A checkpoint the run starts from, as a stage of kind ``model`` (never run)."""
+    if not path:
+        return None
+    path = Path(path).resolve()
+    return Stage(name, "model", f"{title} ({path.name})", path.parent, given=path)
+
+
+def training_stages(config: PipelineConfig, start: Optional[Stage] = None,
+                    first_tokenizer: Optional[Stage] = None) -> List[Stage]:
+    """The pre-training iterations with their tokenizers (and labels, and the supervised teacher);
+    from ``start`` (init_from) with ``first_tokenizer`` (tokenizer) when given."""
     run_dir, data = config.run_dir, config.data_dir
     stages: List[Stage] = []
 
-    def pretrain(it: int, tokenizer: Optional[Stage]) -> Stage:
+    def pretrain(it: int, tokenizer: Optional[Stage], init: Optional[Stage] = None) -> Stage:
         st = Stage(f"iter{it}", "pretrain", f"iter{it} pre-training", run_dir / f"iter{it}",
                    config_dir=f"beats_iter{it}", role="pretrain", settings={"task.data": data})
+        if init is not None:  # continued pre-training of the previous model
+            st.title, st.config_dir, st.role = f"pre-training continued from {init.name}", "beats_continue", "continue"
+            st.depends.append(init)
+            st.settings["model.init_from"] = str(init.checkpoint)
         if tokenizer is not None:
             st.depends.append(tokenizer)
             st.settings["model.tokenizer_path"] = str(tokenizer.checkpoint)
@@ -98,8 +128,8 @@ def training_stages(config: PipelineConfig) -> List[Stage]:
         stages.append(st)
         return st
 
-    def tokenizer(it: int, teacher: Stage) -> Stage:
-        name = f"tokenizer_iter{it}"
+    def tokenizer(encoder: Stage, teacher: Stage) -> Stage:
+        name = f"tokenizer_{encoder.name}"
         role = "supervised_tokenizer" if teacher.kind == "finetune" else "tokenizer"
         st = Stage(name, "tokenizer", f"tokenizer distilled from {teacher.name}", run_dir / name,
                    config_dir="beats_tokenizer", role=role, depends=[teacher],
@@ -107,16 +137,17 @@ def training_stages(config: PipelineConfig) -> List[Stage]:
         stages.append(st)
         return st
 
-    encoder = pretrain(1, None)
-    for it in range(2, config.iterations + 1):
+    encoder = start or pretrain(1, None)
+    for it in range(1 if start else 2, config.iterations + 1):
         teacher = encoder
         if config.supervised_teacher and it == config.iterations:
-            name = f"finetune_iter{it - 1}"
-            teacher = Stage(name, "finetune", f"fine-tune iter{it - 1} (supervised teacher)", run_dir / name,
+            name = f"finetune_{encoder.name}"
+            teacher = Stage(name, "finetune", f"fine-tune {encoder.name} (supervised teacher)", run_dir / name,
                             config_dir="beats_finetune", role="finetune", depends=[encoder],
                             settings={"task.data": data, "model.pretrained_path": str(encoder.checkpoint)})
             stages.append(teacher)
-        encoder = pretrain(it, tokenizer(it - 1, teacher))
+        labels = first_tokenizer if it == 1 and first_tokenizer else tokenizer(encoder, teacher)
+        encoder = pretrain(it, labels, encoder if start else None)
     return stages
 
 
