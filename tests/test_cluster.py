@@ -106,7 +106,8 @@ def test_rank_zero_names_the_rank_that_went_silent_and_publishes_it(threads):
     assert wait_for(lambda: watch0.verdicts, 5)
     at, why = watch0.verdicts[0]
     assert why.startswith("rank 1 sent no heartbeat for") and store.get("beats_lost") == b"1"
-    assert timeout < at - silent_from < timeout * 4 / 3 + 0.3  # 0.3 s: a loaded test machine
+    # rank 1's last beat falls within one interval (0.05 s) before silent_from; 0.3 s: a loaded test machine
+    assert timeout - 0.1 < at - silent_from < timeout * 4 / 3 + 0.3
 
 
 def test_other_ranks_take_rank_zeros_verdict_and_notice_a_dead_store(threads):
