@@ -22,7 +22,7 @@ setup(
     # development environment are in constraints.txt (scripts/setup_env.sh).
     install_requires=[
         "torch>=2.8,<2.12",  # torchaudio (required by fairseq) has no release for torch 2.12+
-        "torchaudio>=2.8,<2.12",
+        "torchaudio>=2.8,<2.12,!=2.11.1",  # 2.11.1 fails to load its library with torch 2.11.0 (undefined symbol)
         "ve-fairseq>=0.12.3,<0.13",  # fairseq main as a wheel; import name fairseq
         "soundfile",
         "numpy",
