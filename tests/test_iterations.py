@@ -219,6 +219,45 @@ def test_models_rebuilt_from_a_checkpoint_never_read_the_tokenizer(demo_data, to
     assert not any(k.startswith("frozen_tokenizer") for k in model.state_dict())
 
 
+def test_students_of_every_iteration_start_from_equal_weights(demo_data, tokenizers):
+    """Loading the iter2 tokenizer draws nothing the student's initialisation uses: with the same seed,
+    the iter1 (random projection) and iter2 (trained tokenizer) students start from the same encoder and
+    label predictor; the random projection depends on its own seed only."""
+    from beats_fairseq.models.beats import BeatsConfig
+
+    task = make_task(demo_data)
+
+    def student(tokenizer_path=None, tokenizer_seed=1337):
+        cfg = OmegaConf.structured(BeatsConfig(**{**TINY_STUDENT, "tokenizer_path": tokenizer_path,
+                                                  "tokenizer_seed": tokenizer_seed}))
+        with open_dict(cfg):
+            cfg._name = "beats"
+        torch.manual_seed(7)  # fairseq seeds torch with common.seed before it builds the model
+        return task.build_model(cfg)
+
+    iter1, iter2, iter3 = student(), student(tokenizers[0]), student(tokenizers[1])
+    assert iter2.frozen_tokenizer is not None and iter1.tokenizer is not None
+    for other in (iter2, iter3):
+        for part in ("backbone", "label_predictor"):
+            ours, theirs = getattr(iter1, part).state_dict(), getattr(other, part).state_dict()
+            assert ours.keys() == theirs.keys()
+            assert all(torch.equal(ours[k], theirs[k]) for k in ours), part
+    # another global draw before the build changes the student, and nothing else
+    torch.manual_seed(8)
+    changed = task.build_model(iter1.cfg)
+    assert not torch.equal(changed.backbone.patch_embedding.weight, iter1.backbone.patch_embedding.weight)
+    assert torch.equal(changed.tokenizer.projection, iter1.tokenizer.projection)
+    # the random projection: a function of tokenizer_seed alone
+    other_seed = student(tokenizer_seed=1338)
+    assert torch.equal(student().tokenizer.codebook, iter1.tokenizer.codebook)
+    assert not torch.equal(other_seed.tokenizer.projection, iter1.tokenizer.projection)
+
+
+TINY_STUDENT = dict(encoder_layers=1, encoder_embed_dim=64, encoder_ffn_embed_dim=64, embed_dim=32,
+                    encoder_attention_heads=4, conv_pos=16, label_predictor_layers=1, codebook_size=64,
+                    codebook_dim=16)
+
+
 STANDALONE = """
 import os, sys, torch, beats_fairseq
 from fairseq import checkpoint_utils

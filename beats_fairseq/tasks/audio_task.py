@@ -21,7 +21,9 @@ What ``beats_pretraining``, ``beats_tokenizer_training`` and ``beats_audio_class
   model's seed is ``common.seed`` (masks and augmentations, the per-clip rule of ``seeding.py``);
   a model built for training gets the external checkpoints it needs from the task
   (:meth:`BeatsAudioTask.prepare_model_cfg` and :meth:`BeatsAudioTask.attach`), one rebuilt from
-  its checkpoint (``from_checkpoint``) reads no other file;
+  its checkpoint (``from_checkpoint``) reads no other file; those loads draw from a forked torch
+  generator, so a model's initial weights depend on ``common.seed`` only, not on the tokenizer,
+  teacher or start it loads (iter1 and iter2 students start from the same weights);
 * fairseq's patches (``beats_fairseq/fairseq_patches.py``), applied when a task is built:
   multi-process training on CPU (gloo) with ``ddp_backend=pytorch_ddp``, crash-safe checkpoint
   files, a dummy batch with readable audio, bad files found by DataLoader workers named in the
@@ -163,7 +165,13 @@ class BeatsAudioTask(FairseqTask):
         """Upgrade older config keys, build, seed; for training (``from_checkpoint=False``, a resumed
         run included) :meth:`prepare_model_cfg` before building and :meth:`attach` after."""
         upgrade_model_cfg(cfg)
-        external = None if from_checkpoint else self.prepare_model_cfg(cfg)
+        external = None
+        if not from_checkpoint:
+            # Loading a tokenizer, teacher or start builds models: under a forked generator, so the new
+            # model's initial weights are those of common.seed whatever was loaded (equal students for
+            # every iteration of a loop).
+            with torch.random.fork_rng(devices=[]):
+                external = self.prepare_model_cfg(cfg)
         model = super().build_model(cfg, from_checkpoint)
         if hasattr(model, "set_seed"):
             model.set_seed(self.cfg.seed)
