@@ -17,7 +17,7 @@ LAYERS = [
     ("loading",),
     ("tasks",),
     ("evaluation",),
-    ("export", "hear", "probe", "precompute"),
+    ("export", "hear", "probe", "precompute", "label_quality"),
     ("pipeline",),
     ("cli",),
 ]

@@ -31,7 +31,7 @@ def test_small_scale_with_finetune_evaluation_plans_every_stage(tmp_path, demo_d
     assert code == 0, out
     evals = [f"eval_{e}_seed{s}" for e in ("random", "iter1", "iter2", "iter3") for s in (1, 2)]
     assert stage_names(out) == ["iter1", "tokenizer_iter1", "iter2", "finetune_iter2", "tokenizer_iter2", "iter3",
-                                "fbank"] + evals
+                                "tokenizers", "fbank"] + evals
     cfg = {name: OmegaConf.load(run / name / "stage.yaml") for name in
            ["iter1", "tokenizer_iter1", "iter3", "finetune_iter2", "tokenizer_iter2"] + evals}
     small = {d: OmegaConf.load(recipe_dir(d) / "small.yaml") for d in ("beats_iter1", "beats_tokenizer",
@@ -58,7 +58,8 @@ def test_small_scale_with_finetune_evaluation_plans_every_stage(tmp_path, demo_d
 
     # --eval probe (default): the fbank baseline and one probe stage
     code, out = run_command(capsys, "--data", demo_data, "--out", tmp_path / "p", "--scale", "small", "--dry-run")
-    assert code == 0 and stage_names(out) == ["iter1", "tokenizer_iter1", "iter2", "fbank", "probe"]
+    assert code == 0 and stage_names(out) == ["iter1", "tokenizer_iter1", "iter2", "tokenizers", "fbank",
+                                                   "probe"]
     code, out = run_command(capsys, "--data", demo_data, "--out", tmp_path / "p", "--eval", "finetune",
                              "--eval-seeds", "0", "--dry-run")
     assert code == 1 and "--eval-seeds must be >= 1" in out

@@ -51,7 +51,7 @@ def test_plan_composes_every_stage_config(tmp_path, demo_data, capsys):
     assert code == 0, out
     names = [line.split("]")[1].split(":")[0].strip() for line in out.splitlines() if line.startswith("[stage")]
     assert names == ["iter1", "tokenizer_iter1", "labels_iter2", "iter2", "tokenizer_iter2", "labels_iter3", "iter3",
-                     "fbank", "probe"]
+                     "tokenizers", "fbank", "probe"]
     run = tmp_path / "run"
     from omegaconf import OmegaConf
 
@@ -138,10 +138,14 @@ def test_library_plans_without_argparse(tmp_path, demo_data):
     config = PipelineConfig(data=str(demo_data), out=str(tmp_path / "r"), iterations=3, supervised_teacher=True,
                             eval="finetune", eval_seeds=2)
     stages = plan(config)
-    assert [s.name for s in stages[:7]] == ["iter1", "tokenizer_iter1", "iter2", "finetune_iter2", "tokenizer_iter2",
-                                            "iter3", "fbank"]
-    assert len(stages) == 7 + 4 * 2 and all(dataclasses.is_dataclass(s) for s in stages)
+    assert [s.name for s in stages[:8]] == ["iter1", "tokenizer_iter1", "iter2", "finetune_iter2", "tokenizer_iter2",
+                                            "iter3", "tokenizers", "fbank"]
+    assert len(stages) == 8 + 4 * 2 and all(dataclasses.is_dataclass(s) for s in stages)
     by_name = {s.name: s for s in stages}
+    # the labels of every iteration: iter1's random projection (in its checkpoint), then the distilled tokenizers
+    diagnostics = by_name["tokenizers"]
+    assert diagnostics.settings["labels"] == {"iter1": "iter1", "iter2": "tokenizer_iter1", "iter3": "tokenizer_iter2"}
+    assert diagnostics.depends == [by_name[n] for n in ("iter1", "tokenizer_iter1", "tokenizer_iter2")]
     last = stages[-1]
     assert last.name == "eval_iter3_seed2" and last.encoder == "iter3" and last.score_split == "test"
     assert last.depends == [by_name["iter3"]] and last.settings["common.seed"] == 2
@@ -164,7 +168,9 @@ def test_init_from_plans_continued_iterations_and_evaluates_the_start(tmp_path, 
     config = PipelineConfig(data=str(demo_data), out=str(tmp_path / "r"), init_from=str(model), tokenizer=str(tok),
                             eval="finetune", eval_seeds=1)
     stages = {s.name: s for s in plan(config)}
-    assert list(stages) == ["iter1", "tokenizer_iter1", "iter2", "fbank", "eval_random_seed1", "eval_start_seed1",
+    assert stages["tokenizers"].settings["labels"] == {"iter1": "tokenizer", "iter2": "tokenizer_iter1"}
+    assert list(stages) == ["iter1", "tokenizer_iter1", "iter2", "tokenizers", "fbank", "eval_random_seed1",
+                            "eval_start_seed1",
                             "eval_iter1_seed1", "eval_iter2_seed1"]
     iter1, iter2 = stages["iter1"], stages["iter2"]
     assert (iter1.config_dir, iter1.role, iter1.title) == ("beats_continue", "continue", "pre-training continued from start")
@@ -309,17 +315,25 @@ def test_pipeline_resumes_after_finished_stages_and_probes_beside_a_random_encod
     code, out = run_pipeline(capsys, *args)
     assert code == 0, out[-4000:]
     assert out.count("--probe-train-split is deprecated") == 1 and "use --eval-train-split" in out
-    assert "[stage 1/5] iter1: finished earlier (0m12s), skipped" in out
-    assert "[stage 2/5] tokenizer_iter1: finished earlier" in out
-    assert "[stage 3/5] iter2 iter2 pre-training ..." in out and "[stage 5/5] probe" in out
+    assert "[stage 1/6] iter1: finished earlier (0m12s), skipped" in out
+    assert "[stage 2/6] tokenizer_iter1: finished earlier" in out
+    assert "[stage 3/6] iter2 iter2 pre-training ..." in out and "[stage 6/6] probe" in out
     assert not (run / "iter1" / "train.log").exists() and not (run / "tokenizer_iter1" / "train.log").exists()
     assert (run / "iter2" / "stage.yaml").is_file() and (run / "iter2" / "checkpoints" / "checkpoint_last.pt").is_file()
     assert "loss" in (run / "iter2" / "train.log").read_text()
 
     state = json.loads((run / "state.json").read_text())
-    assert all(state["stages"][s]["status"] == "done" for s in ("iter1", "tokenizer_iter1", "iter2", "fbank", "probe"))
+    names = ["iter1", "tokenizer_iter1", "iter2", "tokenizers", "fbank", "probe"]
+    assert all(state["stages"][s]["status"] == "done" for s in names)
     summary = json.loads((run / "summary.json").read_text())
-    assert [r["stage"] for r in summary["stages"]] == ["iter1", "tokenizer_iter1", "iter2", "fbank", "probe"]
+    assert [r["stage"] for r in summary["stages"]] == names
+    # the labels of every iteration against the classes of the labelled split (here valid)
+    tokenizers = summary["tokenizers"]
+    assert list(tokenizers) == ["iter1", "iter2"]
+    assert tokenizers["iter1"]["tokenizer"] == "random projection" and "cosine_baseline" not in tokenizers["iter1"]
+    assert tokenizers["iter2"]["tokenizer"] == "tokenizer_iter1" and -1 <= tokenizers["iter2"]["cosine_baseline"] <= 1
+    for row in tokenizers.values():
+        assert 0 < row["purity"] <= 1 and 0 <= row["nmi"] <= 1 and row["clips"] == 36 and row["patches"] > 36
     iter2 = summary["stages"][2]
     assert iter2["updates"] == 4 and iter2["valid_loss"] > 0 and 0 <= iter2["score"] <= 1 and iter2["code_usage"] > 0
     probe = {r["encoder"]: r for r in summary["probe"]}
@@ -329,6 +343,7 @@ def test_pipeline_resumes_after_finished_stages_and_probes_beside_a_random_encod
     md = (run / "summary.md").read_text()
     assert "| iter2 | iter2 pre-training | 4 |" in md and "| random |" in md and "linear probe accuracy (test)" in md
     assert md.index("Best: ") < md.index("| encoder | accuracy on test") < md.index("| stage |")  # the answer first
+    assert "| iter1 | random projection |" in md and "| iter2 | tokenizer_iter1 |" in md
     assert_picture(run / "report.png", min_width=1000, min_height=450)  # the bars and iter2 (the others are given)
     page = (run / "report.html").read_text()
     assert page.index("Best: ") < page.index("<td>iter2</td>") < page.index("<img") \
@@ -337,7 +352,7 @@ def test_pipeline_resumes_after_finished_stages_and_probes_beside_a_random_encod
 
     # everything is finished now: a second run trains nothing and prints the same table
     code, out = run_pipeline(capsys, *args)
-    assert code == 0 and out.count("skipped") == 5 and "| random |" in out
+    assert code == 0 and out.count("skipped") == 6 and "| random |" in out
     evaluation = summary["evaluation"]
     assert evaluation["metric"] == "accuracy" and evaluation["split"] == "test"
     assert list(evaluation["rows"]) == ["random", "fbank", "iter1", "iter2"]

@@ -1,7 +1,9 @@
 """Which stages a run has, in which order, and what each one reads: :func:`plan`.
 
     iter1 -> tokenizer_iter1 -> [labels_iter2 ->] iter2 [-> (finetune_iter2 ->) tokenizer_iter2 -> iter3]
-    -> fbank -> probe | eval_<encoder>_seed<s> for random and every iteration
+    -> tokenizers -> fbank -> probe | eval_<encoder>_seed<s> for random and every iteration
+
+(``tokenizers``: the labels of every iteration against the classes, :mod:`.diagnostics`.)
 
 Started from an existing model (``init_from``, the encoder ``start``), every iteration continues
 the previous model (``examples/beats_continue``) on the labels of a tokenizer distilled from it,
@@ -28,6 +30,7 @@ from .config import TRAINING_KINDS, PipelineConfig
 RANDOM = "random"
 FBANK = "fbank"
 START = "start"  # the encoder of init_from
+TOKENIZERS = "tokenizers"  # the labels of every iteration against the classes (diagnostics.py)
 
 
 @dataclass(eq=False)
@@ -89,7 +92,7 @@ def plan(config: PipelineConfig) -> List[Stage]:
     stages = training_stages(config, start, tokenizer)
     if config.evaluate:
         encoders = [s for s in stages if s.kind == "pretrain"]
-        stages += evaluation_stages(config, ([start] if start else []) + encoders)
+        stages += tokenizer_stage(config, stages) + evaluation_stages(config, ([start] if start else []) + encoders)
     return stages
 
 
@@ -169,3 +172,19 @@ def evaluation_stages(config: PipelineConfig, encoders: List[Stage]) -> List[Sta
                 settings={"task.data": config.data_dir, "common.seed": seed,
                           "model.pretrained_path": None if source is None else str(source.checkpoint)}))
     return out
+
+
+def label_source(pretrain: Stage) -> Stage:
+    """The stage whose tokenizer labels ``pretrain``: a tokenizer (or given) stage, else itself (random projection)."""
+    return next((d for d in pretrain.depends if d.kind in ("tokenizer", "model") and d.name != START), pretrain)
+
+
+def tokenizer_stage(config: PipelineConfig, stages: List[Stage]) -> List[Stage]:
+    """``[the tokenizers stage]`` after the training ``stages`` (none without evaluation): its ``settings["labels"]``
+    names, for every pre-training iteration, the stage whose labels it learnt from (:mod:`.diagnostics`)."""
+    if not config.evaluate:
+        return []
+    sources = {s.name: label_source(s) for s in stages if s.kind == "pretrain"}
+    return [Stage(TOKENIZERS, TOKENIZERS, f"tokenizer labels against the classes of {config.eval_train_split}",
+                  config.run_dir / TOKENIZERS, depends=list(dict.fromkeys(sources.values())),
+                  settings={"labels": {name: source.name for name, source in sources.items()}})]

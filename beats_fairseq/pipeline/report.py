@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, List
 
 from .config import PipelineConfig
+from .diagnostics import table as tokenizer_table
 from .plan import Stage
 from .state import State
 from .summary import evaluation_table, headline, stage_table, summarise
@@ -27,6 +28,9 @@ def _tables(summary: dict, config: PipelineConfig):
         block = summary["evaluation"]
         out.append((f"Evaluation ({block['how']})", evaluation_table(block)))
     out.append(("Stages", stage_table(summary["stages"])))
+    if summary.get("tokenizers"):
+        out.append(("Tokenizer labels (purity and NMI against the classes; distillation cosine)",
+                    tokenizer_table(summary["tokenizers"])))
     if summary["probe"]:
         out.append(("Linear probe", results_table([ProbeResult(**r) for r in summary["probe"]], config.eval_split)))
     return out

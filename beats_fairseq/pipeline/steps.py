@@ -21,11 +21,12 @@ from typing import Callable, Dict, Optional
 
 from omegaconf import OmegaConf
 
+from . import diagnostics
 from .compose import Composer
 from .config import PipelineConfig, PipelineError
 from .events import last_metrics, read_curves
 from .launch import Children, fairseq_train_command, progress_text, run_logged
-from .plan import Stage
+from .plan import TOKENIZERS, Stage
 
 
 @dataclass
@@ -187,7 +188,7 @@ def probe(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
 
 
 STEPS: Dict[str, Callable[..., dict]] = {"pretrain": train, "tokenizer": train, "finetune": train, "labels": labels,
-                                         "fbank": fbank, "probe": probe}
+                                         "fbank": fbank, "probe": probe, TOKENIZERS: diagnostics.run}
 
 
 def run_step(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:

@@ -1,11 +1,11 @@
 """What a run gives: ``summary.json``'s content (:func:`summarise`), its tables and its headline.
 
 Everything comes from ``state.json``: each stage's last metrics (from its TensorBoard events),
-the probe's rows, the fine-tunings' scores and the fbank baseline.
+the probe's rows, the fine-tunings' scores, the fbank baseline and the tokenizer diagnostics.
 
 ``summary.json``: ``{"command", "stages": [row per stage], "probe": [probe rows], "evaluation":
-{"metric", "split", "how", "rows": {name: {"mean", "std", "runs"}}}}`` (``evaluation`` only when
-something was evaluated).
+{"metric", "split", "how", "rows": {name: {"mean", "std", "runs"}}}, "tokenizers": {iteration: row}}``
+(``evaluation`` only when something was evaluated; ``tokenizers``: :mod:`.diagnostics`).
 """
 
 import statistics
@@ -13,6 +13,7 @@ from typing import Dict, List, Optional
 
 from ..tables import Table
 from .config import PipelineConfig
+from .diagnostics import summary_block as tokenizer_block
 from .plan import FBANK, RANDOM, Stage
 from .state import State
 
@@ -151,6 +152,9 @@ def summarise(config: PipelineConfig, stages: List[Stage], state: State, command
     probe = state.stage("probe").get("metrics", {}).get("probe", []) \
         if config.evaluate and config.eval == "probe" else []
     summary = {"command": command, "stages": rows, "probe": probe}
+    tokenizers = tokenizer_block(stages, state)
+    if tokenizers:
+        summary["tokenizers"] = tokenizers
     block = evaluation(config, stages, state, probe) if config.evaluate else {}
     if block:
         summary["evaluation"] = block
