@@ -10,3 +10,6 @@ MIN_SAMPLES_ONE_PATCH = 400 + 15 * 160
 REDUCTIONS = ("mean", "concat")
 #: Clip features of the linear probe (``probe.run_probe``): mean of the patches, or mean and std.
 POOLINGS = ("mean", "mean+std")
+#: Probes of frozen features (``probe.fit_probe``): logistic regression on one layer, a learnt weighted sum
+#: of all layers with a linear classifier (SUPERB), a one-hidden-layer MLP on one layer (HEAR).
+PROBES = ("linear", "weighted-layers", "mlp")

@@ -1,4 +1,4 @@
-"""Linear probe: how good are an encoder's frozen features for a labelled task?
+"""Probes: how good are an encoder's frozen features for a labelled task?
 
 The same procedure for every encoder (each pre-training iteration, and a randomly initialised
 encoder of the same architecture as the baseline):
@@ -13,6 +13,12 @@ encoder of the same architecture as the baseline):
 4. it is scored on the held-out split: accuracy (single-label) or mAP over the classes with a
    positive clip (multi-label, ``beats_fairseq.metrics``).
 
+That is the ``linear`` probe (the default). The other probes (``probe=``, :data:`PROBES`, trained
+in ``beats_fairseq/probe_heads.py``, early stopping on a validation split ``valid``) read the same
+clip features: ``weighted-layers`` those of every layer (a learnt softmax-weighted sum, SUPERB),
+``mlp`` those of one layer (one hidden layer, HEAR). Every probe can be fit on a subset of the
+training clips (``train_positions``: a label budget).
+
 Nothing is tuned on the evaluation split. The splits, their labels, the class count and the
 metric are :class:`beats_fairseq.evaluation.LabelledSplit` (``read_splits``).
 
@@ -26,17 +32,18 @@ does, a little.
 The command ``beats-probe`` (``beats_fairseq/cli/probe.py``) runs it::
 
     beats-probe --data demo_data --encoder iter1=runs/iter1/checkpoints/checkpoint_last.pt --eval-split test
+    beats-probe --data demo_data --encoder iter1=... --probe weighted-layers --valid-split valid
 """
 
 import copy
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .constants import POOLINGS
+from .constants import POOLINGS, PROBES
 from .evaluation import LabelledSplit, Score, score
 from .tables import Table
 
@@ -53,6 +60,8 @@ class ProbeResult:
     eval_clips: int
     dim: int
     seconds: float
+    probe: str = "linear"  # PROBES
+    layer_weights: Optional[List[float]] = None  # weighted-layers: the learnt weight of every layer
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -83,12 +92,25 @@ def random_backbone(like, seed: int = 0, device="cpu"):
     return backbone.to(device).eval()
 
 
+def pool(x: torch.Tensor, mask: Optional[torch.Tensor], pooling: str) -> torch.Tensor:
+    """``(B, N, C)`` patch features -> ``(B, C)`` mean (``(B, 2C)`` mean and std) over the valid patches."""
+    x = x.float()
+    keep = torch.ones_like(x[..., :1]) if mask is None else (~mask).unsqueeze(-1).float()
+    count = keep.sum(dim=1).clamp_min(1.0)
+    pooled = (x * keep).sum(dim=1) / count
+    if pooling == "mean+std":
+        var = (((x - pooled.unsqueeze(1)) ** 2) * keep).sum(dim=1) / count
+        pooled = torch.cat([pooled, var.sqrt()], dim=-1)
+    return pooled
+
+
 @torch.no_grad()
 def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 8, num_workers: int = 0,
                   max_seconds: Optional[float] = None, progress: bool = False, desc: str = "features",
-                  pooling: str = "mean", layer: Optional[int] = None):
+                  pooling: str = "mean", layer: Optional[int] = None, all_layers: bool = False):
     """``(M, C)`` float32 (``(M, 2C)`` with mean+std): each clip's pooled feature over its valid
-    patches, of the last layer or of ``layer`` (0-based), in manifest order."""
+    patches, of the last layer or of ``layer`` (0-based), in manifest order; with ``all_layers``,
+    ``(M, L, C)``: that of every layer."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r}: choose one of {POOLINGS}")
     from .data.clips import SAMPLE_RATE, ClipBatches, clips_from_manifest
@@ -99,16 +121,14 @@ def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 
                           desc=desc)
     out = None
     for batch in batches:
-        x, mask = backbone.extract_features(batch.source, batch.padding_mask, layer=layer)
-        x = x.float()
-        keep = torch.ones_like(x[..., :1]) if mask is None else (~mask).unsqueeze(-1).float()
-        count = keep.sum(dim=1).clamp_min(1.0)
-        pooled = (x * keep).sum(dim=1) / count
-        if pooling == "mean+std":
-            var = (((x - pooled.unsqueeze(1)) ** 2) * keep).sum(dim=1) / count
-            pooled = torch.cat([pooled, var.sqrt()], dim=-1)
+        if all_layers:
+            front = backbone.frontend(batch.source, batch.padding_mask)
+            _, layers = backbone.encode(front.embeddings, front.padding_mask)
+            pooled = torch.stack([pool(h, front.padding_mask, pooling) for h in layers], dim=1)
+        else:
+            pooled = pool(*backbone.extract_features(batch.source, batch.padding_mask, layer=layer), pooling)
         if out is None:
-            out = np.zeros((len(clips), pooled.size(-1)), dtype=np.float32)
+            out = np.zeros((len(clips), *pooled.shape[1:]), dtype=np.float32)
         out[batch.positions] = pooled.cpu().numpy()
     return out
 
@@ -135,15 +155,44 @@ def fit_and_score(train_x, train: LabelledSplit, eval_x, evaluated: LabelledSpli
     return score(scores, evaluated)
 
 
+def check_valid(probe: str, valid: Optional[LabelledSplit]) -> None:
+    if probe != "linear" and valid is None:
+        raise ValueError(f"the {probe} probe stops early on a validation split: give one (beats-probe --valid-split)")
+
+
+def fit_probe(probe: str, train_x, train: LabelledSplit, eval_x, evaluated: LabelledSplit, valid_x=None,
+              valid: Optional[LabelledSplit] = None, C: float = 1.0, head=None,
+              train_positions: Optional[Sequence[int]] = None) -> Tuple[Score, Optional[List[float]]]:
+    """(score on ``evaluated``, learnt layer weights or None) of a ``probe`` (:data:`PROBES`) fit on the clips
+    ``train_positions`` (default: all) of ``train``; ``weighted-layers`` and ``mlp`` stop early on ``valid``
+    (``head``: their :class:`~beats_fairseq.probe_heads.HeadSettings`)."""
+    if probe not in PROBES:
+        raise ValueError(f"probe {probe!r}: choose one of {PROBES}")
+    if train_positions is not None:
+        positions = list(train_positions)
+        train_x, train = train_x[positions], train.subset(positions)
+    if probe == "linear":
+        return fit_and_score(train_x, train, eval_x, evaluated, C), None
+    from .probe_heads import HeadSettings, fit_head
+
+    check_valid(probe, valid)
+    result = fit_head(probe, train_x, train, valid_x, valid, eval_x, evaluated, head or HeadSettings())
+    return result.score, result.layer_weights
+
+
 # ---------------------------------------------------------------------------- runs
 def run_probe(encoders: Dict[str, str], train: LabelledSplit, evaluated: LabelledSplit, random_baseline: bool = True,
               seed: int = 0, device="cpu", batch_size: int = 8, num_workers: int = 0,
               max_seconds: Optional[float] = None, C: float = 1.0, progress: bool = False,
-              log=print, pooling: str = "mean", layer: Optional[int] = None) -> List[ProbeResult]:
+              log=print, pooling: str = "mean", layer: Optional[int] = None, probe: str = "linear",
+              valid: Optional[LabelledSplit] = None, train_positions: Optional[Sequence[int]] = None,
+              head=None) -> List[ProbeResult]:
     """Probe every encoder (``{name: checkpoint}``, in order) and, first, a random one like the first
-    encoder: fit on ``train``, scored on ``evaluated`` (:func:`beats_fairseq.evaluation.read_splits`)."""
+    encoder: fit on ``train`` (its clips ``train_positions``: a label budget), scored on ``evaluated``
+    (:func:`beats_fairseq.evaluation.read_splits`); :func:`fit_probe` says how."""
     if not encoders:
         raise ValueError("no encoder to probe")
+    check_valid(probe, valid)
     todo = [(RANDOM, None)] if random_baseline else []
     todo += list(encoders.items())
     results = []
@@ -156,13 +205,18 @@ def run_probe(encoders: Dict[str, str], train: LabelledSplit, evaluated: Labelle
         else:
             backbone, shown = load_backbone(path, device), path
             like = like or backbone
+        splits = (train, evaluated) + ((valid,) if probe != "linear" else ())
         feats = [clip_features(backbone, split.manifest, device, batch_size, num_workers, max_seconds, progress,
-                               desc=f"{name} {split.name}", pooling=pooling, layer=layer) for split in (train, evaluated)]
-        metric, value = fit_and_score(feats[0], train, feats[1], evaluated, C)
-        result = ProbeResult(name, shown, metric, value, len(train), len(evaluated), int(feats[0].shape[1]),
-                             time.time() - start)
-        log(f"probe {name}: {metric} {value:.4f} on {evaluated.name} ({len(evaluated)} clips), "
-            f"trained on {train.name} ({len(train)} clips), {result.seconds:.1f} s")
+                               desc=f"{name} {split.name}", pooling=pooling, layer=layer,
+                               all_layers=probe == "weighted-layers") for split in splits]
+        (metric, value), weights = fit_probe(probe, feats[0], train, feats[1], evaluated, feats[-1], valid, C, head,
+                                             train_positions)
+        clips = len(train) if train_positions is None else len(train_positions)
+        result = ProbeResult(name, shown, metric, value, clips, len(evaluated), int(feats[0].shape[-1]),
+                             time.time() - start, probe, weights)
+        log(f"{probe} probe {name}: {metric} {value:.4f} on {evaluated.name} ({len(evaluated)} clips), "
+            f"trained on {train.name} ({clips} clips), {result.seconds:.1f} s"
+            + ("" if weights is None else ", layer weights " + " ".join(f"{w:.2f}" for w in weights)))
         results.append(result)
     return results
 
@@ -198,9 +252,11 @@ def fbank_baseline(train: LabelledSplit, evaluated: LabelledSplit) -> Score:
 def results_table(results: List[ProbeResult], eval_split: str) -> Table:
     """Every encoder's value, its difference to the random init, its feature size and checkpoint."""
     metric = results[0].metric if results else "score"
-    base = next((r.value for r in results if r.encoder == RANDOM), None)
-    table = Table(["encoder", f"linear probe {metric} ({eval_split})", "vs random", "features", "checkpoint"])
+    kinds = {r.probe for r in results}
+    kind = f"{kinds.pop()} probe" if len(kinds) == 1 else "probe"
+    base = {r.probe: r.value for r in results if r.encoder == RANDOM}
+    table = Table(["encoder", f"{kind} {metric} ({eval_split})", "vs random", "features", "checkpoint"])
     for r in results:
-        delta = "" if base is None or r.encoder == RANDOM else f"{r.value - base:+.4f}"
+        delta = "" if r.probe not in base or r.encoder == RANDOM else f"{r.value - base[r.probe]:+.4f}"
         table.add(r.encoder, f"{r.value:.4f}", delta, r.dim, r.checkpoint)
     return table

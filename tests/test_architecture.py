@@ -17,6 +17,7 @@ LAYERS = [
     ("loading",),
     ("tasks",),
     ("evaluation",),
+    ("probe_heads",),
     ("export", "hear", "probe", "precompute", "label_quality"),
     ("pipeline",),
     ("cli",),

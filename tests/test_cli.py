@@ -110,6 +110,15 @@ def test_probe_runs_with_the_shared_flags(corpus, oracle, capsys):
     assert probe.main(args) == 0
     assert "probe small: accuracy 1.0000" in capsys.readouterr().err
     assert probe.main([*args, "--device", "nonsense"]) == 1  # the shared --device check
+    # the probes trained with early stopping on --valid-split (here the same 3 clips)
+    (corpus / "valid.tsv").write_text((corpus / "test.tsv").read_text())
+    (corpus / "valid.lbl").write_text("0\n1\n0\n")
+    for kind in ("weighted-layers", "mlp"):
+        assert probe.main([*args, "--quiet", "--probe", kind]) == 0
+        out = capsys.readouterr().out
+        assert f"| encoder | {kind} probe accuracy (test) |" in out and "| small | " in out
+    assert probe.main([*args, "--probe", "weighted-layers", "--layer", "0"]) == 1
+    assert "weighted-layers reads them all" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["folder", "audioset", "esc50", "spcv2"])

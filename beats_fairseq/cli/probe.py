@@ -1,13 +1,14 @@
-"""beats-probe: the linear probe of ``beats_fairseq/probe.py`` on the command line.
+"""beats-probe: the probes of ``beats_fairseq/probe.py`` on the command line.
 
     beats-probe --data demo_data --encoder iter1=runs/iter1/checkpoints/checkpoint_last.pt --eval-split test
+    beats-probe --data demo_data --encoder iter1=... --probe weighted-layers   # early stopping on --valid-split
 """
 
 import argparse
 import logging
 import sys
 
-from ..constants import POOLINGS
+from ..constants import POOLINGS, PROBES
 from .common import CliError, add_inference_args, run_main
 
 logger = logging.getLogger("beats_fairseq.probe")
@@ -16,9 +17,9 @@ logger = logging.getLogger("beats_fairseq.probe")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="beats-probe",
-        description="Linear probe (logistic regression on frozen mean-pooled last-layer features) of one or more "
-                    "encoders and a randomly initialised one of the same architecture: trained on --train-split, "
-                    "scored on --eval-split (accuracy for single-label data, mAP for multi-label).",
+        description="Probe of one or more encoders and a randomly initialised one of the same architecture on "
+                    "frozen pooled clip features: trained on --train-split, scored on --eval-split (accuracy for "
+                    "single-label data, mAP for multi-label).",
     )
     parser.add_argument("--data", required=True, help="folder with {split}.tsv, {split}.{label-ext} (and labels.csv)")
     parser.add_argument("--encoder", action="append", default=[], metavar="NAME=CHECKPOINT", required=True,
@@ -29,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--multilabel", choices=["auto", "yes", "no"], default="auto",
                         help="auto: multi-label for .mlbl label files or when a clip has several class ids "
                              "(default: auto)")
+    parser.add_argument("--probe", choices=PROBES, default="linear",
+                        help="linear: logistic regression on one layer (default); weighted-layers: a learnt "
+                             "softmax-weighted sum of all layers and a linear classifier (SUPERB); mlp: one hidden "
+                             "layer of 1024 units with dropout on one layer (HEAR). The last two train with Adam and "
+                             "stop early on --valid-split")
+    parser.add_argument("--valid-split", default="valid",
+                        help="split the weighted-layers and mlp probes stop early on (default: valid)")
     parser.add_argument("--no-random-baseline", action="store_true", help="skip the random-init encoder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random-init encoder (default: 0)")
     parser.add_argument("--pooling", choices=POOLINGS, default="mean",
@@ -54,10 +62,14 @@ def main(argv=None) -> int:
                 raise CliError(f"--encoder {item!r}: expected NAME=CHECKPOINT")
             encoders[name] = path
         multilabel = {"auto": None, "yes": True, "no": False}[args.multilabel]
-        train, evaluated = read_splits(args.data, [args.train_split, args.eval_split], args.label_ext, multilabel)
+        names = [args.train_split, args.eval_split] + ([args.valid_split] if args.probe != "linear" else [])
+        train, evaluated, *valid = read_splits(args.data, names, args.label_ext, multilabel)
+        if args.probe == "weighted-layers" and args.layer is not None:
+            raise CliError("--layer chooses the layer of the linear and mlp probes; weighted-layers reads them all")
         results = run_probe(encoders, train, evaluated, not args.no_random_baseline, args.seed,
                             resolve_device(args.device), args.batch_size, args.num_workers, args.max_seconds, args.C,
-                            not args.no_progress, log=lambda m: logger.info(m), pooling=args.pooling, layer=args.layer)
+                            not args.no_progress, log=lambda m: logger.info(m), pooling=args.pooling, layer=args.layer,
+                            probe=args.probe, valid=valid[0] if valid else None)
         table = results_table(results, args.eval_split).markdown()
         print(table)
         if args.out:
