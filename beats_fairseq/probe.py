@@ -184,17 +184,22 @@ def fit_probe(probe: str, train_x, train: LabelledSplit, eval_x, evaluated: Labe
 def run_probe(encoders: Dict[str, str], train: LabelledSplit, evaluated: LabelledSplit, random_baseline: bool = True,
               seed: int = 0, device="cpu", batch_size: int = 8, num_workers: int = 0,
               max_seconds: Optional[float] = None, C: float = 1.0, progress: bool = False,
-              log=print, pooling: str = "mean", layer: Optional[int] = None, probe: str = "linear",
+              log=print, pooling: str = "mean", layer: Optional[int] = None, probes: Sequence[str] = ("linear",),
               valid: Optional[LabelledSplit] = None, train_positions: Optional[Sequence[int]] = None,
               head=None) -> List[ProbeResult]:
-    """Probe every encoder (``{name: checkpoint}``, in order) and, first, a random one like the first
-    encoder: fit on ``train`` (its clips ``train_positions``: a label budget), scored on ``evaluated``
-    (:func:`beats_fairseq.evaluation.read_splits`); :func:`fit_probe` says how."""
+    """Every probe of ``probes`` (:data:`PROBES`) of every encoder (``{name: checkpoint}``, in order) and, first,
+    of a random one like the first encoder: fit on ``train`` (its clips ``train_positions``: a label budget),
+    scored on ``evaluated`` (:func:`beats_fairseq.evaluation.read_splits`); :func:`fit_probe` says how. The
+    features of each encoder are computed once for all probes."""
     if not encoders:
         raise ValueError("no encoder to probe")
-    check_valid(probe, valid)
+    for probe in probes:
+        check_valid(probe, valid)
     todo = [(RANDOM, None)] if random_baseline else []
     todo += list(encoders.items())
+    all_layers = "weighted-layers" in probes
+    splits = (train, evaluated) + ((valid,) if set(probes) - {"linear"} else ())
+    clips = len(train) if train_positions is None else len(train_positions)
     results = []
     like = None
     for name, path in todo:
@@ -205,19 +210,20 @@ def run_probe(encoders: Dict[str, str], train: LabelledSplit, evaluated: Labelle
         else:
             backbone, shown = load_backbone(path, device), path
             like = like or backbone
-        splits = (train, evaluated) + ((valid,) if probe != "linear" else ())
         feats = [clip_features(backbone, split.manifest, device, batch_size, num_workers, max_seconds, progress,
-                               desc=f"{name} {split.name}", pooling=pooling, layer=layer,
-                               all_layers=probe == "weighted-layers") for split in splits]
-        (metric, value), weights = fit_probe(probe, feats[0], train, feats[1], evaluated, feats[-1], valid, C, head,
-                                             train_positions)
-        clips = len(train) if train_positions is None else len(train_positions)
-        result = ProbeResult(name, shown, metric, value, clips, len(evaluated), int(feats[0].shape[-1]),
-                             time.time() - start, probe, weights)
-        log(f"{probe} probe {name}: {metric} {value:.4f} on {evaluated.name} ({len(evaluated)} clips), "
-            f"trained on {train.name} ({clips} clips), {result.seconds:.1f} s"
-            + ("" if weights is None else ", layer weights " + " ".join(f"{w:.2f}" for w in weights)))
-        results.append(result)
+                               desc=f"{name} {split.name}", pooling=pooling, layer=layer, all_layers=all_layers)
+                 for split in splits]
+        for probe in probes:
+            x = feats if probe == "weighted-layers" or not all_layers else \
+                [f[:, -1 if layer is None else layer] for f in feats]
+            (metric, value), weights = fit_probe(probe, x[0], train, x[1], evaluated, x[-1], valid, C, head,
+                                                 train_positions)
+            result = ProbeResult(name, shown, metric, value, clips, len(evaluated), int(x[0].shape[-1]),
+                                 time.time() - start, probe, weights)
+            log(f"{probe} probe {name}: {metric} {value:.4f} on {evaluated.name} ({len(evaluated)} clips), "
+                f"trained on {train.name} ({clips} clips), {result.seconds:.1f} s"
+                + ("" if weights is None else ", layer weights " + " ".join(f"{w:.2f}" for w in weights)))
+            results.append(result)
     return results
 
 
@@ -251,12 +257,18 @@ def fbank_baseline(train: LabelledSplit, evaluated: LabelledSplit) -> Score:
 
 def results_table(results: List[ProbeResult], eval_split: str) -> Table:
     """Every encoder's value, its difference to the random init, its feature size and checkpoint."""
-    metric = results[0].metric if results else "score"
-    kinds = {r.probe for r in results}
-    kind = f"{kinds.pop()} probe" if len(kinds) == 1 else "probe"
-    base = {r.probe: r.value for r in results if r.encoder == RANDOM}
-    table = Table(["encoder", f"{kind} {metric} ({eval_split})", "vs random", "features", "checkpoint"])
+    metric, kind = (results[0].metric, results[0].probe) if results else ("score", "linear")
+    if any(r.probe != kind for r in results):
+        raise ValueError("results_table shows the results of one probe: use probe_tables")
+    base = next((r.value for r in results if r.encoder == RANDOM), None)
+    table = Table(["encoder", f"{kind} probe {metric} ({eval_split})", "vs random", "features", "checkpoint"])
     for r in results:
-        delta = "" if r.probe not in base or r.encoder == RANDOM else f"{r.value - base[r.probe]:+.4f}"
+        delta = "" if base is None or r.encoder == RANDOM else f"{r.value - base:+.4f}"
         table.add(r.encoder, f"{r.value:.4f}", delta, r.dim, r.checkpoint)
     return table
+
+
+def probe_tables(results: List[ProbeResult], eval_split: str) -> List[Table]:
+    """One :func:`results_table` per probe, in the order of the results."""
+    kinds = dict.fromkeys(r.probe for r in results)
+    return [results_table([r for r in results if r.probe == kind], eval_split) for kind in kinds]

@@ -117,6 +117,10 @@ def test_probe_runs_with_the_shared_flags(corpus, oracle, capsys):
         assert probe.main([*args, "--quiet", "--probe", kind]) == 0
         out = capsys.readouterr().out
         assert f"| encoder | {kind} probe accuracy (test) |" in out and "| small | " in out
+    # several probes read the same features: one table each
+    assert probe.main([*args, "--quiet", "--probe", "mlp", "--probe", "weighted-layers", "--layer", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("| encoder | mlp probe") < out.index("| encoder | weighted-layers probe")
     assert probe.main([*args, "--probe", "weighted-layers", "--layer", "0"]) == 1
     assert "weighted-layers reads them all" in capsys.readouterr().err
 

@@ -336,10 +336,12 @@ def test_pipeline_resumes_after_finished_stages_and_probes_beside_a_random_encod
         assert 0 < row["purity"] <= 1 and 0 <= row["nmi"] <= 1 and row["clips"] == 36 and row["patches"] > 36
     iter2 = summary["stages"][2]
     assert iter2["updates"] == 4 and iter2["valid_loss"] > 0 and 0 <= iter2["score"] <= 1 and iter2["code_usage"] > 0
-    probe = {r["encoder"]: r for r in summary["probe"]}
+    probe = {r["encoder"]: r for r in summary["probe"] if r["probe"] == "linear"}
     assert list(probe) == ["random", "iter1", "iter2"]
     assert all(r["metric"] == "accuracy" and 0 <= r["value"] <= 1 and r["eval_clips"] == r["train_clips"] == 36
-               for r in probe.values())
+               for r in summary["probe"])
+    # the probes stopping early on valid are left out: valid is the split the probe is fit on here
+    assert summary["evaluation"]["probes"] == {"linear": {e: r["value"] for e, r in probe.items()}}
     md = (run / "summary.md").read_text()
     assert "| iter2 | iter2 pre-training | 4 |" in md and "| random |" in md and "linear probe accuracy (test)" in md
     assert md.index("Best: ") < md.index("| encoder | accuracy on test") < md.index("| stage |")  # the answer first
@@ -424,3 +426,15 @@ def test_pipeline_continues_an_official_model_and_probes_it_beside_its_start(tmp
     weights = backbone_to_official(continued.state_dict())
     assert weights.keys() == official["model"].keys()
     assert not torch.equal(weights["encoder.layers.0.fc1.weight"], official["model"]["encoder.layers.0.fc1.weight"])
+
+
+def test_eval_probe_runs_every_probe_when_valid_is_labelled_and_apart(tmp_path, demo_data):
+    from beats_fairseq.pipeline.diagnostics import probe_block, probes
+
+    config = PipelineConfig(data=str(demo_data), out=str(tmp_path / "r"))
+    assert probes(config) == ("linear", "weighted-layers", "mlp")  # demo data: valid.tsv and valid.lbl
+    assert probes(PipelineConfig(data=str(demo_data), out=str(tmp_path), eval_train_split="valid")) == ("linear",)
+    assert probes(PipelineConfig(data=str(demo_data), out=str(tmp_path), label_ext="none")) == ("linear",)  # no valid.none
+    rows = [{"encoder": "random", "probe": "linear", "value": 0.2}, {"encoder": "random", "probe": "mlp", "value": 0.3},
+            {"encoder": "iter1", "value": 0.5}]  # rows of runs before the probes had names are linear
+    assert probe_block(rows) == {"linear": {"random": 0.2, "iter1": 0.5}, "mlp": {"random": 0.3}}

@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--multilabel", choices=["auto", "yes", "no"], default="auto",
                         help="auto: multi-label for .mlbl label files or when a clip has several class ids "
                              "(default: auto)")
-    parser.add_argument("--probe", choices=PROBES, default="linear",
-                        help="linear: logistic regression on one layer (default); weighted-layers: a learnt "
+    parser.add_argument("--probe", choices=PROBES, action="append", default=None,
+                        help="repeatable; linear: logistic regression on one layer (default); weighted-layers: a learnt "
                              "softmax-weighted sum of all layers and a linear classifier (SUPERB); mlp: one hidden "
                              "layer of 1024 units with dropout on one layer (HEAR). The last two train with Adam and "
                              "stop early on --valid-split")
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     def run(args):
         from ..evaluation import read_splits
-        from ..probe import results_table, run_probe
+        from ..probe import probe_tables, run_probe
         from .inference import resolve_device
 
         encoders = {}
@@ -62,15 +62,16 @@ def main(argv=None) -> int:
                 raise CliError(f"--encoder {item!r}: expected NAME=CHECKPOINT")
             encoders[name] = path
         multilabel = {"auto": None, "yes": True, "no": False}[args.multilabel]
-        names = [args.train_split, args.eval_split] + ([args.valid_split] if args.probe != "linear" else [])
+        probes = list(dict.fromkeys(args.probe or ["linear"]))
+        names = [args.train_split, args.eval_split] + ([args.valid_split] if probes != ["linear"] else [])
         train, evaluated, *valid = read_splits(args.data, names, args.label_ext, multilabel)
-        if args.probe == "weighted-layers" and args.layer is not None:
+        if probes == ["weighted-layers"] and args.layer is not None:
             raise CliError("--layer chooses the layer of the linear and mlp probes; weighted-layers reads them all")
         results = run_probe(encoders, train, evaluated, not args.no_random_baseline, args.seed,
                             resolve_device(args.device), args.batch_size, args.num_workers, args.max_seconds, args.C,
                             not args.no_progress, log=lambda m: logger.info(m), pooling=args.pooling, layer=args.layer,
-                            probe=args.probe, valid=valid[0] if valid else None)
-        table = results_table(results, args.eval_split).markdown()
+                            probes=probes, valid=valid[0] if valid else None)
+        table = "\n\n".join(t.markdown() for t in probe_tables(results, args.eval_split))
         print(table)
         if args.out:
             with open(args.out, "w", encoding="utf-8") as f:

@@ -1,9 +1,17 @@
-"""The ``tokenizers`` stage: how semantic the labels of every iteration are (``beats_fairseq/label_quality.py``).
+"""What the pipeline reports beyond its main evaluation: the tokenizer diagnostics and the probes of ``--eval probe``.
+
+**The probes.** ``--eval probe`` runs every probe of ``beats_fairseq/probe.py`` (``linear``,
+``weighted-layers``, ``mlp``) on the same features when the data folder has a labelled ``valid``
+split (the other two stop early on it; without one, ``linear`` only). ``summary.json``'s ``probe``
+rows carry their ``probe`` (and ``layer_weights`` for weighted-layers); ``evaluation.rows`` are the
+linear probe's, and ``evaluation.probes`` holds ``{probe: {encoder: value}}`` for all of them.
+
+**The ``tokenizers`` stage**: how semantic the labels of every iteration are (``beats_fairseq/label_quality.py``).
 
 It runs after the training stages, when the run evaluates (it reads the labelled split
-``eval_train_split``; planned by :func:`~.plan.tokenizer_stage`). For each pre-training iteration, the tokenizer it learnt from: iter1's
-random projection (rebuilt from the iter1 config), then each distilled tokenizer (or the one of
-``--tokenizer``). Per tokenizer:
+``eval_train_split``; planned by :func:`~.plan.tokenizer_stage`). For each pre-training iteration,
+the tokenizer it learnt from: iter1's random projection (rebuilt from the iter1 config), then each
+distilled tokenizer (or the one of ``--tokenizer``). Per tokenizer:
 
 * ``purity``, ``nmi`` (and their chance levels ``purity_chance``, ``nmi_chance``) of its patch
   labels against the clip classes of the labelled split (single-label data only);
@@ -16,11 +24,15 @@ random projection (rebuilt from the iter1 config), then each distilled tokenizer
 """
 
 import json
+from pathlib import Path
 from typing import List, Optional
 
+from ..constants import PROBES
 from ..tables import Table
+from .config import PipelineConfig
 from .plan import TOKENIZERS, Stage
 from .state import State
+
 
 def run(stage: Stage, ctx, threads: Optional[int] = None) -> dict:
     """The step of the ``tokenizers`` stage (``steps.STEPS``)."""
@@ -85,4 +97,32 @@ def table(rows: dict) -> Table:
     for name, row in rows.items():
         out.add(name, row["tokenizer"], value(row, "purity", "purity_chance"), value(row, "nmi", "nmi_chance"),
                 value(row, "cosine"), value(row, "cosine_baseline"))
+    return out
+
+
+# ---------------------------------------------------------------------------- probes
+VALID = "valid"
+
+
+def probes(config: PipelineConfig) -> tuple:
+    """The probes ``--eval probe`` runs: all of them when ``valid`` is labelled (their early stopping), else linear."""
+    data = Path(config.data_dir)
+    labelled = (data / f"{VALID}.tsv").is_file() and (data / f"{VALID}.{config.label_ext}").is_file()
+    return PROBES if labelled and VALID not in (config.eval_split, config.eval_train_split) else ("linear",)
+
+
+def probe_splits(ctx) -> list:
+    """[train, evaluation(, valid)] read together (one class count) for the probes of :func:`probes`."""
+    from ..evaluation import read_splits
+
+    c = ctx.config
+    names = [c.eval_train_split, c.eval_split] + ([VALID] if len(probes(c)) > 1 else [])
+    return read_splits(c.data_dir, names, c.label_ext)
+
+
+def probe_block(rows: List[dict]) -> dict:
+    """``evaluation.probes``: ``{probe: {encoder: value}}`` of the probe stage's rows."""
+    out = {}
+    for r in rows:
+        out.setdefault(r.get("probe", "linear"), {})[r["encoder"]] = r["value"]
     return out

@@ -21,7 +21,7 @@ from .summary import evaluation_table, headline, stage_table, summarise
 
 def _tables(summary: dict, config: PipelineConfig):
     """(title, table) of the summary, the evaluation first."""
-    from ..probe import ProbeResult, results_table
+    from ..probe import ProbeResult, probe_tables
 
     out = []
     if summary.get("evaluation"):
@@ -32,7 +32,10 @@ def _tables(summary: dict, config: PipelineConfig):
         out.append(("Tokenizer labels (purity and NMI against the classes; distillation cosine)",
                     tokenizer_table(summary["tokenizers"])))
     if summary["probe"]:
-        out.append(("Linear probe", results_table([ProbeResult(**r) for r in summary["probe"]], config.eval_split)))
+        results = [ProbeResult(**r) for r in summary["probe"]]
+        kinds = dict.fromkeys(r.probe for r in results)
+        out += [(f"{kind.capitalize()} probe", table) for kind, table in zip(kinds, probe_tables(results,
+                                                                                               config.eval_split))]
     return out
 
 

@@ -159,15 +159,16 @@ def probe_key(stage: Stage, config: PipelineConfig) -> dict:
     """What a finished probe stage covered: rerun it when this changes (e.g. a new iteration)."""
     return {"encoders": [d.name for d in stage.depends], "train_split": config.eval_train_split,
             "eval_split": config.eval_split, "label_ext": config.label_ext, "pooling": config.probe_pooling,
-            "layer": config.probe_layer}
+            "layer": config.probe_layer, "probes": list(diagnostics.probes(config))}
 
 
 def probe(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
-    from ..probe import results_table, run_probe
+    from ..probe import probe_tables, run_probe
 
     config = ctx.config
     encoders = {s.name: str(s.checkpoint) for s in stage.depends}
-    train_split, eval_split = ctx.splits()
+    probes = diagnostics.probes(config)
+    train_split, eval_split, *valid = diagnostics.probe_splits(ctx)
     stage.dir.mkdir(parents=True, exist_ok=True)
     with open(stage.log_path, "a", encoding="utf-8") as log:
         def say(message):
@@ -176,14 +177,16 @@ def probe(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
             ctx.say(f"    {message}")
 
         results = run_probe(encoders, train_split, eval_split, True, seed=0, device=ctx.device, log=say,
-                            pooling=config.probe_pooling, layer=config.probe_layer)
+                            pooling=config.probe_pooling, layer=config.probe_layer, probes=probes,
+                            valid=valid[0] if valid else None)
     run_dir = str(config.run_dir) + os.sep
     for r in results:  # shown relative to the run folder
         if r.checkpoint.startswith(run_dir):
             r.checkpoint = r.checkpoint[len(run_dir):]
     rows = [r.as_dict() for r in results]
     _write_json(stage.output, rows)
-    (stage.dir / "probe.md").write_text(results_table(results, eval_split.name).markdown() + "\n", encoding="utf-8")
+    tables = probe_tables(results, eval_split.name)
+    (stage.dir / "probe.md").write_text("\n\n".join(t.markdown() for t in tables) + "\n", encoding="utf-8")
     return {"metrics": {"probe": rows}, "probed": probe_key(stage, config)}
 
 

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 from ..tables import Table
 from .config import PipelineConfig
-from .diagnostics import summary_block as tokenizer_block
+from .diagnostics import probe_block, summary_block as tokenizer_block
 from .plan import FBANK, RANDOM, Stage
 from .state import State
 
@@ -127,7 +127,8 @@ def evaluation(config: PipelineConfig, stages: List[Stage], state: State, probe:
     runs, metric = {}, None
     if config.eval == "probe":
         for r in probe:
-            runs[r["encoder"]], metric = [r["value"]], r["metric"]
+            if r.get("probe", "linear") == "linear":
+                runs[r["encoder"]], metric = [r["value"]], r["metric"]
         layer = "last layer" if config.probe_layer is None else f"layer {config.probe_layer}"
         how = f"linear probe, {config.probe_pooling} pooling, {layer}"
     else:
@@ -156,6 +157,8 @@ def summarise(config: PipelineConfig, stages: List[Stage], state: State, command
     if tokenizers:
         summary["tokenizers"] = tokenizers
     block = evaluation(config, stages, state, probe) if config.evaluate else {}
+    if block and probe:
+        block["probes"] = probe_block(probe)
     if block:
         summary["evaluation"] = block
     return summary
