@@ -207,7 +207,9 @@ def draw_report(path: Path, stages: List[Stage], summary: dict, title: str) -> N
             for reference in (FBANK, RANDOM):
                 if reference in names:
                     ax.axvline(values[names.index(reference)], color=colour(reference), linestyle=":", linewidth=1.2)
-            ax.set_title("evaluation (dotted: fbank baseline and random init)", fontsize=10)
+            largest = list((summary["evaluation"].get("budgets") or {ALL: None}))[-1]
+            on = "" if not efficiency else " with all labelled clips" if largest == ALL else f" with {largest} per class"
+            ax.set_title(f"evaluation{on} (dotted: fbank baseline and random init)", fontsize=10)
             row = 1
         if efficiency:
             draw_budgets(fig.add_subplot(grid[row]), *efficiency, summary["evaluation"]["metric"])
