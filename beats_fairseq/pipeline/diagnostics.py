@@ -20,7 +20,9 @@ distilled tokenizer (or the one of ``--tokenizer``). Per tokenizer:
   l2-normalised teacher target over the tokenizer's training split, at most 1,000 clips).
 
 ``summary.json`` gets ``tokenizers: {iteration: {"tokenizer", "purity", "nmi", "purity_chance",
-"nmi_chance", "patches", "clips", "cosine", "cosine_baseline"}}`` and ``summary.md`` the table.
+"nmi_chance", "patches", "clips", "cosine", "cosine_baseline"}}`` and ``summary.md`` the table; with
+several loop seeds, the run's ``summary.json`` holds the mean over the loops of every measure, its
+standard deviation ``<measure>_std`` and the number of ``loops`` (:func:`combine_tokenizers`).
 """
 
 import json
@@ -87,11 +89,34 @@ def summary_block(stages: List[Stage], state: State) -> dict:
     return rows
 
 
+MEASURES = ("purity", "nmi", "purity_chance", "nmi_chance", "cosine", "cosine_baseline")
+
+
+def combine_tokenizers(loops: List[dict]) -> dict:
+    """The ``tokenizers`` block of several loops: per iteration, the mean of every measure over the loops, its
+    standard deviation (``<measure>_std``) and the number of ``loops``."""
+    import statistics
+
+    out = {}
+    for iteration in dict.fromkeys(name for rows in loops for name in rows):
+        rows = [rows[iteration] for rows in loops if iteration in rows]
+        combined = {"tokenizer": rows[0]["tokenizer"], "loops": len(rows)}
+        for key in MEASURES:
+            values = [float(r[key]) for r in rows if r.get(key) is not None]
+            if values:
+                combined[key] = statistics.fmean(values)
+                combined[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out[iteration] = combined
+    return out
+
+
 def table(rows: dict) -> Table:
+    """One row per iteration: mean (± std over loops, when combined) and chance level."""
     def value(row, key, chance=None):
         if row.get(key) is None:
             return "-"
-        return f"{row[key]:.3f}" + (f" ({row[chance]:.3f})" if chance and row.get(chance) is not None else "")
+        text = f"{row[key]:.3f}" + (f" ± {row[key + '_std']:.3f}" if row.get("loops", 1) > 1 else "")
+        return text + (f" ({row[chance]:.3f})" if chance and row.get(chance) is not None else "")
 
     out = Table(["labels of", "tokenizer", "purity (chance)", "NMI (chance)", "valid cosine", "constant baseline"])
     for name, row in rows.items():
@@ -111,13 +136,16 @@ def probes(config: PipelineConfig) -> tuple:
     return PROBES if labelled and VALID not in (config.eval_split, config.eval_train_split) else ("linear",)
 
 
-def probe_splits(ctx) -> list:
-    """[train, evaluation(, valid)] read together (one class count) for the probes of :func:`probes`."""
-    from ..evaluation import read_splits
+def valid_split(ctx):
+    """The labelled ``valid`` split the probes of :func:`probes` stop early on (None: linear only)."""
+    from ..evaluation import read_split
 
     c = ctx.config
-    names = [c.eval_train_split, c.eval_split] + ([VALID] if len(probes(c)) > 1 else [])
-    return read_splits(c.data_dir, names, c.label_ext)
+    if len(probes(c)) == 1:
+        return None
+    train, data = ctx.splits()[0], Path(c.data_dir)
+    return read_split(str(data / f"{VALID}.tsv"), str(data / f"{VALID}.{c.label_ext}"), train.num_classes,
+                      train.multilabel, name=VALID)
 
 
 def probe_block(rows: List[dict]) -> dict:
