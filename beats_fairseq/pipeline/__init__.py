@@ -9,7 +9,9 @@
 * :mod:`.plan`: :func:`plan`, the ordered :class:`Stage` list of a config;
 * :mod:`.compose`: each training stage's config, composed by Hydra as ``fairseq-hydra-train`` does;
 * :mod:`.budgets`: the label budgets' subsets; :mod:`.aggregate`: the evaluation over budgets and
-  loop seeds, paired differences;
+  loop seeds, paired differences; :mod:`.diagnostics`: the ``tokenizers`` stage (purity and NMI of
+  every iteration's labels, the constant baseline of the distillation cosine) and the probes of
+  ``--eval probe``;
 * :mod:`.runner`: :class:`~.runner.Runner` runs the stages, skips finished ones, resumes the others;
   :mod:`.steps` is what each kind of stage does, :mod:`.launch` the child processes, :mod:`.state`
   ``state.json``;
