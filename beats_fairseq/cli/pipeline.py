@@ -5,7 +5,8 @@
 
 or, with ``--init-from CKPT [--tokenizer TOK]``, from an existing model: every iteration continues the
 previous model's pre-training (``examples/beats_continue``), the first on the labels of TOK or of a
-tokenizer distilled from CKPT, and CKPT itself is evaluated too.
+tokenizer distilled from CKPT, and CKPT itself is evaluated too. ``--tokenizer TOK`` alone pre-trains
+iter1 from scratch on TOK's labels.
 
 This module parses the arguments into a :class:`beats_fairseq.pipeline.PipelineConfig` and runs
 it with :func:`beats_fairseq.pipeline.run_pipeline` (what the stages are, how their configs are
@@ -37,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the BEATs iterations on a manifest folder: iter1 pre-training -> tokenizer -> iter2 "
                     "pre-training [-> tokenizer -> iter3], each a fairseq-hydra-train run in RUN_DIR/<stage>, then a "
                     "raw-fbank baseline and a linear probe (--eval probe) or fine-tuning runs (--eval finetune) of "
-                    "every iteration's encoder beside a random one. With --init-from, the loop starts from an "
+                    "every iteration's encoder beside a random one, on all labels or on label budgets (clips per "
+                    "class). --pretrain-split pre-trains on an unlabelled pool; --loop-seeds N repeats the whole loop "
+                    "with N seeds and reports mean ± std and paired iteration differences. With --init-from, the loop starts from an "
                     "existing model instead: every iteration continues the previous model's pre-training. Rerunning "
                     "the same command "
                     "resumes: finished stages are skipped, an interrupted one continues from its checkpoint.",
@@ -54,12 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer", metavar="CKPT", default=None, help=_help("tokenizer"))
     parser.add_argument("--supervised-teacher", action="store_true", help=_help("supervised_teacher"))
     parser.add_argument("--labels", choices=LABEL_MODES, default="on-the-fly", help=_help("labels", "on-the-fly"))
+    parser.add_argument("--pretrain-split", metavar="NAME", default="train", help=_help("pretrain_split", "train"))
+    parser.add_argument("--loop-seeds", metavar="N", type=int, default=1, help=_help("loop_seeds", 1))
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--eval", choices=EVAL_MODES, default="probe", help=_help("eval", "probe"))
     evaluation.add_argument("--eval-split", default="test", help=_help("eval_split", "test"))
     evaluation.add_argument("--eval-train-split", default="train", help=_help("eval_train_split", "train"))
     evaluation.add_argument("--label-ext", default="lbl", help=_help("label_ext", "lbl"))
     evaluation.add_argument("--eval-seeds", type=int, default=3, help=_help("eval_seeds", 3))
+    evaluation.add_argument("--label-budgets", metavar="N,...", type=budget_list, default=["all"],
+                            help=_help("label_budgets", "all") + "; e.g. 10,all")
     evaluation.add_argument("--probe-pooling", choices=POOLINGS, default="mean", help=_help("probe_pooling", "mean"))
     evaluation.add_argument("--probe-layer", type=int, default=None,
                             help=_help("probe_layer").replace("; None: the last", " (default: the last)"))
@@ -83,12 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def budget_list(text: str):
+    """``"10,all"`` -> ``["10", "all"]`` (checked by ``PipelineConfig.check``)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def config_from(args) -> PipelineConfig:
     recipes = {role: getattr(args, f"{role}_config") for role in RECIPE_ROLES if getattr(args, f"{role}_config")}
     return PipelineConfig(
         data=args.data, out=args.out, scale=args.scale, iterations=args.iterations, init_from=args.init_from,
         tokenizer=args.tokenizer,
-        supervised_teacher=args.supervised_teacher, labels=args.labels, evaluate=not args.no_eval, eval=args.eval,
+        supervised_teacher=args.supervised_teacher, labels=args.labels, pretrain_split=args.pretrain_split,
+        loop_seeds=args.loop_seeds, label_budgets=args.label_budgets, evaluate=not args.no_eval, eval=args.eval,
         eval_split=args.eval_split, eval_train_split=args.eval_train_split, label_ext=args.label_ext,
         eval_seeds=args.eval_seeds, probe_pooling=args.probe_pooling, probe_layer=args.probe_layer,
         recipes=recipes, overrides=list(args.overrides), jobs=args.jobs, device=args.device, verbose=args.verbose)

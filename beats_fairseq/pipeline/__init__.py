@@ -8,6 +8,8 @@
 * :mod:`.config`: :class:`PipelineConfig` (every ``beats-pipeline`` option), the recipes of each scale;
 * :mod:`.plan`: :func:`plan`, the ordered :class:`Stage` list of a config;
 * :mod:`.compose`: each training stage's config, composed by Hydra as ``fairseq-hydra-train`` does;
+* :mod:`.budgets`: the label budgets' subsets; :mod:`.aggregate`: the evaluation over budgets and
+  loop seeds, paired differences;
 * :mod:`.runner`: :class:`~.runner.Runner` runs the stages, skips finished ones, resumes the others;
   :mod:`.steps` is what each kind of stage does, :mod:`.launch` the child processes, :mod:`.state`
   ``state.json``;
@@ -27,16 +29,26 @@ from .plan import Stage, plan  # noqa: F401
 def run_pipeline(config: PipelineConfig, say: Callable[[str], None] = print, command: Optional[str] = None) -> dict:
     """Run (or resume) the pipeline of ``config`` in ``config.out``; returns the summary (``summary.json``).
 
+    With ``loop_seeds`` > 1, every loop runs (or resumes) in ``RUN_DIR/seed{k}`` in turn, and
+    ``RUN_DIR/summary.json`` combines their evaluations (:mod:`.aggregate`).
     ``say`` prints the progress lines; ``command`` is recorded as the run's command (default: the config).
     """
+    from .report import write_loops_summary
     from .runner import Runner
 
-    return Runner(config, say=say, command=command).run()
+    config.check()
+    if not config.looped:
+        return Runner(config.loops()[0], say=say, command=command).run()
+    summaries = []
+    for loop in config.loops():
+        say(f"===== loop seed {loop.loop_seed} of {config.loop_seeds}: {loop.run_dir}")
+        summaries.append(Runner(loop, say=say, command=command).run())
+    return write_loops_summary(config, summaries, command or repr(config), say)
 
 
 def prepare(config: PipelineConfig):
-    """The stages of ``config`` with their configs composed and written to ``RUN_DIR/<stage>/stage.yaml``
-    (nothing runs): :meth:`~.runner.Runner.prepare`."""
+    """The stages of ``config`` (of every loop) with their configs composed and written to
+    ``RUN_DIR/[seed{k}/]<stage>/stage.yaml`` (nothing runs): :meth:`~.runner.Runner.prepare`."""
     from .runner import Runner
 
-    return Runner(config).prepare()
+    return [stage for loop in config.loops() for stage in Runner(loop).prepare()]

@@ -33,6 +33,8 @@ from ..recipes import recipe_dir
 from .config import TINY_UPDATES, TRAINING_KINDS, PipelineConfig, PipelineError
 from .plan import RANDOM, Stage
 
+# the options that set some of the keys a stage owns
+OPTIONS = {"dataset.train_subset": "--pretrain-split, --label-budgets", "common.seed": "--loop-seeds, --eval-seeds"}
 _HYDRA = threading.Lock()  # Hydra's global state: one composition at a time
 
 
@@ -178,8 +180,10 @@ class Composer:
             for o in mine:
                 clash = [k for k in owned if k == o.key or k.startswith(o.key + ".")]
                 if clash and o.kind:
+                    option = OPTIONS.get(clash[0])
                     raise PipelineError(f"override {o.item!r}: the pipeline sets {clash[0]} of stage {stage.name} "
-                                        "itself; leave it out, or give it to another kind of stage")
+                                        "itself; leave it out, or give it to another kind of stage"
+                                        + (f" ({option} sets it)" if option else ""))
                 if not clash:  # with a clash, a plain override leaves the pipeline's value
                     self.used.add(o.item)
             cfg = copy.deepcopy(recipe)

@@ -4,7 +4,7 @@ Light on purpose (no torch, numpy or fairseq at import): ``beats-pipeline --help
 texts from here.
 """
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -30,6 +30,7 @@ ROLE_FOLDERS = {"continue": "beats_continue", "tokenizer": "beats_tokenizer",
 TINY_UPDATES = {"pretrain": 100, "tokenizer": 60, "finetune": 60}
 EVAL_MODES = ("probe", "finetune")
 LABEL_MODES = ("on-the-fly", "precomputed")
+ALL = "all"  # the label budget of the whole labelled train split
 
 
 class PipelineError(RuntimeError):
@@ -49,7 +50,7 @@ class PipelineConfig:
                        "recipes (the whole loop with fine-tuning evaluation, sized for a 30-minute budget on 2 CPU "
                        "cores for 1,000-3,000 clips of 1-2 s); base: the paper recipes"
                        % ", ".join(f"{k} {v}" for k, v in TINY_UPDATES.items()), default="tiny")
-    iterations: int = _help("pre-training iterations (2 or 3; with init_from 1 to 3)", default=2)
+    iterations: int = _help("pre-training iterations (1 to 3; 1: iter1 alone, no tokenizer is trained)", default=2)
     init_from: Optional[str] = _help(
         "start the loop from this model (an official BEATs checkpoint or one of this project) instead of "
         "random-projection iter1: every pre-training iteration continues the previous model (the first this one; "
@@ -57,13 +58,23 @@ class PipelineConfig:
         "the previous model, or of the tokenizer checkpoint (the first iteration); the model itself is evaluated "
         "too (as start)", default=None)
     tokenizer: Optional[str] = _help(
-        "with init_from: the tokenizer (an official Tokenizer_*.pt or one of this project) whose labels the first "
-        "iteration continues pre-training with; None: a tokenizer distilled from the init_from model first",
+        "the tokenizer (an official Tokenizer_*.pt or one of this project) whose labels the first iteration "
+        "pre-trains on instead of the random projection: from scratch, or with init_from continuing that model; "
+        "None: the random projection, or with init_from a tokenizer distilled from that model first",
         default=None)
     supervised_teacher: bool = _help("iter3+: fine-tune iter2 on the labelled train split (examples/beats_finetune) "
                                      "and distil the last tokenizer from it (needs --iterations 3)", default=False)
     labels: str = _help("iter2+ labels: computed by the frozen tokenizer in every update (on-the-fly), or "
                         "precomputed once to disk (then task.crop=start)", default="on-the-fly")
+    pretrain_split: str = _help("manifest split ({data}/{split}.tsv, labels not needed) every pre-training and "
+                                "tokenizer stage trains on (dataset.train_subset), e.g. an unlabelled pool; they "
+                                "validate on valid. The supervised teacher, the evaluation fine-tunings and the "
+                                "fbank baseline keep the labelled train split", default="train")
+    loop_seeds: int = _help("run the whole loop (pre-training, tokenizers, supervised teacher, evaluation) this many "
+                            "times with common.seed 1..N, in RUN_DIR/seed{k}; RUN_DIR/summary.json aggregates them "
+                            "(1: one loop in RUN_DIR itself, the recipes' seeds)", default=1)
+    loop: Optional[int] = _help("which loop of loop_seeds this config runs (1..loop_seeds; set by loops(), in "
+                                "RUN_DIR/seed{k}); None: the whole run", default=None)
     evaluate: bool = _help("evaluate the encoders and run the fbank baseline (False: --no-eval)", default=True)
     eval: str = _help("how every encoder (and a random init) is evaluated on the evaluation split, beside a "
                       "raw-fbank baseline: probe (logistic regression on frozen features) or finetune (the "
@@ -73,7 +84,13 @@ class PipelineConfig:
     eval_train_split: str = _help("labelled split the probe and the fbank baseline are fit on", default="train")
     label_ext: str = _help("evaluation labels are {split}.{ext} (lbl: single-label, accuracy; mlbl: multi-label, "
                            "mAP)", default="lbl")
-    eval_seeds: int = _help("fine-tuning seeds per encoder with --eval finetune (common.seed 1..N)", default=3)
+    eval_seeds: int = _help("fine-tuning seeds per encoder with --eval finetune (common.seed 1..N; in loop k of "
+                            "--loop-seeds, (k-1)*N+1..k*N)", default=3)
+    label_budgets: List[str] = _help(
+        "labelled clips per class the evaluation fine-tunings, the probe and the fbank baseline are trained on: a "
+        "seeded, class-stratified subset of the labelled train split (the same for every encoder; multi-label "
+        "clips count for their first class), written to RUN_DIR/budgets/; all: the whole split. Validation keeps "
+        "the whole valid split", default_factory=lambda: ["all"])
     probe_pooling: str = _help("--eval probe: clip feature pooled over patches (mean or mean+std)", default="mean")
     probe_layer: Optional[int] = _help("--eval probe: encoder layer, 0-based; None: the last", default=None)
     recipes: Dict[str, str] = _help("recipe name per role (%s) instead of the scale's" % ", ".join(RECIPE_ROLES),
@@ -103,7 +120,7 @@ class PipelineConfig:
 
     def check(self) -> None:
         """Raise :class:`PipelineError` naming the first setting that cannot run."""
-        choices = {"scale": tuple(RECIPES), "iterations": (1, 2, 3) if self.init_from else (2, 3),
+        choices = {"scale": tuple(RECIPES), "iterations": (1, 2, 3),
                    "labels": LABEL_MODES, "eval": EVAL_MODES, "probe_pooling": POOLINGS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -113,9 +130,15 @@ class PipelineConfig:
             raise PipelineError(f"recipes {unknown}: the roles are {', '.join(RECIPE_ROLES)}")
         if not (Path(self.data) / "train.tsv").is_file():
             raise PipelineError(f"--data {self.data}: no train.tsv there")
-        if self.tokenizer and not self.init_from:
-            raise PipelineError("--tokenizer labels the first pre-training of a run started from a model: add "
-                                "--init-from CKPT (tokenizer needs init_from)")
+        pool = Path(self.data) / f"{self.pretrain_split}.tsv"
+        if not pool.is_file():
+            raise PipelineError(f"--pretrain-split {self.pretrain_split}: {pool} does not exist (pretrain_split names "
+                                "a manifest in --data)")
+        if self.loop_seeds < 1:
+            raise PipelineError(f"--loop-seeds must be >= 1, got {self.loop_seeds} (loop_seeds)")
+        if self.loop is not None and not 1 <= self.loop <= self.loop_seeds:
+            raise PipelineError(f"loop {self.loop}: choose one of 1..{self.loop_seeds} (loop_seeds)")
+        self.budgets()
         for name in ("init_from", "tokenizer"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
@@ -127,6 +150,45 @@ class PipelineConfig:
             raise PipelineError(f"--eval-seeds must be >= 1, got {self.eval_seeds} (eval_seeds)")
         if self.jobs is not None and self.jobs < 1:
             raise PipelineError(f"--jobs {self.jobs}: give 1 or more (jobs)")
+
+
+    def budgets(self) -> List[str]:
+        """``label_budgets`` checked and in order, the largest (``all``) last."""
+        numbers, whole = [], False
+        for item in self.label_budgets:
+            text = str(item).strip()
+            if text == ALL:
+                whole = True
+            elif text.isdigit() and int(text) > 0:
+                numbers.append(int(text))
+            else:
+                raise PipelineError(f"--label-budgets {','.join(map(str, self.label_budgets))}: {text!r} is neither a "
+                                    f"number of clips per class >= 1 nor {ALL} (label_budgets)")
+        if not numbers and not whole:
+            raise PipelineError("--label-budgets is empty: give e.g. 10,all (label_budgets)")
+        return [str(n) for n in sorted(set(numbers))] + ([ALL] if whole else [])
+
+    @property
+    def looped(self) -> bool:
+        """Several loops: each in RUN/seed{k} with common.seed k."""
+        return self.loop_seeds > 1
+
+    def loops(self) -> List["PipelineConfig"]:
+        """The config of every loop: this one, or one per seed in ``RUN_DIR/seed{k}`` (``loop`` k)."""
+        if not self.looped:
+            return [replace(self, loop=1)]
+        return [replace(self, out=str(Path(self.out) / f"seed{k}"), loop=k) for k in range(1, self.loop_seeds + 1)]
+
+    @property
+    def loop_seed(self) -> int:
+        """The seed of this loop (1 for a run of one loop)."""
+        return self.loop or 1
+
+    @property
+    def finetune_seeds(self) -> List[int]:
+        """The ``common.seed`` of the evaluation fine-tunings of this loop."""
+        first = (self.loop_seed - 1) * self.eval_seeds
+        return list(range(first + 1, first + self.eval_seeds + 1))
 
 
 def help_of(name: str) -> str:

@@ -2,6 +2,8 @@
 
 * top: which encoder is best and by how much (the headline and the evaluation as bars, mean ±
   std over the runs; dotted lines at the raw-fbank baseline and the random init);
+* with several label budgets: every row's metric against the labelled clips per class (one
+  line per encoder, mean ± std over the runs, budgets as categories);
 * pre-training: every iteration's loss, masked-label accuracy and codebook usage of its labels;
 * tokenizers: every tokenizer's loss, distillation cosine and codebook usage;
 * fine-tuning: the validation loss and accuracy (or mAP) of the evaluation fine-tunings, one
@@ -19,6 +21,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..plots import bar_chart, pyplot
 from .events import TRAIN_TAGS, Curves, Series, read_curves, validation_tag
+from .config import ALL
 from .plan import FBANK, RANDOM, START, Stage
 from .summary import headline
 
@@ -100,11 +103,12 @@ def panel_runs(stages: List[Stage]) -> Dict[str, List[Run]]:
             continue
         runs = panels.setdefault(stage.kind, [])
         encoder = encoder_of(stage)
-        if stage.score_split:  # evaluation fine-tunings: one group per encoder
-            if encoder not in groups:
-                groups[encoder] = Run(encoder, colour(encoder), [])
-                runs.append(groups[encoder])
-            groups[encoder].curves.append(curves)
+        if stage.score_split:  # evaluation fine-tunings: one group per encoder and label budget
+            label = encoder if stage.budget in (None, ALL) else f"{encoder}, {stage.budget}/class"
+            if label not in groups:
+                groups[label] = Run(label, colour(encoder), [], style="-" if stage.budget in (None, ALL) else ":")
+                runs.append(groups[label])
+            groups[label].curves.append(curves)
         elif stage.kind == "tokenizer":
             runs.append(Run(f"{stage.name} (from {stage.depends[0].name})", colour(encoder), [curves]))
         elif stage.kind == "finetune":
@@ -150,12 +154,37 @@ def evaluation_bars(summary: dict) -> Optional[Tuple[str, List[str], List[float]
             [float(r["mean"]) for r in rows.values()], [float(r["std"]) for r in rows.values()])
 
 
+def budget_lines(summary: dict) -> Optional[Tuple[List[str], Dict[str, Tuple[List[float], List[float]]]]]:
+    """(budgets, {row: (means, stds) per budget, None where it has none}) with several budgets, else None."""
+    budgets = (summary.get("evaluation") or {}).get("budgets") or {}
+    if len(budgets) < 2:
+        return None
+    names = list(dict.fromkeys(n for part in budgets.values() for n in part["rows"]))
+    lines = {n: ([budgets[b]["rows"].get(n, {}).get("mean") for b in budgets],
+                 [budgets[b]["rows"].get(n, {}).get("std") for b in budgets]) for n in names}
+    return list(budgets), lines
+
+
+def draw_budgets(ax, budgets: List[str], lines: Dict[str, Tuple[List[float], List[float]]], metric: str) -> None:
+    for name, (means, stds) in lines.items():
+        xs = [x for x, m in enumerate(means) if m is not None]
+        ax.errorbar(xs, [means[x] for x in xs], yerr=[stds[x] for x in xs], color=colour(name), marker="o",
+                    capsize=3, linewidth=1.4, markersize=4, label=name, linestyle=":" if name in FIXED_COLOURS else "-")
+    ax.set_xticks(range(len(budgets)), budgets)
+    ax.set_xlabel("labelled clips per class (all: the whole train split)", fontsize=8)
+    ax.set_ylabel(metric, fontsize=9)
+    ax.set_title("label efficiency: mean ± std over runs", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def draw_report(path: Path, stages: List[Stage], summary: dict, title: str) -> None:
     """Write ``report.png``: the evaluation and one panel per kind of training (see the module doc)."""
     plt = pyplot()
     bars = evaluation_bars(summary)
     panels = panel_runs(stages)
-    heights = ([0.9 + 0.36 * len(bars[1])] if bars else []) + [ROW] * len(panels)
+    efficiency = budget_lines(summary)
+    heights = ([0.9 + 0.36 * len(bars[1])] if bars else []) + ([ROW] if efficiency else []) + [ROW] * len(panels)
     height = 0.9 + sum(heights)
     fig = plt.figure(figsize=(WIDTH, height), dpi=DPI)
     fig.suptitle(title, fontsize=13, fontweight="bold", y=1 - 0.15 / height)
@@ -178,8 +207,13 @@ def draw_report(path: Path, stages: List[Stage], summary: dict, title: str) -> N
             for reference in (FBANK, RANDOM):
                 if reference in names:
                     ax.axvline(values[names.index(reference)], color=colour(reference), linestyle=":", linewidth=1.2)
-            ax.set_title("evaluation (dotted: fbank baseline and random init)", fontsize=10)
+            largest = list((summary["evaluation"].get("budgets") or {ALL: None}))[-1]
+            on = "" if not efficiency else " with all labelled clips" if largest == ALL else f" with {largest} per class"
+            ax.set_title(f"evaluation{on} (dotted: fbank baseline and random init)", fontsize=10)
             row = 1
+        if efficiency:
+            draw_budgets(fig.add_subplot(grid[row]), *efficiency, summary["evaluation"]["metric"])
+            row += 1
         for kind in PANELS:
             if kind in panels:
                 draw_panel(fig, grid[row], kind, panels[kind])

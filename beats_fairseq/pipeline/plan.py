@@ -1,7 +1,15 @@
 """Which stages a run has, in which order, and what each one reads: :func:`plan`.
 
     iter1 -> tokenizer_iter1 -> [labels_iter2 ->] iter2 [-> (finetune_iter2 ->) tokenizer_iter2 -> iter3]
-    -> fbank -> probe | eval_<encoder>_seed<s> for random and every iteration
+    -> [subset_<n>perclass ->] fbank[_<n>perclass] -> probe[_<n>perclass] | eval_<encoder>[_<n>perclass]_seed<s>
+       for random and every iteration, per label budget
+
+Pre-training and tokenizer stages train on ``pretrain_split`` (``dataset.train_subset``). A label
+budget of n clips per class has a ``subset`` stage that writes the class-stratified subset of the
+labelled train split (``RUN_DIR/budgets/<split>_<n>.tsv`` and its labels, seeded by the loop); its
+fbank baseline, probe and fine-tunings train on it (budget ``all``: the whole split, no suffix).
+With ``loop_seeds`` > 1 every loop is planned alone from its own config (``PipelineConfig.loops``:
+``RUN_DIR/seed{k}``, ``common.seed`` k for the training stages).
 
 Started from an existing model (``init_from``, the encoder ``start``), every iteration continues
 the previous model (``examples/beats_continue``) on the labels of a tokenizer distilled from it,
@@ -23,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .config import TRAINING_KINDS, PipelineConfig
+from .config import ALL, TRAINING_KINDS, PipelineConfig, PipelineError
 
 RANDOM = "random"
 FBANK = "fbank"
@@ -38,12 +46,13 @@ class Stage:
     dir: Path
     config_dir: Optional[str] = None  # training stages: the recipe folder in examples/
     role: Optional[str] = None  # training stages: which recipe of the scale (RECIPE_ROLES)
-    settings: Dict[str, object] = field(default_factory=dict)  # config keys the pipeline sets
+    settings: Dict[str, object] = field(default_factory=dict)  # config keys the pipeline sets (subset: split, seed)
     depends: List["Stage"] = field(default_factory=list, repr=False)  # stages whose outputs this one reads
     # labels stages: the pre-training stage they label for; random-init evaluation: the pre-training
     # stage whose architecture it copies
     pretrain: Optional["Stage"] = field(default=None, repr=False)
     encoder: Optional[str] = None  # evaluation fine-tuning: "random", "iter1", ...
+    budget: Optional[str] = None  # evaluation stages: the label budget ("10", "all"); subset: its budget
     score_split: Optional[str] = None  # evaluation fine-tuning: split its best checkpoint is scored on
     config: object = field(default=None, repr=False)  # training stages: the composed config (compose.py)
     hydra_overrides: List[str] = field(default_factory=list)  # training stages: hydra.* for the command line
@@ -74,6 +83,8 @@ class Stage:
             return self.dir / "score.json" if self.score_split else self.checkpoint
         if self.kind == "labels":
             return self.dir / "labels"
+        if self.kind == "subset":
+            return subset_manifest(self.dir, self.settings["split"], self.budget)
         return self.dir / f"{self.kind}.json"
 
     @property
@@ -82,8 +93,11 @@ class Stage:
 
 
 def plan(config: PipelineConfig) -> List[Stage]:
-    """The ordered stages of ``config`` (configs not yet composed)."""
+    """The ordered stages of ``config`` (configs not yet composed); of one loop: with ``loop_seeds`` > 1,
+    plan each of ``config.loops()``."""
     config.check()
+    if config.looped and config.loop is None:
+        raise PipelineError(f"loop_seeds {config.loop_seeds}: plan each loop of config.loops() (RUN_DIR/seed{{k}})")
     start, tokenizer = (given(config.init_from, START, "the model of --init-from"),
                         given(config.tokenizer, "tokenizer", "the tokenizer of --tokenizer"))
     stages = training_stages(config, start, tokenizer)
@@ -108,13 +122,18 @@ def training_stages(config: PipelineConfig, start: Optional[Stage] = None,
     run_dir, data = config.run_dir, config.data_dir
     stages: List[Stage] = []
 
+    seed = {"common.seed": config.loop_seed} if config.looped else {}  # the recipes' seed in a run of one loop
+    unlabelled = {"task.data": data, "dataset.train_subset": config.pretrain_split, **seed}
+
     def pretrain(it: int, tokenizer: Optional[Stage], init: Optional[Stage] = None) -> Stage:
         st = Stage(f"iter{it}", "pretrain", f"iter{it} pre-training", run_dir / f"iter{it}",
-                   config_dir=f"beats_iter{it}", role="pretrain", settings={"task.data": data})
+                   config_dir=f"beats_iter{it}", role="pretrain", settings=dict(unlabelled))
         if init is not None:  # continued pre-training of the previous model
             st.title, st.config_dir, st.role = f"pre-training continued from {init.name}", "beats_continue", "continue"
             st.depends.append(init)
             st.settings["model.init_from"] = str(init.checkpoint)
+        elif tokenizer is not None and tokenizer.kind == "model":  # iter1 from scratch on --tokenizer's labels
+            st.title = f"iter1 pre-training on the labels of {tokenizer.title}"
         if tokenizer is not None:
             st.depends.append(tokenizer)
             st.settings["model.tokenizer_path"] = str(tokenizer.checkpoint)
@@ -133,39 +152,63 @@ def training_stages(config: PipelineConfig, start: Optional[Stage] = None,
         role = "supervised_tokenizer" if teacher.kind == "finetune" else "tokenizer"
         st = Stage(name, "tokenizer", f"tokenizer distilled from {teacher.name}", run_dir / name,
                    config_dir="beats_tokenizer", role=role, depends=[teacher],
-                   settings={"task.data": data, "model.teacher_path": str(teacher.checkpoint)})
+                   settings={**unlabelled, "model.teacher_path": str(teacher.checkpoint)})
         stages.append(st)
         return st
 
-    encoder = start or pretrain(1, None)
+    encoder = start or pretrain(1, first_tokenizer)
     for it in range(1 if start else 2, config.iterations + 1):
         teacher = encoder
         if config.supervised_teacher and it == config.iterations:
             name = f"finetune_{encoder.name}"
             teacher = Stage(name, "finetune", f"fine-tune {encoder.name} (supervised teacher)", run_dir / name,
                             config_dir="beats_finetune", role="finetune", depends=[encoder],
-                            settings={"task.data": data, "model.pretrained_path": str(encoder.checkpoint)})
+                            settings={"task.data": data, "model.pretrained_path": str(encoder.checkpoint), **seed})
             stages.append(teacher)
-        labels = first_tokenizer if it == 1 and first_tokenizer else tokenizer(encoder, teacher)
+        labels = first_tokenizer if start and it == 1 and first_tokenizer else tokenizer(encoder, teacher)
         encoder = pretrain(it, labels, encoder if start else None)
     return stages
 
 
+def budget_suffix(budget: Optional[str]) -> str:
+    """``""`` for the whole split, ``"_10perclass"`` for 10 clips per class."""
+    return "" if budget in (None, ALL) else f"_{budget}perclass"
+
+
+def subset_manifest(folder: Path, split: str, budget: str) -> Path:
+    """Where the subset of ``budget`` clips per class of ``split`` is written (its labels beside it)."""
+    return folder / f"{split}_{budget}.tsv"
+
+
 def evaluation_stages(config: PipelineConfig, encoders: List[Stage]) -> List[Stage]:
-    """The raw-fbank baseline, then the linear probe or the fine-tuning runs of every encoder."""
+    """Per label budget, the class-stratified subset and the raw-fbank baseline; then the linear probe or
+    the fine-tuning runs of every encoder (all fine-tunings together, so that they run in parallel)."""
     run_dir, split = config.run_dir, config.eval_split
-    fbank = Stage(FBANK, "fbank", f"raw-fbank baseline on {split}", run_dir / FBANK)
-    if config.eval == "probe":
-        return [fbank, Stage("probe", "probe", f"linear probe on {split}", run_dir / "probe", depends=list(encoders))]
-    out = [fbank]
-    for name, source in [(RANDOM, None)] + [(e.name, e) for e in encoders]:
-        for seed in range(1, config.eval_seeds + 1):
-            stage = f"eval_{name}_seed{seed}"
-            init = "random init" if source is None else name
-            out.append(Stage(
-                stage, "finetune", f"fine-tune {init}, seed {seed}, score on {split}", run_dir / stage,
-                config_dir="beats_finetune", role="finetune", encoder=name, score_split=split,
-                pretrain=source or encoders[0], depends=[] if source is None else [source],
-                settings={"task.data": config.data_dir, "common.seed": seed,
-                          "model.pretrained_path": None if source is None else str(source.checkpoint)}))
-    return out
+    head, tail = [], []
+    for budget in config.budgets():
+        suffix, subset, on = budget_suffix(budget), None, ""
+        if budget != ALL:
+            subset = Stage(f"subset{suffix}", "subset", f"{budget} clips per class of {config.eval_train_split}",
+                           run_dir / "budgets", budget=budget,
+                           settings={"split": config.eval_train_split, "seed": config.loop_seed})
+            head.append(subset)
+            on = f", {budget} per class"
+        needs = [subset] if subset else []
+        head.append(Stage(FBANK + suffix, "fbank", f"raw-fbank baseline on {split}{on}", run_dir / (FBANK + suffix),
+                          budget=budget, depends=list(needs)))
+        if config.eval == "probe":
+            tail.append(Stage("probe" + suffix, "probe", f"linear probe on {split}{on}", run_dir / ("probe" + suffix),
+                              budget=budget, depends=list(encoders) + needs))
+            continue
+        train = {} if subset is None else {"dataset.train_subset": str(subset.output.with_suffix(""))}
+        for name, source in [(RANDOM, None)] + [(e.name, e) for e in encoders]:
+            for seed in config.finetune_seeds:
+                stage = f"eval_{name}{suffix}_seed{seed}"
+                init = "random init" if source is None else name
+                tail.append(Stage(
+                    stage, "finetune", f"fine-tune {init}{on}, seed {seed}, score on {split}", run_dir / stage,
+                    config_dir="beats_finetune", role="finetune", encoder=name, score_split=split, budget=budget,
+                    pretrain=source or encoders[0], depends=([] if source is None else [source]) + needs,
+                    settings={"task.data": config.data_dir, "common.seed": seed, **train,
+                              "model.pretrained_path": None if source is None else str(source.checkpoint)}))
+    return head + tail

@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 from typing import Callable, List
 
-from .config import PipelineConfig
+from .config import ALL, PipelineConfig
 from .plan import Stage
 from .state import State
-from .summary import evaluation_table, headline, stage_table, summarise
+from .summary import budget_title, evaluation_table, headline, loops_table, paired_table, stage_table, summarise
 
 
 def _tables(summary: dict, config: PipelineConfig):
@@ -25,8 +25,17 @@ def _tables(summary: dict, config: PipelineConfig):
     out = []
     if summary.get("evaluation"):
         block = summary["evaluation"]
-        out.append((f"Evaluation ({block['how']})", evaluation_table(block)))
-    out.append(("Stages", stage_table(summary["stages"])))
+        budgets = block.get("budgets") or {ALL: block}
+        for budget, part in budgets.items():
+            on = "" if len(budgets) == 1 else f", {budget_title(budget)}"
+            out.append((f"Evaluation ({block['how']}{on})", evaluation_table({**block, "rows": part["rows"]})))
+        if any(block.get("paired", {}).values()):
+            out.append(("Paired differences (per loop: mean over fine-tuning seeds; mean over loops, 95 % t interval)",
+                        paired_table(block["paired"])))
+    if summary.get("loops"):
+        out.append(("Loops", loops_table(summary["loops"])))
+    if summary["stages"]:
+        out.append(("Stages", stage_table(summary["stages"])))
     if summary["probe"]:
         out.append(("Linear probe", results_table([ProbeResult(**r) for r in summary["probe"]], config.eval_split)))
     return out
@@ -49,10 +58,13 @@ def page(summary: dict, config: PipelineConfig, title: str, png: Path) -> str:
     if summary.get("evaluation"):
         parts.append(f"<p class=\"headline\">{html.escape(headline(summary['evaluation']))}</p>")
     tables = _tables(summary, config)
+    first = sum(1 for name, _ in tables if name.startswith(("Evaluation", "Paired")))  # the picture after these
     for k, (name, table) in enumerate(tables):
-        if k == (1 if summary.get("evaluation") else 0):
+        if k == first:
             parts.append(f"<img alt=\"curves of every stage\" src=\"data:image/png;base64,{image}\">")
         parts += [f"<h2>{html.escape(name)}</h2>", table.html()]
+    if first == len(tables):
+        parts.append(f"<img alt=\"evaluation\" src=\"data:image/png;base64,{image}\">")
     parts.append(f"<p>Command: <code>{html.escape(summary['command'])}</code></p>")
     style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:.5em 0}"
              "td,th{border:1px solid #ccc;padding:3px 8px;font-size:90%}th{background:#eee}img{max-width:100%}"
@@ -64,11 +76,30 @@ def page(summary: dict, config: PipelineConfig, title: str, png: Path) -> str:
 def write_summary(config: PipelineConfig, stages: List[Stage], state: State, command: str,
                   say: Callable[[str], None] = print) -> dict:
     """Write the summary files and the report into ``RUN_DIR``; print the Markdown summary."""
+    return write_report(config, stages, summarise(config, stages, state, command), say)
+
+
+def write_loops_summary(config: PipelineConfig, summaries: List[dict], command: str,
+                        say: Callable[[str], None] = print) -> dict:
+    """``RUN_DIR/summary.json`` (and the report) of a run of several loops: their evaluations combined
+    (:func:`~.aggregate.combine`), each loop's own report in ``RUN_DIR/seed{k}``."""
+    from .aggregate import combine
+
+    loops = [{"seed": c.loop_seed, "dir": c.run_dir.name, "summary": f"{c.run_dir.name}/summary.md"}
+             for c in config.loops()]
+    summary = {"command": command, "loops": loops, "stages": [], "probe": []}
+    blocks = [s["evaluation"] for s in summaries if s.get("evaluation")]
+    if blocks:
+        summary["evaluation"] = combine(blocks)
+    return write_report(config, [], summary, say)
+
+
+def write_report(config: PipelineConfig, stages: List[Stage], summary: dict, say: Callable[[str], None]) -> dict:
     from .figure import draw_report
 
     run_dir = config.run_dir
-    summary = summarise(config, stages, state, command)
-    title = f"BEATs pipeline: {run_dir.name}"
+    title = f"BEATs pipeline: {run_dir.name}" + (f" ({len(summary['loops'])} loop seeds)" if summary.get("loops")
+                                                 else "")
     md = markdown(summary, config, title)
     (run_dir / "summary.md").write_text(md, encoding="utf-8")
     with open(run_dir / "summary.json", "w", encoding="utf-8") as f:

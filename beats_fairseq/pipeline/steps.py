@@ -5,8 +5,12 @@
   an evaluation fine-tuning then scores its best-validation checkpoint (``score.json``);
 * ``labels``: :func:`beats_fairseq.precompute.precompute_labels` with the clip settings of the
   pre-training stage it labels for;
+* ``subset``: the labelled train split's subset of a label budget (:mod:`.budgets`);
 * ``fbank``: :func:`beats_fairseq.probe.fbank_baseline`;
-* ``probe``: :func:`beats_fairseq.probe.run_probe` of every encoder beside a random one.
+* ``probe``: :func:`beats_fairseq.probe.run_probe` of every encoder beside a random one (seed 0;
+  in loop k of several, seed k).
+
+The fbank baseline and the probe of a label budget fit on its subset (:meth:`Context.train_split`).
 
 The in-process steps run in this process on ``Context.device``; the evaluation splits are read
 once per run (:meth:`Context.splits`), so every evaluation uses the same classes and metric.
@@ -17,7 +21,7 @@ import logging
 import os
 import shlex
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 from omegaconf import OmegaConf
 
@@ -45,6 +49,18 @@ class Context:
             c = self.config
             self._splits = read_splits(c.data_dir, [c.eval_train_split, c.eval_split], c.label_ext)
         return self._splits
+
+    def train_split(self, stage: Stage):
+        """The labelled split an evaluation stage fits on: the train split, or its label budget's subset."""
+        from ..evaluation import read_split
+
+        train = self.splits()[0]
+        subset = next((d for d in stage.depends if d.kind == "subset"), None)
+        if subset is None:
+            return train
+        manifest = subset.output
+        return read_split(str(manifest), str(manifest.with_suffix(f".{self.config.label_ext}")), train.num_classes,
+                          train.multilabel, name=manifest.stem)
 
     def echo(self, stage: Stage) -> Callable[[str], None]:
         """What the console shows of a child's line: progress lines (every line with ``verbose``)."""
@@ -142,21 +158,35 @@ def labels(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
     return {"metrics": {}}
 
 
+def subset(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
+    from .budgets import write_subset
+
+    train = ctx.splits()[0]
+    result = write_subset(train, int(stage.budget), int(stage.settings["seed"]), stage.output, ctx.config.label_ext)
+    ctx.say(f"    {stage.name}: {result['clips']} clips of {result['classes']} classes from {train.name} "
+            f"(seed {result['seed']}) -> {stage.output}")
+    return {"metrics": {"subset": result}}
+
+
 def fbank(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
     from ..probe import FBANK_DESCRIPTION, fbank_baseline
 
-    train_split, eval_split = ctx.splits()
+    train_split, eval_split = ctx.train_split(stage), ctx.splits()[1]
     metric, value = fbank_baseline(train_split, eval_split)
     result = {"metric": metric, "value": value, "split": eval_split.name, "train_split": train_split.name,
-              "how": FBANK_DESCRIPTION}
+              "train_clips": len(train_split), "how": FBANK_DESCRIPTION}
     _write_json(stage.output, result)
-    ctx.say(f"    fbank baseline: {metric} {value:.4f} on {eval_split.name}")
+    ctx.say(f"    {stage.name} baseline: {metric} {value:.4f} on {eval_split.name} ({len(train_split)} training clips)")
     return {"metrics": {"fbank": result}}
+
+
+def probed_encoders(stage: Stage) -> List[Stage]:
+    return [d for d in stage.depends if d.kind != "subset"]
 
 
 def probe_key(stage: Stage, config: PipelineConfig) -> dict:
     """What a finished probe stage covered: rerun it when this changes (e.g. a new iteration)."""
-    return {"encoders": [d.name for d in stage.depends], "train_split": config.eval_train_split,
+    return {"encoders": [d.name for d in probed_encoders(stage)], "train_split": config.eval_train_split,
             "eval_split": config.eval_split, "label_ext": config.label_ext, "pooling": config.probe_pooling,
             "layer": config.probe_layer}
 
@@ -165,8 +195,8 @@ def probe(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
     from ..probe import results_table, run_probe
 
     config = ctx.config
-    encoders = {s.name: str(s.checkpoint) for s in stage.depends}
-    train_split, eval_split = ctx.splits()
+    encoders = {s.name: str(s.checkpoint) for s in probed_encoders(stage)}
+    train_split, eval_split = ctx.train_split(stage), ctx.splits()[1]
     stage.dir.mkdir(parents=True, exist_ok=True)
     with open(stage.log_path, "a", encoding="utf-8") as log:
         def say(message):
@@ -174,7 +204,8 @@ def probe(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
             log.flush()
             ctx.say(f"    {message}")
 
-        results = run_probe(encoders, train_split, eval_split, True, seed=0, device=ctx.device, log=say,
+        results = run_probe(encoders, train_split, eval_split, True, seed=config.loop_seed if config.looped else 0,
+                            device=ctx.device, log=say,
                             pooling=config.probe_pooling, layer=config.probe_layer)
     run_dir = str(config.run_dir) + os.sep
     for r in results:  # shown relative to the run folder
@@ -187,7 +218,7 @@ def probe(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
 
 
 STEPS: Dict[str, Callable[..., dict]] = {"pretrain": train, "tokenizer": train, "finetune": train, "labels": labels,
-                                         "fbank": fbank, "probe": probe}
+                                         "subset": subset, "fbank": fbank, "probe": probe}
 
 
 def run_step(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:

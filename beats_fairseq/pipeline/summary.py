@@ -4,15 +4,16 @@ Everything comes from ``state.json``: each stage's last metrics (from its Tensor
 the probe's rows, the fine-tunings' scores and the fbank baseline.
 
 ``summary.json``: ``{"command", "stages": [row per stage], "probe": [probe rows], "evaluation":
-{"metric", "split", "how", "rows": {name: {"mean", "std", "runs"}}}}`` (``evaluation`` only when
-something was evaluated).
+{"metric", "split", "how", "rows": {name: {"mean", "std", "runs"}}, "budgets": {budget: {"rows"}},
+"paired": {budget: {"iter2-iter1": {"mean", "low", "high", "runs"}}}}}`` (``evaluation`` only
+when something was evaluated; ``rows`` is the largest budget's; :mod:`.aggregate`).
 """
 
-import statistics
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from ..tables import Table
-from .config import PipelineConfig
+from .aggregate import budget_block, evaluation_block  # noqa: F401 (evaluation_block: the one-budget block)
+from .config import ALL, PipelineConfig
 from .plan import FBANK, RANDOM, Stage
 from .state import State
 
@@ -69,20 +70,6 @@ def stage_table(rows: List[dict]) -> Table:
 
 
 # ---------------------------------------------------------------------------- evaluation
-def evaluation_row(runs: List[float]) -> Dict[str, object]:
-    runs = [float(v) for v in runs]
-    std = statistics.stdev(runs) if len(runs) > 1 else 0.0
-    return {"mean": float(statistics.fmean(runs)), "std": float(std), "runs": runs}
-
-
-def evaluation_block(metric: str, split: str, runs: Dict[str, List[float]], how: Optional[str] = None) -> dict:
-    """The ``evaluation`` block of ``summary.json``; ``runs``: ``{row name: [value per run]}``, in order."""
-    block = {"metric": metric, "split": split, "rows": {k: evaluation_row(v) for k, v in runs.items() if v}}
-    if how:
-        block["how"] = how
-    return block
-
-
 def evaluation_table(block: dict) -> Table:
     rows = block["rows"]
     base = rows.get(FBANK, {}).get("mean")
@@ -90,6 +77,27 @@ def evaluation_table(block: dict) -> Table:
     for name, row in rows.items():
         delta = "" if base is None or name == FBANK else f"{row['mean'] - base:+.3f}"
         table.add(name, f"{row['mean']:.3f} ± {row['std']:.3f}", delta, ", ".join(f"{v:.3f}" for v in row["runs"]))
+    return table
+
+
+def budget_title(budget: str) -> str:
+    return "all labelled clips" if budget == ALL else f"{budget} clips per class"
+
+
+def paired_table(paired: dict) -> Table:
+    table = Table(["labels", "difference", "mean", "95 % interval", "per loop"])
+    for budget, pairs in paired.items():
+        for name, row in pairs.items():
+            interval = "-" if row["low"] is None else f"[{row['low']:+.3f}, {row['high']:+.3f}]"
+            table.add(budget_title(budget), name, f"{row['mean']:+.3f}", interval,
+                      ", ".join(f"{v:+.3f}" for v in row["runs"]))
+    return table
+
+
+def loops_table(loops: List[dict]) -> Table:
+    table = Table(["loop seed", "folder", "its report"])
+    for loop in loops:
+        table.add(loop["seed"], loop["dir"], loop["summary"])
     return table
 
 
@@ -121,37 +129,43 @@ def headline(block: dict) -> str:
     return text + "."
 
 
-def evaluation(config: PipelineConfig, stages: List[Stage], state: State, probe: List[dict]) -> dict:
-    """The ``evaluation`` block: random, fbank and every iteration, one value per run."""
-    runs, metric = {}, None
+def evaluation(config: PipelineConfig, stages: List[Stage], state: State) -> dict:
+    """The ``evaluation`` block: per label budget, random, fbank and every iteration, one value per run."""
+    runs: Dict[str, Dict[str, List[float]]] = {b: {} for b in config.budgets()}
+    fbanks: Dict[str, float] = {}
+    metric = None
+    for stage in stages:
+        metrics = state.stage(stage.name).get("metrics", {})
+        if stage.kind == "probe":
+            for r in metrics.get("probe", []):
+                runs[stage.budget].setdefault(r["encoder"], []).append(r["value"])
+                metric = r["metric"]
+        elif stage.score_split and metrics.get("score"):
+            runs[stage.budget].setdefault(stage.encoder, []).append(metrics["score"]["value"])
+            metric = metrics["score"]["metric"]
+        elif stage.kind == "fbank" and metrics.get("fbank"):
+            fbanks[stage.budget] = metrics["fbank"]["value"]
+            metric = metric or metrics["fbank"]["metric"]
+    for budget, value in fbanks.items():
+        rows = runs[budget]
+        runs[budget] = {**{k: v for k, v in rows.items() if k == RANDOM}, FBANK: [value],
+                        **{k: v for k, v in rows.items() if k != RANDOM}}
     if config.eval == "probe":
-        for r in probe:
-            runs[r["encoder"]], metric = [r["value"]], r["metric"]
         layer = "last layer" if config.probe_layer is None else f"layer {config.probe_layer}"
         how = f"linear probe, {config.probe_pooling} pooling, {layer}"
     else:
-        for stage in stages:
-            score = state.stage(stage.name).get("metrics", {}).get("score") if stage.score_split else None
-            if score:
-                runs.setdefault(stage.encoder, []).append(score["value"])
-                metric = score["metric"]
         how = f"fine-tuned ({config.eval_seeds} seeds), best-validation checkpoint"
-    fbank = state.stage(FBANK).get("metrics", {}).get("fbank")
-    if fbank:
-        runs = {**{k: v for k, v in runs.items() if k == RANDOM}, FBANK: [fbank["value"]],
-                **{k: v for k, v in runs.items() if k != RANDOM}}
-        metric = metric or fbank["metric"]
-    return evaluation_block(metric, config.eval_split, runs, how) if runs else {}
+    return budget_block(metric, config.eval_split, runs, how) if any(runs.values()) else {}
 
 
 # ---------------------------------------------------------------------------- summary.json
 def summarise(config: PipelineConfig, stages: List[Stage], state: State, command: str) -> dict:
     """The content of ``summary.json``."""
     rows = [stage_row(stage, state.stage(stage.name)) for stage in stages]
-    probe = state.stage("probe").get("metrics", {}).get("probe", []) \
-        if config.evaluate and config.eval == "probe" else []
+    probes = [s for s in stages if s.kind == "probe"]  # the largest budget's rows
+    probe = state.stage(probes[-1].name).get("metrics", {}).get("probe", []) if probes else []
     summary = {"command": command, "stages": rows, "probe": probe}
-    block = evaluation(config, stages, state, probe) if config.evaluate else {}
+    block = evaluation(config, stages, state) if config.evaluate else {}
     if block:
         summary["evaluation"] = block
     return summary

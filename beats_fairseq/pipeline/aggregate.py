@@ -1,0 +1,81 @@
+"""Evaluation over label budgets and loop seeds: the blocks of ``summary.json``, and the paired differences.
+
+A loop's ``evaluation`` block has, per label budget, one value per run of every row (random,
+fbank, each iteration): ``budgets[budget]["rows"][name] = {"mean", "std", "runs"}``; ``rows`` is
+the largest budget's. :func:`combine` merges the blocks of several loops: every row's runs are
+those of all loops (loops x fine-tuning seeds). :func:`paired` is, per budget, the difference of
+each later iteration to iter1 (``"iter2-iter1"``): in every loop the mean over its fine-tuning
+seeds of one minus that of the other, then the mean of those differences over the loops with a
+95 % Student-t interval (``low``, ``high``; None with one loop), ``runs`` the per-loop differences.
+"""
+
+import statistics
+from typing import Dict, List, Optional
+
+BASE = "iter1"
+
+
+def evaluation_row(runs: List[float]) -> Dict[str, object]:
+    runs = [float(v) for v in runs]
+    std = statistics.stdev(runs) if len(runs) > 1 else 0.0
+    return {"mean": float(statistics.fmean(runs)), "std": float(std), "runs": runs}
+
+
+def t_interval(values: List[float], level: float = 0.95) -> Dict[str, Optional[float]]:
+    """Mean of ``values`` and its Student-t interval (None bounds for fewer than two values)."""
+    mean = float(statistics.fmean(values))
+    if len(values) < 2:
+        return {"mean": mean, "low": None, "high": None}
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + level / 2, len(values) - 1)) * statistics.stdev(values) / len(values) ** 0.5
+    return {"mean": mean, "low": mean - half, "high": mean + half}
+
+
+def paired(loops: List[Dict[str, dict]]) -> Dict[str, Dict[str, dict]]:
+    """``{budget: {"iterN-iter1": {"mean", "low", "high", "runs"}}}`` from the ``budgets`` of every loop."""
+    out: Dict[str, Dict[str, dict]] = {}
+    for budgets in loops:
+        for budget, block in budgets.items():
+            rows = block["rows"]
+            if BASE not in rows:
+                continue
+            for name, row in rows.items():
+                if name.startswith("iter") and name != BASE:
+                    diffs = out.setdefault(budget, {}).setdefault(f"{name}-{BASE}", [])
+                    diffs.append(statistics.fmean(row["runs"]) - statistics.fmean(rows[BASE]["runs"]))
+    return {budget: {pair: {**t_interval(diffs), "runs": diffs} for pair, diffs in pairs.items()}
+            for budget, pairs in out.items()}
+
+
+def evaluation_block(metric: str, split: str, runs: Dict[str, List[float]], how: Optional[str] = None) -> dict:
+    """The ``evaluation`` block of one budget (``all``); ``runs``: ``{row name: [value per run]}``, in order."""
+    return budget_block(metric, split, {"all": runs}, how)
+
+
+def budget_block(metric: str, split: str, runs: Dict[str, Dict[str, List[float]]], how: Optional[str] = None) -> dict:
+    """The ``evaluation`` block of one loop; ``runs``: ``{budget: {row: [value per run]}}``, budgets smallest
+    first, rows in order."""
+    budgets = {b: {"rows": {k: evaluation_row(v) for k, v in rows.items() if v}} for b, rows in runs.items()}
+    budgets = {b: block for b, block in budgets.items() if block["rows"]}
+    block = {"metric": metric, "split": split, "rows": list(budgets.values())[-1]["rows"] if budgets else {}}
+    if how:
+        block["how"] = how
+    block["budgets"] = budgets
+    block["paired"] = paired([budgets])
+    return block
+
+
+def combine(blocks: List[dict]) -> dict:
+    """One evaluation block from those of several loops (runs of every loop together, paired over loops)."""
+    runs: Dict[str, Dict[str, List[float]]] = {}
+    for block in blocks:
+        for budget, part in block["budgets"].items():
+            for name, row in part["rows"].items():
+                runs.setdefault(budget, {}).setdefault(name, []).extend(row["runs"])
+    first = blocks[0]
+    how = f"{first['how']}; {len(blocks)} loop seeds" if first.get("how") else f"{len(blocks)} loop seeds"
+    block = budget_block(first["metric"], first["split"], runs, how)
+    block["paired"] = paired([b["budgets"] for b in blocks])
+    block["loops"] = len(blocks)
+    return block
