@@ -61,7 +61,7 @@ def test_attention_with_dropout_is_sdpa(mask_shape):
     torch.testing.assert_close(with_dropout(*inputs), expected)
 
 
-def test_training_attention_uses_the_dropout_path_only_on_cpu_in_training():
+def test_attention_dropout_acts_in_training_only():
     torch.manual_seed(0)
     attention = MultiheadAttention(16, 4, 0.5, True, 32, 64, True)
     x = torch.randn(2, 7, 16)
