@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -141,3 +142,32 @@ def test_cli_startup_smoke_run_writes_json(tmp_path):
     assert len(data["history"]) == 1 and data["repeats"] == 1
     with pytest.raises(SystemExit):  # a command that does not answer as expected stops the run
         module.start([sys.executable, "-c", "raise SystemExit(3)"], 0, None)
+
+
+OFFICIAL_DIR = os.environ.get("BEATS_OFFICIAL_DIR", "")
+
+
+def test_finetune_vs_official_skips_without_the_official_code(tmp_path, capsys):
+    module = load_script("finetune_vs_official")
+    out = tmp_path / "vs.json"
+    assert module.main(["--official", str(tmp_path), "--tiny", "--out", str(out)]) == 0
+    assert "skipped: --official" in capsys.readouterr().out and "BEATs.py" in module.missing_official(tmp_path)
+    assert module.main(["--tiny", "--out", str(out)]) == 0
+    assert "no --official folder given" in capsys.readouterr().out and not out.exists()
+
+
+@pytest.mark.skipif(not OFFICIAL_DIR, reason="set BEATS_OFFICIAL_DIR to the official BEATs code folder")
+def test_finetune_vs_official_tiny_run_writes_json(tmp_path):
+    module = load_script("finetune_vs_official")
+    path = tmp_path / "vs.json"
+    args = ["--official", OFFICIAL_DIR, "--tiny", "--seconds", "1", "--repeats", "1", "--warmup", "0",
+            "--threads", "1", "--matmul-size", "64", "--profile", "--profile-rows", "4", "--out", str(path)]
+    assert module.main(args) == 0
+    data = json.loads(path.read_text())
+    assert data["eval_probability_max_difference"] < 1e-5  # the same weights in both codes
+    rows = {r["code"]: r for r in data["results"]}
+    assert set(rows) == {"this_project", "official"} and data["official_over_this_project"] > 0
+    for row in rows.values():
+        assert 0 < row["forward_seconds_median"] < row["seconds_median"] and row["mfu"] > 0
+        assert len(row["profile"]["ops"]) == 4 and 0 < sum(op["share"] for op in row["profile"]["ops"]) <= 1
+    assert len(data["history"]) == 1

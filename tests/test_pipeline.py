@@ -182,10 +182,15 @@ def test_init_from_plans_continued_iterations_and_evaluates_the_start(tmp_path, 
     names = [s.name for s in plan(dataclasses.replace(config, tokenizer=None, iterations=1, evaluate=False))]
     assert names == ["tokenizer_start", "iter1"]
     assert plan(dataclasses.replace(config, tokenizer=None))[0].settings["model.teacher_path"] == str(model)
-    for bad, message in ((dict(init_from=None), "add --init-from"), (dict(init_from=None, tokenizer=None, iterations=1),
-                         "iterations 1"), (dict(tokenizer=str(tmp_path / "nope.pt")), "--tokenizer .*nope.pt: no such")):
-        with pytest.raises(PipelineError, match=message):
-            plan(dataclasses.replace(config, **bad))
+    with pytest.raises(PipelineError, match="--tokenizer .*nope.pt: no such"):
+        plan(dataclasses.replace(config, tokenizer=str(tmp_path / "nope.pt")))
+    # without --init-from: iter1 from scratch, on the labels of --tokenizer (else the random projection)
+    scratch = {s.name: s for s in plan(dataclasses.replace(config, init_from=None, iterations=1))}
+    assert list(scratch) == ["iter1", "fbank", "eval_random_seed1", "eval_iter1_seed1"]
+    assert (scratch["iter1"].config_dir, scratch["iter1"].role) == ("beats_iter1", "pretrain")
+    assert scratch["iter1"].settings["model.tokenizer_path"] == str(tok) and "model.init_from" not in scratch["iter1"].settings
+    names = [s.name for s in plan(dataclasses.replace(config, init_from=None, tokenizer=None, iterations=1))]
+    assert names[:2] == ["iter1", "fbank"]
 
     # composed: the continue recipe of the scale; a random init gets the start model's architecture
     stages = {s.name: s for s in prepare(dataclasses.replace(config, iterations=1))}

@@ -5,7 +5,8 @@
 
 or, with ``--init-from CKPT [--tokenizer TOK]``, from an existing model: every iteration continues the
 previous model's pre-training (``examples/beats_continue``), the first on the labels of TOK or of a
-tokenizer distilled from CKPT, and CKPT itself is evaluated too.
+tokenizer distilled from CKPT, and CKPT itself is evaluated too. ``--tokenizer TOK`` alone pre-trains
+iter1 from scratch on TOK's labels.
 
 This module parses the arguments into a :class:`beats_fairseq.pipeline.PipelineConfig` and runs
 it with :func:`beats_fairseq.pipeline.run_pipeline` (what the stages are, how their configs are

@@ -29,6 +29,7 @@ from fairseq.models import BaseFairseqModel, register_model
 from .. import augment
 from ..checkpoint import backbone_from_official, backbone_to_official, load_strict, rename
 from ..modules.backbone import BeatsBackbone, BeatsBackboneConfig, backbone_cfg_from_official, backbone_cfg_to_official
+from ..modules.dropout import Dropout
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class BeatsClassifierModel(BaseFairseqModel):
         super().__init__()
         self.cfg = cfg
         self.backbone = BeatsBackbone(cfg)
-        self.predictor_dropout = nn.Dropout(cfg.predictor_dropout)
+        self.predictor_dropout = Dropout(cfg.predictor_dropout)
         self.head = nn.Linear(cfg.encoder_embed_dim, cfg.num_classes)
         self.num_updates = 0
         self.seed = 1  # the task sets common.seed: augmentations are drawn per (seed, update, clip id)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 from fairseq.dataclass import FairseqDataclass
 
+from .dropout import Dropout
 from .encoder import TransformerEncoder, init_encoder_weights
 from .fbank import FBANK_MEAN, FBANK_STD, compute_fbank, padding_masks
 
@@ -140,7 +141,7 @@ class BeatsBackbone(nn.Module):
         self.post_extract_proj = (
             nn.Linear(cfg.embed_dim, cfg.encoder_embed_dim) if cfg.embed_dim != cfg.encoder_embed_dim else None
         )
-        self.dropout_input = nn.Dropout(cfg.dropout_input)
+        self.dropout_input = Dropout(cfg.dropout_input)
         self.encoder = TransformerEncoder(cfg, gradient_decay=cfg.layer_wise_gradient_decay_ratio)
         init_encoder_weights(self.encoder, cfg.deep_norm)
 

@@ -16,6 +16,10 @@ with ``positions`` they keep their true positions: the relative bias uses
 full-length sequence (visible patches scattered to their places, zeros elsewhere) and
 gathered back. Without ``positions`` the sequence is taken as contiguous, as officially.
 
+Training on CPU with attention dropout runs :func:`dropout.attention_with_dropout` instead of
+SDPA (whose CPU kernels have no dropout; its fallback draws the mask one element at a time), and
+every dropout of the encoder is :class:`dropout.Dropout` (the same, cheaper mask on CPU).
+
 Attention backends (:meth:`TransformerEncoder.set_attention_backend`): ``sdpa`` (default, as
 above) or ``flex``: ``torch.nn.attention.flex_attention`` with a ``score_mod`` that applies the
 gated bias without a ``(B, H, L, L)`` mask (``flex_attention.py``; no attention dropout).
@@ -34,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .dropout import Dropout, attention_with_dropout
 from .flex_attention import RelativeBiasTable, flex_gated_attention
 
 ATTENTION_BACKENDS = ("sdpa", "flex")
@@ -193,11 +198,13 @@ class MultiheadAttention(nn.Module):
                     mask = torch.addcmul(pad, gate, bias, out=out) if out is not None else torch.addcmul(pad, gate, bias)
             else:
                 mask = bias if pad is None else bias + pad
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        # the CPU and CUDA kernels return a (B, L, H, D/H) layout: this reshape is free
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.training and self.dropout > 0 and q.device.type == "cpu":
+            out = attention_with_dropout(q, k, v, mask, self.dropout)  # CPU SDPA has no fused dropout
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                 dropout_p=self.dropout if self.training else 0.0)
+        # SDPA's CPU and CUDA kernels return a (B, L, H, D/H) layout: this reshape is then free
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, channels))
 
     def _flex_forward(self, q, k, v, key_padding_mask, bias_table: Optional[RelativeBiasTable]):
@@ -226,8 +233,8 @@ class TransformerLayer(nn.Module):
             dim, cfg.encoder_attention_heads, cfg.attention_dropout, has_relative_attention_bias,
             cfg.num_buckets, cfg.max_distance, cfg.gru_rel_pos,
         )
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.activation_dropout = nn.Dropout(cfg.activation_dropout)
+        self.dropout = Dropout(cfg.dropout)
+        self.activation_dropout = Dropout(cfg.activation_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, cfg.encoder_ffn_embed_dim)
         self.fc2 = nn.Linear(cfg.encoder_ffn_embed_dim, dim)
@@ -263,7 +270,7 @@ class TransformerEncoder(nn.Module):
             WeightNormConv1d(dim, cfg.conv_pos, cfg.conv_pos_groups), SamePad(cfg.conv_pos), nn.GELU()
         )
         self.layer_norm = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.layerdrop = cfg.encoder_layerdrop
         self.gradient_decay = gradient_decay
         self.relative_position_embedding = cfg.relative_position_embedding

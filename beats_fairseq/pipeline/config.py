@@ -50,7 +50,7 @@ class PipelineConfig:
                        "recipes (the whole loop with fine-tuning evaluation, sized for a 30-minute budget on 2 CPU "
                        "cores for 1,000-3,000 clips of 1-2 s); base: the paper recipes"
                        % ", ".join(f"{k} {v}" for k, v in TINY_UPDATES.items()), default="tiny")
-    iterations: int = _help("pre-training iterations (2 or 3; with init_from 1 to 3)", default=2)
+    iterations: int = _help("pre-training iterations (1 to 3; 1: iter1 alone, no tokenizer is trained)", default=2)
     init_from: Optional[str] = _help(
         "start the loop from this model (an official BEATs checkpoint or one of this project) instead of "
         "random-projection iter1: every pre-training iteration continues the previous model (the first this one; "
@@ -58,8 +58,9 @@ class PipelineConfig:
         "the previous model, or of the tokenizer checkpoint (the first iteration); the model itself is evaluated "
         "too (as start)", default=None)
     tokenizer: Optional[str] = _help(
-        "with init_from: the tokenizer (an official Tokenizer_*.pt or one of this project) whose labels the first "
-        "iteration continues pre-training with; None: a tokenizer distilled from the init_from model first",
+        "the tokenizer (an official Tokenizer_*.pt or one of this project) whose labels the first iteration "
+        "pre-trains on instead of the random projection: from scratch, or with init_from continuing that model; "
+        "None: the random projection, or with init_from a tokenizer distilled from that model first",
         default=None)
     supervised_teacher: bool = _help("iter3+: fine-tune iter2 on the labelled train split (examples/beats_finetune) "
                                      "and distil the last tokenizer from it (needs --iterations 3)", default=False)
@@ -119,7 +120,7 @@ class PipelineConfig:
 
     def check(self) -> None:
         """Raise :class:`PipelineError` naming the first setting that cannot run."""
-        choices = {"scale": tuple(RECIPES), "iterations": (1, 2, 3) if self.init_from else (2, 3),
+        choices = {"scale": tuple(RECIPES), "iterations": (1, 2, 3),
                    "labels": LABEL_MODES, "eval": EVAL_MODES, "probe_pooling": POOLINGS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -138,9 +139,6 @@ class PipelineConfig:
         if self.loop is not None and not 1 <= self.loop <= self.loop_seeds:
             raise PipelineError(f"loop {self.loop}: choose one of 1..{self.loop_seeds} (loop_seeds)")
         self.budgets()
-        if self.tokenizer and not self.init_from:
-            raise PipelineError("--tokenizer labels the first pre-training of a run started from a model: add "
-                                "--init-from CKPT (tokenizer needs init_from)")
         for name in ("init_from", "tokenizer"):
             path = getattr(self, name)
             if path and not Path(path).is_file():

@@ -136,6 +136,8 @@ def training_stages(config: PipelineConfig, start: Optional[Stage] = None,
             st.title, st.config_dir, st.role = f"pre-training continued from {init.name}", "beats_continue", "continue"
             st.depends.append(init)
             st.settings["model.init_from"] = str(init.checkpoint)
+        elif tokenizer is not None and tokenizer.kind == "model":  # iter1 from scratch on --tokenizer's labels
+            st.title = f"iter1 pre-training on the labels of {tokenizer.title}"
         if tokenizer is not None:
             st.depends.append(tokenizer)
             st.settings["model.tokenizer_path"] = str(tokenizer.checkpoint)
@@ -158,7 +160,7 @@ def training_stages(config: PipelineConfig, start: Optional[Stage] = None,
         stages.append(st)
         return st
 
-    encoder = start or pretrain(1, None)
+    encoder = start or pretrain(1, first_tokenizer)
     for it in range(1 if start else 2, config.iterations + 1):
         teacher = encoder
         if config.supervised_teacher and it == config.iterations:
@@ -167,7 +169,7 @@ def training_stages(config: PipelineConfig, start: Optional[Stage] = None,
                             config_dir="beats_finetune", role="finetune", depends=[encoder],
                             settings={"task.data": data, "model.pretrained_path": str(encoder.checkpoint), **seed})
             stages.append(teacher)
-        labels = first_tokenizer if it == 1 and first_tokenizer else tokenizer(encoder, teacher)
+        labels = first_tokenizer if start and it == 1 and first_tokenizer else tokenizer(encoder, teacher)
         encoder = pretrain(it, labels, encoder if start else None)
     return stages
 
