@@ -186,11 +186,12 @@ def test_init_from_plans_continued_iterations_and_evaluates_the_start(tmp_path, 
         plan(dataclasses.replace(config, tokenizer=str(tmp_path / "nope.pt")))
     # without --init-from: iter1 from scratch, on the labels of --tokenizer (else the random projection)
     scratch = {s.name: s for s in plan(dataclasses.replace(config, init_from=None, iterations=1))}
-    assert list(scratch) == ["iter1", "fbank", "eval_random_seed1", "eval_iter1_seed1"]
+    assert list(scratch) == ["iter1", "tokenizers", "fbank", "eval_random_seed1", "eval_iter1_seed1"]
+    assert scratch["tokenizers"].settings["labels"] == {"iter1": "tokenizer"}  # the labels of --tokenizer
     assert (scratch["iter1"].config_dir, scratch["iter1"].role) == ("beats_iter1", "pretrain")
     assert scratch["iter1"].settings["model.tokenizer_path"] == str(tok) and "model.init_from" not in scratch["iter1"].settings
     names = [s.name for s in plan(dataclasses.replace(config, init_from=None, tokenizer=None, iterations=1))]
-    assert names[:2] == ["iter1", "fbank"]
+    assert names[:3] == ["iter1", "tokenizers", "fbank"]
 
     # composed: the continue recipe of the scale; a random init gets the start model's architecture
     stages = {s.name: s for s in prepare(dataclasses.replace(config, iterations=1))}
