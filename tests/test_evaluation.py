@@ -162,4 +162,4 @@ def test_finetune_evaluation_runs_end_to_end_and_resumes(tmp_path, demo_data):
     # a rerun trains nothing and reports the same rows
     lines.clear()
     assert run_pipeline(config, say=lines.append)["evaluation"] == evaluation
-    assert "\n".join(lines).count("skipped") == 7
+    assert "\n".join(lines).count("skipped") == 8  # iter1, tokenizer_iter1, iter2, tokenizers, fbank, 3 fine-tunings
