@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -419,14 +420,16 @@ HISTORY_KEYS = ("date", "label", "git", "device", "dtype", "threads", "clock", "
                 "cpu_idle_before", "loadavg_start")
 
 
-def write_json(path: Path, result: dict, keep_history: bool = True) -> None:
+def write_json(path: Path, result: dict, keep_history: bool = True, entry: Optional[dict] = None) -> None:
+    """Write ``result`` to ``path`` atomically, with the ``history`` of earlier runs there and this one
+    appended (``entry``; default: the ``HISTORY_KEYS`` of ``result``)."""
     history = []
     if keep_history and path.exists():
         try:
             history = json.loads(path.read_text()).get("history", [])
         except (OSError, ValueError, AttributeError):
             history = []
-    history.append({k: result[k] for k in HISTORY_KEYS if k in result})
+    history.append(entry if entry is not None else {k: result[k] for k in HISTORY_KEYS if k in result})
     out = dict(result, history=history)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

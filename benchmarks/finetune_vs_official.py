@@ -31,7 +31,6 @@ Results: ``benchmarks/results/finetune_vs_official_<device>.json`` (latest run +
 import argparse
 import datetime
 import importlib
-import json
 import logging
 import platform
 import statistics
@@ -47,7 +46,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from beats_fairseq.models.beats_classifier import BeatsClassifierConfig, BeatsClassifierModel  # noqa: E402
-from encoder_mfu import TINY, Timer, cpu_model, git_commit, load_average, matmul_gflops  # noqa: E402
+from encoder_mfu import TINY, Timer, cpu_model, git_commit, load_average, matmul_gflops, write_json  # noqa: E402
 from flops import count_flops  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -237,7 +236,7 @@ def main(argv=None) -> int:
         "official_over_this_project": round(ratio, 4), "results": rows,
     }
     print_table(result)
-    write_json(Path(args.out) if args.out else RESULTS_DIR / f"finetune_vs_official_{device.type}.json", result)
+    write_results(Path(args.out) if args.out else RESULTS_DIR / f"finetune_vs_official_{device.type}.json", result)
     return 0
 
 
@@ -257,20 +256,12 @@ def print_table(result: dict) -> None:
                 print(f"  {op['op']:40s} {op['calls']:5d} calls {op['self_ms']:9.1f} ms {100 * op['share']:5.1f} %")
 
 
-def write_json(out: Path, result: dict) -> None:
-    history = []
-    if out.is_file():
-        try:
-            history = json.loads(out.read_text()).get("history", [])
-        except (OSError, ValueError, AttributeError):
-            history = []
-    history.append({k: result[k] for k in ("date", "commit", "label", "device_name", "threads", "matmul_gflops",
-                                           "official_over_this_project")}
-                   | {"seconds_median": {r["code"]: r["seconds_median"] for r in result["results"]},
-                      "mfu": {r["code"]: r.get("mfu") for r in result["results"]}})
-    result["history"] = history
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+def write_results(out: Path, result: dict) -> None:
+    entry = ({k: result[k] for k in ("date", "commit", "label", "device_name", "threads", "matmul_gflops",
+                                     "official_over_this_project")}
+             | {"seconds_median": {r["code"]: r["seconds_median"] for r in result["results"]},
+                "mfu": {r["code"]: r.get("mfu") for r in result["results"]}})
+    write_json(out, result, entry=entry)
     print(f"results: {out}")
 
 

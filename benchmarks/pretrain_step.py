@@ -32,7 +32,6 @@ Results: ``benchmarks/results/pretrain_step_<device>.json`` (latest run + ``hist
 import argparse
 import contextlib
 import datetime
-import json
 import platform
 import statistics
 import sys
@@ -52,7 +51,7 @@ from beats_fairseq.models.beats import BeatsConfig, BeatsModel  # noqa: E402
 from beats_fairseq.models.beats_classifier import BeatsClassifierConfig, BeatsClassifierModel  # noqa: E402
 from beats_fairseq.models.beats_tokenizer import BeatsTokenizerConfig, BeatsTokenizerModel  # noqa: E402
 from beats_fairseq.tokenizers import FrozenTokenizer  # noqa: E402
-from encoder_mfu import TINY, Timer, autocast_context, cpu_model, git_commit, load_average, matmul_gflops  # noqa: E402
+from encoder_mfu import TINY, Timer, autocast_context, cpu_model, git_commit, load_average, matmul_gflops, write_json  # noqa: E402
 from flops import count_flops  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -356,19 +355,11 @@ def main(argv=None) -> int:
 
     result = report(args, device, variants, peaks, matmul_size, load_before)
     out = Path(args.out) if args.out else RESULTS_DIR / f"pretrain_step_{device.type}.json"
-    history = []
-    if out.is_file():
-        try:
-            history = json.loads(out.read_text()).get("history", [])
-        except (OSError, ValueError, AttributeError):
-            history = []
-    history.append({k: result[k] for k in ("date", "commit", "label", "device_name", "dtype", "matmul_gflops")}
-                   | {"seconds_median": {r["variant"]: r["seconds_median"] for r in result["results"]},
-                      "batch": {r["variant"]: r["batch"] for r in result["results"]},
-                      "mfu": {r["variant"]: r.get("mfu") for r in result["results"]}})
-    result["history"] = history
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    entry = ({k: result[k] for k in ("date", "commit", "label", "device_name", "dtype", "matmul_gflops")}
+             | {"seconds_median": {r["variant"]: r["seconds_median"] for r in result["results"]},
+                "batch": {r["variant"]: r["batch"] for r in result["results"]},
+                "mfu": {r["variant"]: r.get("mfu") for r in result["results"]}})
+    write_json(out, result, entry=entry)
     print(f"results: {out}")
     return 0
 
