@@ -8,8 +8,9 @@ SAMPLE_RATE = 16000
 MIN_SAMPLES_ONE_PATCH = 400 + 15 * 160
 #: How frame features combine the frequency patches of a time column (``features.frame_features``).
 REDUCTIONS = ("mean", "concat")
-#: Clip features of the linear probe (``probe.run_probe``): mean of the patches, or mean and std.
-POOLINGS = ("mean", "mean+std")
+#: Clip features of the probes (``probe.pool``): mean of all patches, their mean and std, or ``bands``:
+#: the mean and std over time of each frequency band of patches (8 bands of 16 mel bins), concatenated.
+POOLINGS = ("bands", "mean", "mean+std")
 #: Probes of frozen features (``probe.fit_probe``): logistic regression on one layer, a learnt weighted sum
 #: of all layers with a linear classifier (SUPERB), a one-hidden-layer MLP on one layer (HEAR).
 PROBES = ("linear", "weighted-layers", "mlp")

@@ -5,8 +5,12 @@ encoder of the same architecture as the baseline):
 
 1. every clip of the training and evaluation manifests goes through the frozen encoder alone
    (``extract_features``, last layer; clips zero-padded in batches and masked, as elsewhere);
-2. the clip's feature is the mean over its valid (non-padded) patches (``pooling="mean"``), or
-   the mean and the standard deviation (``"mean+std"``); the last layer or ``layer`` (0-based);
+2. the clip's feature pools its valid (non-padded) patches, of the last layer or of ``layer``
+   (0-based): ``pooling="bands"`` (the default) keeps each of the 8 frequency bands of patches
+   apart and takes the mean and the standard deviation over time of each, as the fbank baseline
+   does per mel bin; ``"mean"`` is the mean over all patches (what the fine-tuning head reads),
+   ``"mean+std"`` adds their standard deviation. Pooling over frequency mixes the bands, and at
+   the small scale it hides most of what an encoder knows (``docs/diagnostics.md``);
 3. features are standardised (mean/std of the training split) and a logistic regression
    (sklearn, L2, ``C``) is fit on the training split: one multinomial model for single-label
    data, one binary model per class (one-vs-rest) for multi-label data;
@@ -92,25 +96,38 @@ def random_backbone(like, seed: int = 0, device="cpu"):
     return backbone.to(device).eval()
 
 
-def pool(x: torch.Tensor, mask: Optional[torch.Tensor], pooling: str) -> torch.Tensor:
-    """``(B, N, C)`` patch features -> ``(B, C)`` mean (``(B, 2C)`` mean and std) over the valid patches."""
+def pool(x: torch.Tensor, mask: Optional[torch.Tensor], pooling: str, bands: int = 1) -> torch.Tensor:
+    """``(B, N, C)`` patch features (time-major, ``bands`` patches per time step) -> the clip feature over
+    the valid patches: ``mean`` ``(B, C)``; ``mean+std`` ``(B, 2C)``; ``bands`` ``(B, 2 * bands * C)``, the
+    mean and the std over time of every frequency band (all bands' means, then all bands' stds)."""
     x = x.float()
     keep = torch.ones_like(x[..., :1]) if mask is None else (~mask).unsqueeze(-1).float()
+    if pooling == "bands":
+        if x.size(1) % bands:
+            raise ValueError(f"{x.size(1)} patches are not whole time steps of {bands} frequency bands")
+        x, keep = (t.reshape(t.size(0), -1, bands, t.size(-1)) for t in (x, keep))  # (B, T, bands, C)
     count = keep.sum(dim=1).clamp_min(1.0)
-    pooled = (x * keep).sum(dim=1) / count
-    if pooling == "mean+std":
-        var = (((x - pooled.unsqueeze(1)) ** 2) * keep).sum(dim=1) / count
-        pooled = torch.cat([pooled, var.sqrt()], dim=-1)
-    return pooled
+    mean = (x * keep).sum(dim=1) / count
+    if pooling == "mean":
+        return mean
+    std = ((((x - mean.unsqueeze(1)) ** 2) * keep).sum(dim=1) / count).sqrt()
+    return torch.cat([mean.flatten(1), std.flatten(1)], dim=-1)
+
+
+def frequency_bands(backbone) -> int:
+    """Patches per time step of ``backbone``: its frequency bands (128 mel bins / patch size)."""
+    from .modules.fbank import NUM_MEL_BINS
+
+    return NUM_MEL_BINS // backbone.patch_size
 
 
 @torch.no_grad()
 def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 8, num_workers: int = 0,
                   max_seconds: Optional[float] = None, progress: bool = False, desc: str = "features",
-                  pooling: str = "mean", layer: Optional[int] = None, all_layers: bool = False):
-    """``(M, C)`` float32 (``(M, 2C)`` with mean+std): each clip's pooled feature over its valid
-    patches, of the last layer or of ``layer`` (0-based), in manifest order; with ``all_layers``,
-    ``(M, L, C)``: that of every layer."""
+                  pooling: str = "bands", layer: Optional[int] = None, all_layers: bool = False):
+    """``(M, D)`` float32: each clip's pooled feature over its valid patches (:func:`pool`), of the last
+    layer or of ``layer`` (0-based), in manifest order; with ``all_layers``, ``(M, L, D)``: that of every
+    layer."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r}: choose one of {POOLINGS}")
     from .data.clips import SAMPLE_RATE, ClipBatches, clips_from_manifest
@@ -119,14 +136,14 @@ def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 
     max_samples = None if max_seconds is None else max(1, int(max_seconds * SAMPLE_RATE))
     batches = ClipBatches(clips, torch.device(device), batch_size, num_workers, max_samples, progress=progress,
                           desc=desc)
-    out = None
+    out, bands = None, frequency_bands(backbone)
     for batch in batches:
         if all_layers:
             front = backbone.frontend(batch.source, batch.padding_mask)
             _, layers = backbone.encode(front.embeddings, front.padding_mask)
-            pooled = torch.stack([pool(h, front.padding_mask, pooling) for h in layers], dim=1)
+            pooled = torch.stack([pool(h, front.padding_mask, pooling, bands) for h in layers], dim=1)
         else:
-            pooled = pool(*backbone.extract_features(batch.source, batch.padding_mask, layer=layer), pooling)
+            pooled = pool(*backbone.extract_features(batch.source, batch.padding_mask, layer=layer), pooling, bands)
         if out is None:
             out = np.zeros((len(clips), *pooled.shape[1:]), dtype=np.float32)
         out[batch.positions] = pooled.cpu().numpy()
@@ -184,7 +201,7 @@ def fit_probe(probe: str, train_x, train: LabelledSplit, eval_x, evaluated: Labe
 def run_probe(encoders: Dict[str, str], train: LabelledSplit, evaluated: LabelledSplit, random_baseline: bool = True,
               seed: int = 0, device="cpu", batch_size: int = 8, num_workers: int = 0,
               max_seconds: Optional[float] = None, C: float = 1.0, progress: bool = False,
-              log=print, pooling: str = "mean", layer: Optional[int] = None, probes: Sequence[str] = ("linear",),
+              log=print, pooling: str = "bands", layer: Optional[int] = None, probes: Sequence[str] = ("linear",),
               valid: Optional[LabelledSplit] = None, train_positions: Optional[Sequence[int]] = None,
               head=None) -> List[ProbeResult]:
     """Every probe of ``probes`` (:data:`PROBES`) of every encoder (``{name: checkpoint}``, in order) and, first,

@@ -1,6 +1,6 @@
 """Probes trained with gradient descent on frozen clip features, as the field reads representations.
 
-Beside the logistic regression of ``probe.py`` (``linear``: one layer, mean or mean+std pooling):
+Beside the logistic regression of ``probe.py`` (``linear``: one layer, any pooling of ``probe.pool``):
 
 * ``weighted-layers`` (SUPERB): the clip features of **every** encoder layer ``(M, L, D)``, each
   layer standardised with the training split's statistics, combined by a learnable softmax-weighted

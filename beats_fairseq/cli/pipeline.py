@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--eval-seeds", type=int, default=3, help=_help("eval_seeds", 3))
     evaluation.add_argument("--label-budgets", metavar="N,...", type=budget_list, default=["all"],
                             help=_help("label_budgets", "all") + "; e.g. 10,all")
-    evaluation.add_argument("--probe-pooling", choices=POOLINGS, default="mean", help=_help("probe_pooling", "mean"))
+    evaluation.add_argument("--probe-pooling", choices=POOLINGS, default="bands", help=_help("probe_pooling", "bands"))
     evaluation.add_argument("--probe-layer", type=int, default=None,
                             help=_help("probe_layer").replace("; None: the last", " (default: the last)"))
     evaluation.add_argument("--no-eval", action="store_true", help="no evaluation at all (no fbank baseline either)")

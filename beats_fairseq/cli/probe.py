@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="split the weighted-layers and mlp probes stop early on (default: valid)")
     parser.add_argument("--no-random-baseline", action="store_true", help="skip the random-init encoder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random-init encoder (default: 0)")
-    parser.add_argument("--pooling", choices=POOLINGS, default="mean",
-                        help="clip feature: mean of the patches, or mean and std (default: mean)")
+    parser.add_argument("--pooling", choices=POOLINGS, default="bands",
+                        help="clip feature: bands (mean and std over time of each frequency band of patches), mean (of all "
+                             "patches) or mean+std (default: bands)")
     parser.add_argument("--layer", type=int, default=None,
                         help="encoder layer to probe, 0-based (default: the last)")
     parser.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the regression (default: 1)")

@@ -91,7 +91,8 @@ class PipelineConfig:
         "seeded, class-stratified subset of the labelled train split (the same for every encoder; multi-label "
         "clips count for their first class), written to RUN_DIR/budgets/; all: the whole split. Validation keeps "
         "the whole valid split", default_factory=lambda: ["all"])
-    probe_pooling: str = _help("--eval probe: clip feature pooled over patches (mean or mean+std)", default="mean")
+    probe_pooling: str = _help("--eval probe: clip feature pooled over patches: bands (mean and std over time of each "
+                                "frequency band), mean or mean+std (over all patches)", default="bands")
     probe_layer: Optional[int] = _help("--eval probe: encoder layer, 0-based; None: the last", default=None)
     recipes: Dict[str, str] = _help("recipe name per role (%s) instead of the scale's" % ", ".join(RECIPE_ROLES),
                                     default_factory=dict)
