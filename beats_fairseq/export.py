@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .loading import model_kind
 from .modules.encoder import WeightNormConv1d
 from .modules.fbank import FRAME_LENGTH, FRAME_SHIFT, SAMPLE_RATE
+from .modules.pooling import clip_logits
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class OnnxModel(nn.Module):
         self.layer = layer
         if self.kind == "classifier":
             self.head, self.multilabel = model.head, model.cfg.multilabel
+            self.head_pooling, self.bands = model.cfg.head_pooling, backbone.frequency_bands
         if self.kind == "tokenizer":
             self.quantize_layer, self.quantize = model.quantize_layer, model.quantize
 
@@ -77,7 +79,7 @@ class OnnxModel(nn.Module):
         last, layers = backbone.encode(front.embeddings, layer=None if heads else self.layer)
         features = last if self.layer is None else layers[self.layer]
         if self.kind == "classifier":
-            logits = self.head(last).mean(dim=1)
+            logits = clip_logits(self.head(last), None, self.head_pooling, self.bands)
             probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
             return features, probs
         if self.kind == "tokenizer":

@@ -100,25 +100,19 @@ def pool(x: torch.Tensor, mask: Optional[torch.Tensor], pooling: str, bands: int
     """``(B, N, C)`` patch features (time-major, ``bands`` patches per time step) -> the clip feature over
     the valid patches: ``mean`` ``(B, C)``; ``mean+std`` ``(B, 2C)``; ``bands`` ``(B, 2 * bands * C)``, the
     mean and the std over time of every frequency band (all bands' means, then all bands' stds)."""
+    from .modules.pooling import band_grid
+
     x = x.float()
-    keep = torch.ones_like(x[..., :1]) if mask is None else (~mask).unsqueeze(-1).float()
     if pooling == "bands":
-        if x.size(1) % bands:
-            raise ValueError(f"{x.size(1)} patches are not whole time steps of {bands} frequency bands")
-        x, keep = (t.reshape(t.size(0), -1, bands, t.size(-1)) for t in (x, keep))  # (B, T, bands, C)
+        x, keep = band_grid(x, mask, bands)  # (B, T, bands, C)
+    else:
+        keep = torch.ones_like(x[..., :1]) if mask is None else (~mask).unsqueeze(-1).float()
     count = keep.sum(dim=1).clamp_min(1.0)
     mean = (x * keep).sum(dim=1) / count
     if pooling == "mean":
         return mean
     std = ((((x - mean.unsqueeze(1)) ** 2) * keep).sum(dim=1) / count).sqrt()
     return torch.cat([mean.flatten(1), std.flatten(1)], dim=-1)
-
-
-def frequency_bands(backbone) -> int:
-    """Patches per time step of ``backbone``: its frequency bands (128 mel bins / patch size)."""
-    from .modules.fbank import NUM_MEL_BINS
-
-    return NUM_MEL_BINS // backbone.patch_size
 
 
 @torch.no_grad()
@@ -136,7 +130,7 @@ def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 
     max_samples = None if max_seconds is None else max(1, int(max_seconds * SAMPLE_RATE))
     batches = ClipBatches(clips, torch.device(device), batch_size, num_workers, max_samples, progress=progress,
                           desc=desc)
-    out, bands = None, frequency_bands(backbone)
+    out, bands = None, backbone.frequency_bands
     for batch in batches:
         if all_layers:
             front = backbone.frontend(batch.source, batch.padding_mask)

@@ -320,6 +320,47 @@ def test_official_finetuned_probabilities(oracle):
     assert official["model"].keys() == oracle("beats_small_finetuned")["model"].keys()
 
 
+# --------------------------------------------------------------------------- band head
+def test_band_head_is_a_linear_head_on_the_per_band_means_over_time_and_skips_padding():
+    torch.manual_seed(0)
+    model = tiny_classifier(head_pooling="bands", multilabel=False).eval()
+    bands = model.backbone.frequency_bands
+    source = torch.randn(2, 16000)
+    padding = torch.zeros(2, 16000, dtype=torch.bool)
+    padding[1, 9000:] = True
+    with torch.no_grad():
+        logits, patch_mask = model(source, padding)
+        x, _ = model.encode(source, padding)
+    weight = model.head.weight.detach().permute(1, 0, 2).reshape(3, -1)  # (classes, bands * dim)
+    assert patch_mask[1].any() and not patch_mask[0].any()
+    for clip in range(2):
+        grid, valid = x[clip].reshape(-1, bands, x.size(-1)), (~patch_mask[clip]).reshape(-1, bands)
+        band_means = torch.stack([grid[valid[:, b], b].mean(0) for b in range(bands)]).flatten()
+        torch.testing.assert_close(logits[clip], weight @ band_means + model.head.bias.detach(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # other weights for one band only: other logits
+        model.head.weight[3].normal_()
+        assert not torch.allclose(model(source, padding)[0], logits, atol=1e-3)
+
+
+def test_band_head_export_graph_gives_the_models_probabilities():
+    from beats_fairseq.export import OnnxModel
+
+    torch.manual_seed(0)
+    model = tiny_classifier(head_pooling="bands", multilabel=False).eval()
+    source = torch.randn(2, 16000)
+    with torch.no_grad():
+        _, probs = OnnxModel(model)(source)
+        torch.testing.assert_close(probs, model.extract_features(source)[0])
+
+
+def test_band_head_has_no_official_layout_and_mean_is_the_official_head():
+    with pytest.raises(ValueError, match="head_pooling=bands has no official layout"):
+        tiny_classifier(head_pooling="bands").to_official()
+    assert set(tiny_classifier().to_official()["model"]) >= {"predictor.weight", "predictor.bias"}
+    with pytest.raises(ValueError, match="model.head_pooling='max': choose one of mean, bands"):
+        tiny_classifier(head_pooling="max")
+
+
 # --------------------------------------------------------------------------- task, optimizer, recipes
 def test_evaluation_batches_keep_every_clip(tmp_path):
     make_data(tmp_path, ["0"] * 60, split="valid")

@@ -102,7 +102,10 @@ def fairseq_to_official(src: str, dst: str, class_map=None) -> str:
     kind = model_kind(model)
     if not hasattr(model, "to_official"):
         raise CliError(f"{src}: {type(model).__name__} has no official counterpart")
-    official = model.to_official()
+    try:
+        official = model.to_official()
+    except ValueError as exc:
+        raise CliError(f"{src}: {exc}") from None
     cfg = {k: v for k, v in official["cfg"].items() if not k.startswith("_")}
     label_dict = official.get("label_dict") or getattr(model, "label_dict", None)
     if class_map:

@@ -2,7 +2,12 @@
 
 Logits are ``head(x_n)`` averaged over the valid patches n, which equals a linear head on
 the mean-pooled output (paper section 3.3.3) and is exactly what the official fine-tuned
-``extract_features`` computes before its sigmoid.
+``extract_features`` computes before its sigmoid (``head_pooling: mean``).
+
+``head_pooling: bands`` gives each of the 8 frequency bands of patches its own weights
+(:class:`BandHead`): the clip logits are then a linear head on the per-band means over time,
+concatenated (``modules/pooling.py``), so the head keeps where in the spectrum a feature is, which
+the mean over all patches discards. Such a head has no official layout.
 
 Fine-tuning (task ``beats_audio_classification``):
 
@@ -30,6 +35,7 @@ from .. import augment
 from ..checkpoint import backbone_from_official, backbone_to_official, load_strict, rename
 from ..modules.backbone import BeatsBackbone, BeatsBackboneConfig, backbone_cfg_from_official, backbone_cfg_to_official
 from ..modules.dropout import Dropout
+from ..modules.pooling import band_grid, clip_logits
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,11 @@ class BeatsClassifierConfig(BeatsBackboneConfig):
     )
     multilabel: bool = field(default=True, metadata={"help": "sigmoid outputs and BCE (multi-label); False: softmax"})
     predictor_dropout: float = field(default=0.0, metadata={"help": "dropout on the encoder output before the head"})
+    head_pooling: str = field(
+        default="mean",
+        metadata={"help": "what the head reads: mean (of all patches, the official head) or bands (the mean over time "
+                  "of each frequency band of patches, each band with its own weights; no official layout)"},
+    )
     # initialisation and class map (written by the task)
     pretrained_path: Optional[str] = field(
         default=None,
@@ -82,12 +93,26 @@ class BeatsClassifierConfig(BeatsBackboneConfig):
     roll: bool = field(default=False, metadata={"help": "roll augmentation: rotate waveforms by a random offset"})
 
 
-def masked_mean(x: torch.Tensor, padding_mask) -> torch.Tensor:
-    """Mean over dim 1 of ``x (B, N, D)`` ignoring padded positions (official rule)."""
-    if padding_mask is None or not padding_mask.any():
-        return x.mean(dim=1)
-    valid = (~padding_mask).unsqueeze(-1).to(x.dtype)
-    return (x * valid).sum(dim=1) / valid.sum(dim=1)
+HEAD_POOLINGS = ("mean", "bands")
+
+
+class BandHead(nn.Module):
+    """Per-patch logits with one weight matrix per frequency band: patch (t, b) of the time-major grid
+    (``bands`` patches per time step) gets ``W_b x_tb + bias / bands``. Summed over the bands of the
+    per-band means over time (:func:`clip_logits`), that is ``sum_b W_b mean_t(x_tb) + bias``: a linear
+    head on the per-band means, concatenated."""
+
+    def __init__(self, dim: int, num_classes: int, bands: int):
+        super().__init__()
+        self.bands = bands
+        bound = 1.0 / (bands * dim) ** 0.5  # nn.Linear's initial range for the bands * dim inputs it equals
+        self.weight = nn.Parameter(torch.empty(bands, num_classes, dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(num_classes).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid, _ = band_grid(x, None, self.bands)
+        logits = torch.einsum("ntbc,bkc->ntbk", grid, self.weight) + self.bias / self.bands
+        return logits.reshape(x.size(0), x.size(1), -1)
 
 
 def layer_lr_scales(model: "BeatsClassifierModel", decay: float):
@@ -129,7 +154,12 @@ class BeatsClassifierModel(BaseFairseqModel):
         self.cfg = cfg
         self.backbone = BeatsBackbone(cfg)
         self.predictor_dropout = Dropout(cfg.predictor_dropout)
-        self.head = nn.Linear(cfg.encoder_embed_dim, cfg.num_classes)
+        if cfg.head_pooling not in HEAD_POOLINGS:
+            raise ValueError(f"model.head_pooling={cfg.head_pooling!r}: choose one of {', '.join(HEAD_POOLINGS)}")
+        if cfg.head_pooling == "bands":
+            self.head = BandHead(cfg.encoder_embed_dim, cfg.num_classes, self.backbone.frequency_bands)
+        else:
+            self.head = nn.Linear(cfg.encoder_embed_dim, cfg.num_classes)
         self.num_updates = 0
         self.seed = 1  # the task sets common.seed: augmentations are drawn per (seed, update, clip id)
         params = dict(self.named_parameters())
@@ -217,7 +247,7 @@ class BeatsClassifierModel(BaseFairseqModel):
             rng = self.augment_random(source, clip_ids)
             source, padding_mask, target = self.augment_waveform(source, padding_mask, target, rng)
         logits, patch_mask = self.patch_logits(source, padding_mask, rng)
-        logits = masked_mean(logits, patch_mask)
+        logits = clip_logits(logits, patch_mask, self.cfg.head_pooling, self.backbone.frequency_bands)
         if target is None:
             return logits, patch_mask
         return logits, patch_mask, target
@@ -255,6 +285,10 @@ class BeatsClassifierModel(BaseFairseqModel):
         return model
 
     def to_official(self):
+        if self.cfg.head_pooling != "mean":
+            raise ValueError(f"a classifier with model.head_pooling={self.cfg.head_pooling} has no official layout: "
+                             "official BEATs heads read the mean of all patches (fine-tune with model.head_pooling=mean for a "
+                             "model to convert)")
         cfg = dict(
             backbone_cfg_to_official(self.cfg),
             finetuned_model=True,

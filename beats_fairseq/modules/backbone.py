@@ -17,7 +17,7 @@ from fairseq.dataclass import FairseqDataclass
 
 from .dropout import Dropout
 from .encoder import TransformerEncoder, init_encoder_weights
-from .fbank import FBANK_MEAN, FBANK_STD, compute_fbank, padding_masks
+from .fbank import FBANK_MEAN, FBANK_STD, NUM_MEL_BINS, compute_fbank, padding_masks
 
 
 # What a backbone field is (``metadata["group"]``); the field lists below are derived from it.
@@ -144,6 +144,11 @@ class BeatsBackbone(nn.Module):
         self.dropout_input = Dropout(cfg.dropout_input)
         self.encoder = TransformerEncoder(cfg, gradient_decay=cfg.layer_wise_gradient_decay_ratio)
         init_encoder_weights(self.encoder, cfg.deep_norm)
+
+    @property
+    def frequency_bands(self) -> int:
+        """Patches per time step: the frequency bands of the patch grid (128 mel bins / patch size)."""
+        return NUM_MEL_BINS // self.patch_size
 
     def fbank(self, source: torch.Tensor, fbank_mean=None, fbank_std=None) -> torch.Tensor:
         mean = self.cfg.fbank_mean if fbank_mean is None else fbank_mean
