@@ -120,7 +120,8 @@ def test_paired_differences_and_their_t_interval():
         return {"10": {"rows": rows}}
 
     diffs = paired([loop([0.4, 0.6], [0.6, 0.6], [0.5, 0.5]), loop([0.3, 0.3], [0.5, 0.3], [0.2, 0.2])])["10"]
-    assert list(diffs) == ["iter2-iter1", "iter3-iter1"]  # random is no iteration
+    assert list(diffs) == ["iter1-random", "iter2-iter1", "iter3-iter1"]
+    assert diffs["iter1-random"]["runs"] == pytest.approx([0.4, 0.2])
     assert diffs["iter2-iter1"]["runs"] == pytest.approx([0.1, 0.1]) and diffs["iter2-iter1"]["low"] == pytest.approx(0.1)
     assert diffs["iter3-iter1"]["runs"] == pytest.approx([0.0, -0.1]) and diffs["iter3-iter1"]["mean"] == pytest.approx(-0.05)
     assert diffs["iter3-iter1"]["low"] < -0.05 < diffs["iter3-iter1"]["high"]
@@ -148,6 +149,8 @@ def test_loops_combine_into_one_evaluation_and_report(tmp_path, demo_data):
     assert iter1["mean"] == pytest.approx(0.33) and block["rows"]["fbank"]["runs"] == [0.5, 0.5, 0.5]
     pair = block["paired"]["10"]["iter2-iter1"]
     assert pair["runs"] == pytest.approx([0.05, 0.03, 0.01]) and pair["low"] < 0.03 < pair["high"]
+    assert list(block["paired"]["10"]) == ["iter1-random", "iter1-fbank", "iter2-iter1"]
+    assert block["paired"]["10"]["iter1-fbank"]["runs"] == pytest.approx([0.11, 0.13, 0.15])
 
     from beats_fairseq.pipeline.report import write_loops_summary
 

@@ -4,6 +4,7 @@ A loop's ``evaluation`` block has, per label budget, one value per run of every 
 fbank, each iteration): ``budgets[budget]["rows"][name] = {"mean", "std", "runs"}``; ``rows`` is
 the largest budget's. :func:`combine` merges the blocks of several loops: every row's runs are
 those of all loops (loops x fine-tuning seeds). :func:`paired` is, per budget, the difference of
+iter1 to the random init and to the fbank baseline (``"iter1-random"``, ``"iter1-fbank"``) and of
 each later iteration to iter1 (``"iter2-iter1"``): in every loop the mean over its fine-tuning
 seeds of one minus that of the other, then the mean of those differences over the loops with a
 95 % Student-t interval (``low``, ``high``; None with one loop), ``runs`` the per-loop differences.
@@ -13,6 +14,7 @@ import statistics
 from typing import Dict, List, Optional
 
 BASE = "iter1"
+BASELINES = ("random", "fbank")  # the rows without pre-training, as the evaluation names them
 
 
 def evaluation_row(runs: List[float]) -> Dict[str, object]:
@@ -33,17 +35,23 @@ def t_interval(values: List[float], level: float = 0.95) -> Dict[str, Optional[f
 
 
 def paired(loops: List[Dict[str, dict]]) -> Dict[str, Dict[str, dict]]:
-    """``{budget: {"iterN-iter1": {"mean", "low", "high", "runs"}}}`` from the ``budgets`` of every loop."""
+    """``{budget: {"iter1-random" | "iter1-fbank" | "iterN-iter1": {"mean", "low", "high", "runs"}}}`` from the
+    ``budgets`` of every loop."""
     out: Dict[str, Dict[str, dict]] = {}
     for budgets in loops:
         for budget, block in budgets.items():
             rows = block["rows"]
             if BASE not in rows:
                 continue
+            base = statistics.fmean(rows[BASE]["runs"])
             for name, row in rows.items():
-                if name.startswith("iter") and name != BASE:
-                    diffs = out.setdefault(budget, {}).setdefault(f"{name}-{BASE}", [])
-                    diffs.append(statistics.fmean(row["runs"]) - statistics.fmean(rows[BASE]["runs"]))
+                if name in BASELINES:  # iter1 against what needs no pre-training
+                    pair, diff = f"{BASE}-{name}", base - statistics.fmean(row["runs"])
+                elif name.startswith("iter") and name != BASE:
+                    pair, diff = f"{name}-{BASE}", statistics.fmean(row["runs"]) - base
+                else:
+                    continue
+                out.setdefault(budget, {}).setdefault(pair, []).append(diff)
     return {budget: {pair: {**t_interval(diffs), "runs": diffs} for pair, diffs in pairs.items()}
             for budget, pairs in out.items()}
 

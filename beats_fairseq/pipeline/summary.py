@@ -5,7 +5,7 @@ the probe's rows, the fine-tunings' scores, the fbank baseline and the tokenizer
 
 ``summary.json``: ``{"command", "stages": [row per stage], "probe": [probe rows], "evaluation":
 {"metric", "split", "how", "rows": {name: {"mean", "std", "runs"}}, "budgets": {budget: {"rows"}},
-"paired": {budget: {"iter2-iter1": {"mean", "low", "high", "runs"}}}}}`` (``evaluation`` only
+"paired": {budget: {"iter1-fbank" | "iter2-iter1" | ...: {"mean", "low", "high", "runs"}}}}}`` (``evaluation`` only
 when something was evaluated; ``rows`` is the largest budget's; :mod:`.aggregate`), and ``"tokenizers":
 {iteration: row}`` and ``evaluation.probes`` (:mod:`.diagnostics`).
 """
