@@ -32,7 +32,7 @@ setup(
         "matplotlib",  # beats-pipeline's report.png, beats-evaluate --plot
     ],
     extras_require={
-        "test": ["pytest", "onnx", "onnxruntime", "onnxscript"],
+        "test": ["pytest", "pytest-xdist", "onnx", "onnxruntime", "onnxscript"],
         "onnx": ["onnx", "onnxruntime", "onnxscript"],
     },
     entry_points={

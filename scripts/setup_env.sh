@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv in the repository and install beats-fairseq (editable) with the exact versions of
 # constraints.txt: torch 2.11.0, torchaudio 2.11.0, ve-fairseq 0.12.3 (import name fairseq),
-# soundfile, numpy, scikit-learn, tqdm, tensorboardX, matplotlib, and for the tests pytest, onnx,
+# soundfile, numpy, scikit-learn, tqdm, tensorboardX, matplotlib, and for the tests pytest, pytest-xdist, onnx,
 # onnxruntime, onnxscript and hearvalidator (without its tensorflow dependency: it uses tensorflow
 # only for TensorFlow models). Safe to run again: it only installs what is missing. Needs
 # Python >= 3.11 (set PYTHON=/path/to/python3.11 to choose one).
@@ -15,7 +15,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $("$PYTHON" --version)"
   "$PYTHON" -m venv .venv
 fi
-if .venv/bin/python -c "import beats_fairseq, fairseq, torchaudio, soundfile, sklearn, pytest, tensorboardX, matplotlib, onnxruntime, onnxscript, hearvalidator" \
+if .venv/bin/python -c "import beats_fairseq, fairseq, torchaudio, soundfile, sklearn, pytest, xdist, tensorboardX, matplotlib, onnxruntime, onnxscript, hearvalidator" \
      >/dev/null 2>&1 && [ -x .venv/bin/beats-config-dir ] \
    && [ "$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null)" \
         = "$(sed -n 's/^torch==//p' constraints.txt)" ]; then
