@@ -102,15 +102,11 @@ def pool(x: torch.Tensor, mask: Optional[torch.Tensor], pooling: str, bands: int
     mean and the std over time of every frequency band (all bands' means, then all bands' stds)."""
     from .modules.pooling import band_grid
 
-    x = x.float()
-    if pooling == "bands":
-        x, keep = band_grid(x, mask, bands)  # (B, T, bands, C)
-    else:
-        keep = torch.ones_like(x[..., :1]) if mask is None else (~mask).unsqueeze(-1).float()
+    x, keep = band_grid(x.float(), mask, bands if pooling == "bands" else 1)  # (B, T, bands or 1, C)
     count = keep.sum(dim=1).clamp_min(1.0)
     mean = (x * keep).sum(dim=1) / count
     if pooling == "mean":
-        return mean
+        return mean.flatten(1)
     std = ((((x - mean.unsqueeze(1)) ** 2) * keep).sum(dim=1) / count).sqrt()
     return torch.cat([mean.flatten(1), std.flatten(1)], dim=-1)
 
