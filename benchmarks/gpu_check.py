@@ -61,7 +61,7 @@ def build_parser():
     p.add_argument("--logs", default=None, help="where the training logs go (default: OUT/logs)")
     p.add_argument("--steps", nargs="+", default=["parity_fp32", "bf16_features", "attention", "training", "throughput"],
                    help="steps to run (default: all)")
-    p.add_argument("--updates", type=int, default=None, help="updates per training run (default 200; tiny: 12)")
+    p.add_argument("--updates", type=int, default=None, help="updates per training run (default 200; tiny: 4)")
     p.add_argument("--train-batch", type=int, default=256,
                    help="clips per pre-training/fine-tuning update in the throughput step, halved until it fits")
     p.add_argument("--infer-batch", type=int, default=512, help="clips per inference batch in the throughput step")
@@ -209,7 +209,7 @@ CONFIG_DIRS = {"iter1": "beats_iter1", "tokenizer": "beats_tokenizer", "iter2": 
 def training(args, device):
     from beats_fairseq.data.demo import generate_corpus
 
-    updates = args.updates or (12 if args.tiny else 200)
+    updates = args.updates or (4 if args.tiny else 200)
     precisions = ["bf16"] + (["fp16", "amp"] if device.type == "cuda" else [])
     logs = Path(args.logs) if args.logs else Path(args.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,7 @@ def training(args, device):
         data = Path(tmp) / "demo_data"
         with contextlib.redirect_stdout(io.StringIO()):
             generate_corpus(str(data), num_train=48 if args.tiny else 240, num_valid=16 if args.tiny else 60,
-                            num_test=0, seconds=3.0, seed=0)
+                            num_test=0, seconds=1.0 if args.tiny else 3.0, seed=0)
         for precision in precisions:
             kinds = ("iter1",) if precision == "amp" else KINDS
             ckpt = {}

@@ -6,6 +6,7 @@ skip, with a one-line reason, when that folder is absent (set BEATS_DEVDATA_DIR 
 """
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -117,12 +118,26 @@ def demo_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def iter1_run(demo_data, tmp_path_factory):
-    """A tiny iter1 pre-training run on the demo corpus: (save_dir, log)."""
-    save_dir = tmp_path_factory.mktemp("iter1") / "checkpoints"
-    log = run_train(
-        REPO / "examples" / "beats_iter1", "tiny",
-        f"task.data={demo_data}", f"checkpoint.save_dir={save_dir}",
-        "optimization.max_update=160", "dataset.validate_interval_updates=80",
-        "checkpoint.save_interval_updates=80", "common.log_interval=20",
-    )
-    return save_dir, log
+    """A tiny iter1 pre-training run on the demo corpus: (save_dir, log), read-only for the tests.
+
+    With parallel workers (pytest-xdist) it runs once for all of them: the first worker that needs it
+    trains it under a lock in the folder the workers share, the others wait and read it."""
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # every worker's basetemp lies in the same folder
+    run_dir = shared / "iter1_run"
+    with open(shared / "iter1_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        save_dir, log_file = run_dir / "checkpoints", run_dir / "train.log"
+        if not log_file.is_file():  # written last: a run that failed is trained again, from scratch
+            shutil.rmtree(run_dir, ignore_errors=True)
+            log = run_train(
+                REPO / "examples" / "beats_iter1", "tiny",
+                f"task.data={demo_data}", f"checkpoint.save_dir={save_dir}",
+                "optimization.max_update=160", "dataset.validate_interval_updates=80",
+                "checkpoint.save_interval_updates=80", "common.log_interval=20",
+            )
+            log_file.write_text(log)
+    return save_dir, log_file.read_text()

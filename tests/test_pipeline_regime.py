@@ -66,9 +66,16 @@ def test_pool_budgets_and_loop_seeds_plan_into_seed_folders(pool_data, tmp_path)
         plan(config)
     for bad, message in ((dict(pretrain_split="nope"), r"--pretrain-split nope: .*nope.tsv does not exist"),
                          (dict(label_budgets=["0"]), "'0' is neither"), (dict(label_budgets=["ten"]), "'ten'"),
-                         (dict(label_budgets=[]), "is empty"), (dict(loop_seeds=0), "--loop-seeds must be >= 1")):
+                         (dict(label_budgets=[]), "is empty"), (dict(loop_seeds=0), "--loop-seeds must be >= 1"),
+                         (dict(eval="probe", probes=["linear", "svm"]), "'svm' is not a probe"),
+                         (dict(eval="probe", probes=[]), "--probes is empty"),
+                         (dict(eval="probe", probes=["mlp"], eval_train_split="valid"), "mlp stop early on")):
         with pytest.raises(PipelineError, match=message):
             dataclasses.replace(config, **bad).check()
+    probing = dataclasses.replace(config, eval="probe")
+    assert probing.probe_names() == ("linear", "weighted-layers", "mlp")  # valid is labelled
+    assert dataclasses.replace(probing, probes=["mlp", "linear"]).probe_names() == ("linear", "mlp")
+    assert dataclasses.replace(probing, eval_train_split="valid").probe_names() == ("linear",)
     with pytest.raises(PipelineError, match=r"dataset.train_subset .*--pretrain-split"):
         prepare(dataclasses.replace(config, loop_seeds=1, overrides=["pretrain:dataset.train_subset=pool"]))
 
@@ -189,7 +196,7 @@ def test_pool_budgets_and_two_loop_seeds_run_end_to_end(pool_data, tmp_path, cap
     for k in (1, 2):
         given_finished_iter1_and_tokenizer(run / f"seed{k}")
     args = ["--data", pool_data, "--out", run, "--pretrain-split", "pool", "--label-budgets", "2,all",
-            "--loop-seeds", "2", "optimization.max_update=4"]
+            "--loop-seeds", "2", "--probes", "linear", "optimization.max_update=4"]
     code = pipeline.main([str(a) for a in args])
     out = capsys.readouterr().out
     assert code == 0, out[-4000:]
@@ -201,6 +208,7 @@ def test_pool_budgets_and_two_loop_seeds_run_end_to_end(pool_data, tmp_path, cap
         assert loop["evaluation"]["budgets"]["2"]["rows"]["fbank"]["runs"]
         probe2 = json.loads((run / f"seed{k}" / "probe_2perclass" / "probe.json").read_text())
         assert {r["train_clips"] for r in probe2} == {12}  # 2 clips of each of the 6 classes
+        assert {r["probe"] for r in probe2} == {"linear"}  # --probes linear
     assert (run / "seed1" / "budgets" / "train_2.tsv").read_text() != (run / "seed2" / "budgets" / "train_2.tsv").read_text()
     summary = json.loads((run / "summary.json").read_text())
     block = summary["evaluation"]

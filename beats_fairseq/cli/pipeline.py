@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--probe-pooling", choices=POOLINGS, default="bands", help=_help("probe_pooling", "bands"))
     evaluation.add_argument("--probe-layer", type=int, default=None,
                             help=_help("probe_layer").replace("; None: the last", " (default: the last)"))
+    evaluation.add_argument("--probes", metavar="NAME,...", type=budget_list, default=None,
+                            help=_help("probes").replace("; None: ", "; default: ") + "; e.g. linear")
     evaluation.add_argument("--no-eval", action="store_true", help="no evaluation at all (no fbank baseline either)")
     for old, new in RENAMED.items():
         add_deprecated_alias(parser, old, new)
@@ -91,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def budget_list(text: str):
-    """``"10,all"`` -> ``["10", "all"]`` (checked by ``PipelineConfig.check``)."""
+    """``"10,all"`` -> ``["10", "all"]``, ``"linear,mlp"`` -> ``["linear", "mlp"]`` (checked by
+    ``PipelineConfig.check``)."""
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
@@ -103,7 +106,7 @@ def config_from(args) -> PipelineConfig:
         supervised_teacher=args.supervised_teacher, labels=args.labels, pretrain_split=args.pretrain_split,
         loop_seeds=args.loop_seeds, label_budgets=args.label_budgets, evaluate=not args.no_eval, eval=args.eval,
         eval_split=args.eval_split, eval_train_split=args.eval_train_split, label_ext=args.label_ext,
-        eval_seeds=args.eval_seeds, probe_pooling=args.probe_pooling, probe_layer=args.probe_layer,
+        eval_seeds=args.eval_seeds, probe_pooling=args.probe_pooling, probe_layer=args.probe_layer, probes=args.probes,
         recipes=recipes, overrides=list(args.overrides), jobs=args.jobs, device=args.device, verbose=args.verbose)
 
 

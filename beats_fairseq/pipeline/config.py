@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..constants import POOLINGS
+from ..constants import POOLINGS, PROBES
 
 TRAINING_KINDS = ("pretrain", "tokenizer", "finetune")
 # Recipe name per scale and role (the yaml in the role's examples/ folder). "supervised_tokenizer" is
@@ -31,6 +31,7 @@ TINY_UPDATES = {"pretrain": 100, "tokenizer": 60, "finetune": 60}
 EVAL_MODES = ("probe", "finetune")
 LABEL_MODES = ("on-the-fly", "precomputed")
 ALL = "all"  # the label budget of the whole labelled train split
+VALID = "valid"  # the labelled split the probes other than linear stop early on
 
 
 class PipelineError(RuntimeError):
@@ -94,6 +95,11 @@ class PipelineConfig:
     probe_pooling: str = _help("--eval probe: clip feature pooled over patches: bands (mean and std over time of each "
                                 "frequency band), mean or mean+std (over all patches)", default="bands")
     probe_layer: Optional[int] = _help("--eval probe: encoder layer, 0-based; None: the last", default=None)
+    probes: Optional[List[str]] = _help(
+        "--eval probe: the probes run on every encoder, of %s (linear: logistic regression on one layer; "
+        "weighted-layers: a learnt weighted sum of all layers, SUPERB-style; mlp: a HEAR-style MLP; the last two "
+        "stop early on a labelled valid split); None: all of them when valid is labelled, else linear"
+        % ", ".join(PROBES), default=None)
     recipes: Dict[str, str] = _help("recipe name per role (%s) instead of the scale's" % ", ".join(RECIPE_ROLES),
                                     default_factory=dict)
     overrides: List[str] = _help("Hydra overrides for the stages: key=value for every stage whose recipe has the "
@@ -119,6 +125,22 @@ class PipelineConfig:
         """The recipe name of ``role`` (``RECIPE_ROLES``)."""
         return self.recipes.get(role) or RECIPES[self.scale][role]
 
+    def probe_names(self) -> tuple:
+        """The probes ``--eval probe`` runs: ``probes``, or all of them when the ``valid`` split is labelled (the
+        early stopping of all but linear), else linear. Asked-for probes that need it without it raise
+        :class:`PipelineError`."""
+        data = Path(self.data_dir)
+        labelled = (data / f"{VALID}.tsv").is_file() and (data / f"{VALID}.{self.label_ext}").is_file()
+        usable = labelled and VALID not in (self.eval_split, self.eval_train_split)
+        if self.probes is None:
+            return PROBES if usable else ("linear",)
+        stopping = [p for p in self.probes if p != "linear"]
+        if stopping and not usable:
+            raise PipelineError(f"--probes {','.join(self.probes)}: {', '.join(stopping)} stop early on a labelled "
+                                f"{VALID} split ({data / VALID}.tsv and .{self.label_ext}, neither the evaluation "
+                                "nor the training split); give --probes linear, or add that split (probes)")
+        return tuple(p for p in PROBES if p in self.probes)
+
     def check(self) -> None:
         """Raise :class:`PipelineError` naming the first setting that cannot run."""
         choices = {"scale": tuple(RECIPES), "iterations": (1, 2, 3),
@@ -135,6 +157,14 @@ class PipelineConfig:
         if not pool.is_file():
             raise PipelineError(f"--pretrain-split {self.pretrain_split}: {pool} does not exist (pretrain_split names "
                                 "a manifest in --data)")
+        for probe in self.probes or ():
+            if probe not in PROBES:
+                raise PipelineError(f"--probes {','.join(self.probes)}: {probe!r} is not a probe; choose from "
+                                    f"{', '.join(PROBES)} (probes)")
+        if self.probes is not None and not self.probes:
+            raise PipelineError(f"--probes is empty: give e.g. linear or {','.join(PROBES)} (probes)")
+        if self.evaluate and self.eval == "probe":
+            self.probe_names()
         if self.loop_seeds < 1:
             raise PipelineError(f"--loop-seeds must be >= 1, got {self.loop_seeds} (loop_seeds)")
         if self.loop is not None and not 1 <= self.loop <= self.loop_seeds:

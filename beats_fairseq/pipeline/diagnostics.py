@@ -29,9 +29,8 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
-from ..constants import PROBES
 from ..tables import Table
-from .config import PipelineConfig
+from .config import VALID, PipelineConfig
 from .plan import TOKENIZERS, Stage
 from .state import State
 
@@ -126,14 +125,9 @@ def table(rows: dict) -> Table:
 
 
 # ---------------------------------------------------------------------------- probes
-VALID = "valid"
-
-
 def probes(config: PipelineConfig) -> tuple:
-    """The probes ``--eval probe`` runs: all of them when ``valid`` is labelled (their early stopping), else linear."""
-    data = Path(config.data_dir)
-    labelled = (data / f"{VALID}.tsv").is_file() and (data / f"{VALID}.{config.label_ext}").is_file()
-    return PROBES if labelled and VALID not in (config.eval_split, config.eval_train_split) else ("linear",)
+    """The probes ``--eval probe`` runs (:meth:`PipelineConfig.probe_names`)."""
+    return config.probe_names()
 
 
 def valid_split(ctx):
