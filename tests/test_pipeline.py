@@ -436,6 +436,31 @@ def test_pipeline_continues_an_official_model_and_probes_it_beside_its_start(tmp
     assert not torch.equal(weights["encoder.layers.0.fc1.weight"], official["model"]["encoder.layers.0.fc1.weight"])
 
 
+def test_finished_tokenizers_and_probe_stages_run_again_when_what_they_covered_changed(tmp_path, demo_data):
+    """--iterations 2 -> 3 adds iter3's labels to the tokenizers stage and iter3 to the probe: both run again."""
+    from beats_fairseq.pipeline.runner import Runner
+    from beats_fairseq.pipeline.steps import covered
+
+    lines = []
+    two = Runner(PipelineConfig(data=str(demo_data), out=str(tmp_path / "run")), say=lines.append)
+    for k, name in enumerate(["tokenizers", "probe"]):
+        stage = next(s for s in two.stages if s.name == name)
+        stage.output.parent.mkdir(parents=True, exist_ok=True)
+        stage.output.write_text("{}")
+        two.state.update(name, status="done", covered=covered(stage, two.config))
+        assert not two.needs_running(k, stage) and lines.pop().endswith("skipped")
+    assert covered(next(s for s in two.stages if s.name == "tokenizers"), two.config)["labels"] == {
+        "iter1": "iter1", "iter2": "tokenizer_iter1"}  # the random projection of iter1's recipe, then a tokenizer
+
+    three = Runner(PipelineConfig(data=str(demo_data), out=str(tmp_path / "run"), iterations=3), say=lines.append)
+    for k, name in enumerate(["tokenizers", "probe"]):
+        assert three.needs_running(k, next(s for s in three.stages if s.name == name))
+    assert lines == ["[stage 0/8] tokenizers: iterations or labelled split changed since it last ran; running it again",
+                     "[stage 1/8] probe: encoders or probe options changed since it last ran; running it again"]
+    three.state.update("probe", status="done", covered=None, probed={"encoders": []})  # a state file of old
+    assert three.needs_running(1, next(s for s in three.stages if s.name == "probe"))
+
+
 def test_eval_probe_runs_every_probe_when_valid_is_labelled_and_apart(tmp_path, demo_data):
     from beats_fairseq.pipeline.diagnostics import probe_block, probes
 

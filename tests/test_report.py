@@ -70,7 +70,7 @@ def fake_run(run, demo_data, **options):
                 {"encoder": name, "checkpoint": f"{name}.pt", "metric": "accuracy", "value": value, "train_clips": 120,
                  "eval_clips": 36, "dim": 128, "seconds": 1.0}
                 for name, value in (("random", 0.3), ("iter1", 0.5), ("iter2", 0.45))]}
-            entry["probed"] = {}
+            entry["covered"] = {}
         state.data["stages"][stage.name] = entry
     return config, stages, state
 

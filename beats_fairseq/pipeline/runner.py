@@ -20,7 +20,7 @@ from .launch import fairseq_train_command
 from .plan import Stage, plan
 from .state import State
 from .summary import format_seconds
-from .steps import Context, probe_key, run_step
+from .steps import Context, covered, run_step
 
 
 def cpu_cores() -> int:
@@ -102,8 +102,11 @@ class Runner:
     def needs_running(self, k: int, stage: Stage) -> bool:
         """False (and says why) for a stage that finished earlier."""
         entry, head = self.state.stage(stage.name), self.head(k, stage)
-        if stage.kind == "probe" and entry["status"] == "done" and entry.get("probed") != probe_key(stage, self.config):
-            self.say(f"{head}: encoders or probe options changed since the last probe; probing again")
+        key = covered(stage, self.config)
+        # "probed": the name in state files written before the tokenizers stage recorded what it covered
+        if key is not None and entry["status"] == "done" and entry.get("covered", entry.get("probed")) != key:
+            what = "encoders or probe options" if stage.kind == "probe" else "iterations or labelled split"
+            self.say(f"{head}: {what} changed since it last ran; running it again")
             entry.update(status="pending", seconds=0.0)
         if entry["status"] == "done" and stage.output.exists():
             if stage.training and entry.get("config") not in (None, OmegaConf.to_yaml(stage.config)):

@@ -3,7 +3,7 @@
 ``{"version": 1, "plan": [stage names], "runs": [{"command", "started"}], "stages": {name: entry}}``;
 an entry has ``status`` (pending, running, done, failed, interrupted), ``seconds`` (summed over
 launches), ``finished``, ``metrics`` and, for training stages, the composed ``config`` (yaml) and
-its ``recipe``; a probe stage records what it ``probed``. Written atomically after every change;
+its ``recipe``; a probe or tokenizers stage records what it ``covered`` (``steps.covered``). Written atomically after every change;
 one lock for the threads that run stages in parallel.
 """
 

@@ -185,11 +185,22 @@ def probed_encoders(stage: Stage) -> List[Stage]:
     return [d for d in stage.depends if d.kind != "subset"]
 
 
-def probe_key(stage: Stage, config: PipelineConfig) -> dict:
-    """What a finished probe stage covered: rerun it when this changes (e.g. a new iteration)."""
-    return {"encoders": [d.name for d in probed_encoders(stage)], "train_split": config.eval_train_split,
-            "eval_split": config.eval_split, "label_ext": config.label_ext, "pooling": config.probe_pooling,
-            "layer": config.probe_layer, "probes": list(diagnostics.probes(config))}
+def tokenizers(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
+    """The labels of every iteration against the classes (:func:`.diagnostics.run`)."""
+    return {**diagnostics.run(stage, ctx, threads), "covered": covered(stage, ctx.config)}
+
+
+def covered(stage: Stage, config: PipelineConfig) -> Optional[dict]:
+    """What a finished probe or tokenizers stage covered (its entry's ``covered``): it runs again when this changes,
+    e.g. after ``--iterations`` grew or a probe option changed. None for the other stages."""
+    if stage.kind == "probe":
+        return {"encoders": [d.name for d in probed_encoders(stage)], "train_split": config.eval_train_split,
+                "eval_split": config.eval_split, "label_ext": config.label_ext, "pooling": config.probe_pooling,
+                "layer": config.probe_layer, "probes": list(diagnostics.probes(config))}
+    if stage.kind == TOKENIZERS:
+        return {"labels": dict(stage.settings["labels"]), "train_split": config.eval_train_split,
+                "label_ext": config.label_ext}
+    return None
 
 
 def probe(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
@@ -217,11 +228,11 @@ def probe(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
     _write_json(stage.output, rows)
     tables = probe_tables(results, eval_split.name)
     (stage.dir / "probe.md").write_text("\n\n".join(t.markdown() for t in tables) + "\n", encoding="utf-8")
-    return {"metrics": {"probe": rows}, "probed": probe_key(stage, config)}
+    return {"metrics": {"probe": rows}, "covered": covered(stage, config)}
 
 
 STEPS: Dict[str, Callable[..., dict]] = {"pretrain": train, "tokenizer": train, "finetune": train, "labels": labels,
-                                         "subset": subset, "fbank": fbank, "probe": probe, TOKENIZERS: diagnostics.run}
+                                         "subset": subset, "fbank": fbank, "probe": probe, TOKENIZERS: tokenizers}
 
 
 def run_step(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
