@@ -105,6 +105,32 @@ def test_report_of_a_three_iteration_finetune_run_is_short_and_answers_first(tmp
     assert md.index("Best: iter3") < md.index("| iter3 |") < md.index("| stage |") and "\n".join(lines).endswith(")")
 
 
+def test_probes_beside_fine_tuning_are_reported_apart_from_it_and_combine_over_loops(tmp_path, demo_data):
+    from beats_fairseq.pipeline.aggregate import combine
+
+    run = tmp_path / "run"
+    config, stages, state = fake_run(run, demo_data, eval="finetune", eval_seeds=2, probes=["linear"],
+                                     label_budgets=["2", "all"])
+    names = [s.name for s in stages]
+    assert names[-2:] == ["probe_2perclass", "probe"] and names.count("probe") == 1  # after all the fine-tunings
+    assert [s.title for s in stages[-2:]] == ["linear probes on test, 2 per class", "linear probes on test"]
+    summary = write_summary(config, stages, state, "cmd", say=lambda text: None)
+    block = summary["evaluation"]
+    assert block["how"].startswith("fine-tuned") and block["rows"]["iter1"]["runs"] != [0.5]  # fine-tuning scores
+    assert all(len(r["runs"]) == 2 for name, r in block["rows"].items() if name != "fbank")
+    for budget in ("2", "all"):
+        probes = block["budgets"][budget]["probes"]
+        assert list(probes) == ["linear"] and list(probes["linear"]) == ["random", "iter1", "iter2"]
+        assert probes["linear"]["iter1"]["runs"] == [0.5]
+    md = (run / "summary.md").read_text()
+    assert "Probes on frozen features, beside fine-tuning (bands pooling, 2 clips per class):" in md
+    assert "| iter1 | 0.500 ± 0.000 |" in md
+    both = combine([block, block])
+    assert both["budgets"]["2"]["probes"]["linear"]["iter2"]["runs"] == [0.45, 0.45]
+    # without --probes, --eval finetune runs no probe
+    assert "probe" not in [s.name for s in plan(PipelineConfig(data=str(demo_data), out=str(run), eval="finetune"))]
+
+
 def test_report_without_evaluation_or_fine_tuning_has_no_empty_panel(tmp_path, demo_data):
     run = tmp_path / "run"
     config, stages, state = fake_run(run, demo_data, evaluate=False)

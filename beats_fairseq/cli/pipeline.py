@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--probe-layer", type=int, default=None,
                             help=_help("probe_layer").replace("; None: the last", " (default: the last)"))
     evaluation.add_argument("--probes", metavar="NAME,...", type=budget_list, default=None,
-                            help=_help("probes").replace("; None: ", "; default: ") + "; e.g. linear")
+                            help=_help("probes").replace("None runs", "by default").replace("(None: none)", "(default: none)")
+                            + "; e.g. linear")
     evaluation.add_argument("--no-eval", action="store_true", help="no evaluation at all (no fbank baseline either)")
     for old, new in RENAMED.items():
         add_deprecated_alias(parser, old, new)

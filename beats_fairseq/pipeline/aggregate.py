@@ -2,7 +2,8 @@
 
 A loop's ``evaluation`` block has, per label budget, one value per run of every row (random,
 fbank, each iteration): ``budgets[budget]["rows"][name] = {"mean", "std", "runs"}``; ``rows`` is
-the largest budget's. :func:`combine` merges the blocks of several loops: every row's runs are
+the largest budget's; ``budgets[budget]["probes"][probe][name]`` the same for the probes run beside
+fine-tuning (``--eval finetune --probes ...``). :func:`combine` merges the blocks of several loops: every row's runs are
 those of all loops (loops x fine-tuning seeds). :func:`paired` is, per budget, the difference of
 iter1 to the random init and to the fbank baseline (``"iter1-random"``, ``"iter1-fbank"``) and of
 each later iteration to iter1 (``"iter2-iter1"``): in every loop the mean over its fine-tuning
@@ -61,11 +62,17 @@ def evaluation_block(metric: str, split: str, runs: Dict[str, List[float]], how:
     return budget_block(metric, split, {"all": runs}, how)
 
 
-def budget_block(metric: str, split: str, runs: Dict[str, Dict[str, List[float]]], how: Optional[str] = None) -> dict:
+def budget_block(metric: str, split: str, runs: Dict[str, Dict[str, List[float]]], how: Optional[str] = None,
+                 probes: Optional[Dict[str, Dict[str, Dict[str, List[float]]]]] = None) -> dict:
     """The ``evaluation`` block of one loop; ``runs``: ``{budget: {row: [value per run]}}``, budgets smallest
-    first, rows in order."""
+    first, rows in order. ``probes`` (``{budget: {probe: {encoder: [value per loop]}}}``): the probes run beside
+    fine-tuning, ``budgets[budget]["probes"][probe][encoder]`` (rows like the others)."""
     budgets = {b: {"rows": {k: evaluation_row(v) for k, v in rows.items() if v}} for b, rows in runs.items()}
     budgets = {b: block for b, block in budgets.items() if block["rows"]}
+    for budget, by_probe in (probes or {}).items():
+        if budget in budgets and by_probe:
+            budgets[budget]["probes"] = {probe: {k: evaluation_row(v) for k, v in rows.items()}
+                                         for probe, rows in by_probe.items()}
     block = {"metric": metric, "split": split, "rows": list(budgets.values())[-1]["rows"] if budgets else {}}
     if how:
         block["how"] = how
@@ -77,13 +84,17 @@ def budget_block(metric: str, split: str, runs: Dict[str, Dict[str, List[float]]
 def combine(blocks: List[dict]) -> dict:
     """One evaluation block from those of several loops (runs of every loop together, paired over loops)."""
     runs: Dict[str, Dict[str, List[float]]] = {}
+    probes: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
     for block in blocks:
         for budget, part in block["budgets"].items():
             for name, row in part["rows"].items():
                 runs.setdefault(budget, {}).setdefault(name, []).extend(row["runs"])
+            for probe, rows in part.get("probes", {}).items():
+                for name, row in rows.items():
+                    probes.setdefault(budget, {}).setdefault(probe, {}).setdefault(name, []).extend(row["runs"])
     first = blocks[0]
     how = f"{first['how']}; {len(blocks)} loop seeds" if first.get("how") else f"{len(blocks)} loop seeds"
-    block = budget_block(first["metric"], first["split"], runs, how)
+    block = budget_block(first["metric"], first["split"], runs, how, probes)
     block["paired"] = paired([b["budgets"] for b in blocks])
     block["loops"] = len(blocks)
     return block

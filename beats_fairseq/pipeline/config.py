@@ -96,9 +96,10 @@ class PipelineConfig:
                                 "frequency band), mean or mean+std (over all patches)", default="bands")
     probe_layer: Optional[int] = _help("--eval probe: encoder layer, 0-based; None: the last", default=None)
     probes: Optional[List[str]] = _help(
-        "--eval probe: the probes run on every encoder, of %s (linear: logistic regression on one layer; "
-        "weighted-layers: a learnt weighted sum of all layers, SUPERB-style; mlp: a HEAR-style MLP; the last two "
-        "stop early on a labelled valid split); None: all of them when valid is labelled, else linear"
+        "the probes run on every encoder, of %s (linear: logistic regression on one layer; weighted-layers: a "
+        "learnt weighted sum of all layers, SUPERB-style; mlp: a HEAR-style MLP; the last two stop early on a "
+        "labelled valid split). --eval probe: None runs all of them when valid is labelled, else linear. --eval "
+        "finetune: these probes also run, beside the fine-tunings (None: none)"
         % ", ".join(PROBES), default=None)
     recipes: Dict[str, str] = _help("recipe name per role (%s) instead of the scale's" % ", ".join(RECIPE_ROLES),
                                     default_factory=dict)
@@ -163,7 +164,7 @@ class PipelineConfig:
                                     f"{', '.join(PROBES)} (probes)")
         if self.probes is not None and not self.probes:
             raise PipelineError(f"--probes is empty: give e.g. linear or {','.join(PROBES)} (probes)")
-        if self.evaluate and self.eval == "probe":
+        if self.evaluate and (self.eval == "probe" or self.probes):
             self.probe_names()
         if self.loop_seeds < 1:
             raise PipelineError(f"--loop-seeds must be >= 1, got {self.loop_seeds} (loop_seeds)")

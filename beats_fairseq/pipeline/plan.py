@@ -185,10 +185,11 @@ def subset_manifest(folder: Path, split: str, budget: str) -> Path:
 
 
 def evaluation_stages(config: PipelineConfig, encoders: List[Stage]) -> List[Stage]:
-    """Per label budget, the class-stratified subset and the raw-fbank baseline; then the linear probe or
-    the fine-tuning runs of every encoder (all fine-tunings together, so that they run in parallel)."""
+    """Per label budget, the class-stratified subset and the raw-fbank baseline; then the fine-tuning runs of
+    every encoder (all fine-tunings together, so that they run in parallel), and the probe stages: the
+    evaluation of ``--eval probe``, beside fine-tuning with ``--probes``."""
     run_dir, split = config.run_dir, config.eval_split
-    head, tail = [], []
+    head, tail, probes = [], [], []
     for budget in config.budgets():
         suffix, subset, on = budget_suffix(budget), None, ""
         if budget != ALL:
@@ -200,9 +201,11 @@ def evaluation_stages(config: PipelineConfig, encoders: List[Stage]) -> List[Sta
         needs = [subset] if subset else []
         head.append(Stage(FBANK + suffix, "fbank", f"raw-fbank baseline on {split}{on}", run_dir / (FBANK + suffix),
                           budget=budget, depends=list(needs)))
+        if config.eval == "probe" or config.probes:
+            what = "linear probe" if config.eval == "probe" else f"{', '.join(config.probes)} probes"
+            probes.append(Stage("probe" + suffix, "probe", f"{what} on {split}{on}", run_dir / ("probe" + suffix),
+                                budget=budget, depends=list(encoders) + needs))
         if config.eval == "probe":
-            tail.append(Stage("probe" + suffix, "probe", f"linear probe on {split}{on}", run_dir / ("probe" + suffix),
-                              budget=budget, depends=list(encoders) + needs))
             continue
         train = {} if subset is None else {"dataset.train_subset": str(subset.output.with_suffix(""))}
         for name, source in [(RANDOM, None)] + [(e.name, e) for e in encoders]:
@@ -215,7 +218,7 @@ def evaluation_stages(config: PipelineConfig, encoders: List[Stage]) -> List[Sta
                     pretrain=source or encoders[0], depends=([] if source is None else [source]) + needs,
                     settings={"task.data": config.data_dir, "common.seed": seed, **train,
                               "model.pretrained_path": None if source is None else str(source.checkpoint)}))
-    return head + tail
+    return head + tail + probes
 
 
 def label_source(pretrain: Stage) -> Stage:

@@ -16,7 +16,8 @@ from .config import ALL, PipelineConfig
 from .diagnostics import combine_tokenizers, table as tokenizer_table
 from .plan import Stage
 from .state import State
-from .summary import budget_title, evaluation_table, headline, loops_table, paired_table, stage_table, summarise
+from .summary import (budget_title, evaluation_table, headline, loops_table, paired_table, probes_table, stage_table,
+                      summarise)
 
 
 def _tables(summary: dict, config: PipelineConfig):
@@ -30,6 +31,9 @@ def _tables(summary: dict, config: PipelineConfig):
         for budget, part in budgets.items():
             on = "" if len(budgets) == 1 else f", {budget_title(budget)}"
             out.append((f"Evaluation ({block['how']}{on})", evaluation_table({**block, "rows": part["rows"]})))
+            if part.get("probes"):
+                out.append((f"Probes on frozen features, beside fine-tuning ({config.probe_pooling} pooling{on})",
+                            probes_table(block, part["probes"])))
         if any(block.get("paired", {}).values()):
             out.append(("Paired differences (per loop: mean over fine-tuning seeds; mean over loops, 95 % t interval)",
                         paired_table(block["paired"])))

@@ -82,6 +82,16 @@ def evaluation_table(block: dict) -> Table:
     return table
 
 
+def probes_table(block: dict, probes: Dict[str, Dict[str, dict]]) -> Table:
+    """Every encoder's score through each probe run beside fine-tuning (``budgets[b]["probes"]``)."""
+    encoders = list(dict.fromkeys(name for rows in probes.values() for name in rows))
+    table = Table(["encoder", *(f"{probe} probe, {block['metric']} (mean ± std)" for probe in probes)])
+    for name in encoders:
+        table.add(name, *(f"{rows[name]['mean']:.3f} ± {rows[name]['std']:.3f}" if name in rows else "-"
+                          for rows in probes.values()))
+    return table
+
+
 def budget_title(budget: str) -> str:
     return "all labelled clips" if budget == ALL else f"{budget} clips per class"
 
@@ -134,13 +144,18 @@ def headline(block: dict) -> str:
 def evaluation(config: PipelineConfig, stages: List[Stage], state: State) -> dict:
     """The ``evaluation`` block: per label budget, random, fbank and every iteration, one value per run."""
     runs: Dict[str, Dict[str, List[float]]] = {b: {} for b in config.budgets()}
+    beside: Dict[str, Dict[str, Dict[str, List[float]]]] = {}  # the probes run beside fine-tuning
     fbanks: Dict[str, float] = {}
     metric = None
     for stage in stages:
         metrics = state.stage(stage.name).get("metrics", {})
         if stage.kind == "probe":
             for r in metrics.get("probe", []):
-                if r.get("probe", "linear") == "linear":
+                probe = r.get("probe", "linear")
+                if config.eval != "probe":
+                    beside.setdefault(stage.budget, {}).setdefault(probe, {}).setdefault(r["encoder"], []).append(
+                        r["value"])
+                elif probe == "linear":
                     runs[stage.budget].setdefault(r["encoder"], []).append(r["value"])
                     metric = r["metric"]
         elif stage.score_split and metrics.get("score"):
@@ -158,7 +173,7 @@ def evaluation(config: PipelineConfig, stages: List[Stage], state: State) -> dic
         how = f"linear probe, {config.probe_pooling} pooling, {layer}"
     else:
         how = f"fine-tuned ({config.eval_seeds} seeds), best-validation checkpoint"
-    return budget_block(metric, config.eval_split, runs, how) if any(runs.values()) else {}
+    return budget_block(metric, config.eval_split, runs, how, beside) if any(runs.values()) else {}
 
 
 # ---------------------------------------------------------------------------- summary.json
