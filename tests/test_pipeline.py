@@ -462,7 +462,10 @@ def test_finished_tokenizers_and_probe_stages_run_again_when_what_they_covered_c
 
 
 def test_eval_probe_runs_every_probe_when_valid_is_labelled_and_apart(tmp_path, demo_data):
-    from beats_fairseq.pipeline.diagnostics import probe_block, probes
+    from beats_fairseq.pipeline.diagnostics import probe_block
+
+    def probes(config):
+        return config.probe_names()
 
     config = PipelineConfig(data=str(demo_data), out=str(tmp_path / "r"))
     assert probes(config) == ("linear", "weighted-layers", "mlp")  # demo data: valid.tsv and valid.lbl

@@ -125,17 +125,12 @@ def table(rows: dict) -> Table:
 
 
 # ---------------------------------------------------------------------------- probes
-def probes(config: PipelineConfig) -> tuple:
-    """The probes ``--eval probe`` runs (:meth:`PipelineConfig.probe_names`)."""
-    return config.probe_names()
-
-
 def valid_split(ctx):
-    """The labelled ``valid`` split the probes of :func:`probes` stop early on (None: linear only)."""
+    """The labelled ``valid`` split the probes of :meth:`PipelineConfig.probe_names` stop early on (None: linear only)."""
     from ..evaluation import read_split
 
     c = ctx.config
-    if len(probes(c)) == 1:
+    if len(c.probe_names()) == 1:
         return None
     train, data = ctx.splits()[0], Path(c.data_dir)
     return read_split(str(data / f"{VALID}.tsv"), str(data / f"{VALID}.{c.label_ext}"), train.num_classes,

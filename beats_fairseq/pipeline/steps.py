@@ -196,7 +196,7 @@ def covered(stage: Stage, config: PipelineConfig) -> Optional[dict]:
     if stage.kind == "probe":
         return {"encoders": [d.name for d in probed_encoders(stage)], "train_split": config.eval_train_split,
                 "eval_split": config.eval_split, "label_ext": config.label_ext, "pooling": config.probe_pooling,
-                "layer": config.probe_layer, "probes": list(diagnostics.probes(config))}
+                "layer": config.probe_layer, "probes": list(config.probe_names())}
     if stage.kind == TOKENIZERS:
         return {"labels": dict(stage.settings["labels"]), "train_split": config.eval_train_split,
                 "label_ext": config.label_ext}
@@ -209,7 +209,7 @@ def probe(stage: Stage, ctx: Context, threads: Optional[int] = None) -> dict:
     config = ctx.config
     encoders = {s.name: str(s.checkpoint) for s in probed_encoders(stage)}
     train_split, eval_split = ctx.train_split(stage), ctx.splits()[1]
-    probes, valid = diagnostics.probes(config), diagnostics.valid_split(ctx)
+    probes, valid = config.probe_names(), diagnostics.valid_split(ctx)
     stage.dir.mkdir(parents=True, exist_ok=True)
     with open(stage.log_path, "a", encoding="utf-8") as log:
         def say(message):
