@@ -182,6 +182,28 @@ def tiny_classifier(**kw):
     return build_model(cfg, None)
 
 
+def test_frozen_encoder_updates_train_the_head_alone_then_everything():
+    torch.manual_seed(0)
+    model = tiny_classifier(freeze_encoder_updates=2, multilabel=False).train()
+    source, target = torch.randn(2, 16000), torch.tensor([0, 2])
+
+    def grads_after_a_step(updates):
+        model.zero_grad(set_to_none=True)
+        model.set_num_updates(updates)
+        logits, _, target_out = model(source, target=target)
+        torch.nn.functional.cross_entropy(logits, target_out).backward()
+        return {n for n, p in model.named_parameters() if p.grad is not None}
+
+    head = {"head.weight", "head.bias"}
+    assert grads_after_a_step(0) == head and grads_after_a_step(1) == head
+    assert grads_after_a_step(2) == {n for n, _ in model.named_parameters()}  # from update 2 on: everything
+    model.set_num_updates(0)
+    with torch.no_grad():  # evaluation is the same model whatever the update
+        frozen = model.eval()(source)[0]
+        model.set_num_updates(5)
+        assert torch.equal(model(source)[0], frozen)
+
+
 def test_augmentations_run_only_in_training():
     torch.manual_seed(0)
     model = tiny_classifier(specaug_time_ratio=0.3, specaug_freq_ratio=0.3, mixup_alpha=0.8, roll=True,
@@ -407,7 +429,7 @@ def test_cosine_warmup_as_long_as_the_run_is_a_clear_error():
     build_recipe_optimizer(tiny_classifier(layer_decay=0.5), max_update=10)  # ends inside the warm-up: fine
 
 
-@pytest.mark.parametrize("name", ["tiny", "small", "as2m", "as20k", "esc50", "spcv2"])
+@pytest.mark.parametrize("name", ["tiny", "small", "small_few_labels", "as2m", "as20k", "esc50", "spcv2"])
 def test_recipes_use_known_keys(name):
     from dataclasses import fields
 

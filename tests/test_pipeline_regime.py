@@ -54,6 +54,7 @@ def test_pool_budgets_and_loop_seeds_plan_into_seed_folders(pool_data, tmp_path)
                 assert full.config.dataset.train_subset == "train" and full.config.common.seed == seed
                 assert few.config.dataset.train_subset == str(subset) and few.config.common.seed == seed
                 assert few.config.dataset.valid_subset == "valid" and few.budget == "2" and full.budget == "all"
+                assert (few.role, full.role) == ("budget_finetune", "finetune")
     iter2 = by["seed1", "eval_iter2_2perclass_seed1"]
     assert iter2.config.model.pretrained_path == str(run / "seed1" / "iter2" / "checkpoints" / "checkpoint_last.pt")
 
@@ -61,6 +62,17 @@ def test_pool_budgets_and_loop_seeds_plan_into_seed_folders(pool_data, tmp_path)
     one = {s.name: s for s in prepare(dataclasses.replace(config, loop_seeds=1, out=str(tmp_path / "one")))}
     assert one["iter1"].dir == tmp_path / "one" / "iter1" and "common.seed" not in one["iter1"].settings
     assert one["iter1"].config.dataset.train_subset == "pool" and one["eval_iter1_seed2"].config.common.seed == 2
+
+    # --scale small: a budget fine-tunes with the few-label recipe, all labels and the teacher with small.yaml
+    small = {s.name: s for s in prepare(dataclasses.replace(config, scale="small", loop_seeds=1,
+                                                            out=str(tmp_path / "small")))}
+    heads = {name: (small[name].config.model.head_pooling, small[name].config.model.freeze_encoder_updates)
+             for name in ("eval_iter1_2perclass_seed1", "eval_iter1_seed1", "finetune_iter2")}
+    assert heads == {"eval_iter1_2perclass_seed1": ("bands", 150), "eval_iter1_seed1": ("mean", 0),
+                     "finetune_iter2": ("mean", 0)}
+    chosen = prepare(dataclasses.replace(config, scale="small", loop_seeds=1, out=str(tmp_path / "chosen"),
+                                         recipes={"budget_finetune": "small"}))
+    assert {s.config.model.head_pooling for s in chosen if s.kind == "finetune"} == {"mean"}
 
     with pytest.raises(PipelineError, match="plan each loop"):
         plan(config)

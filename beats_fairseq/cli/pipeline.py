@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_deprecated_alias(parser, old, new)
     for role in RECIPE_ROLES:
         what = {"supervised_tokenizer": "iter3+ tokenizer (--supervised-teacher)",
-                "continue": "continued pre-training (--init-from)"}.get(role, role)
+                "continue": "continued pre-training (--init-from)",
+                "finetune": "fine-tuning (on all labels, and the supervised teacher)",
+                "budget_finetune": "evaluation fine-tuning on a label budget (--label-budgets N)"}.get(role, role)
         folder = ROLE_FOLDERS.get(role, "beats_iterN")
         parser.add_argument(f"--{role.replace('_', '-')}-config", default=None, metavar="NAME",
                             help=f"{what} recipe name in examples/{folder} (default: "

@@ -19,6 +19,9 @@ Fine-tuning (task ``beats_audio_classification``):
 * ``class_names``/``class_mids``: the class map, stored in the config (``model.class_names``).
 * Augmentations, in training mode only: roll and mixup on the waveform, SpecAugment on the
   normalised fbank, by the per-clip rule of ``beats_fairseq/seeding.py`` (``augment.py``).
+* ``freeze_encoder_updates``: the first N updates train the head alone on a frozen encoder (no
+  gradient, no backward pass through it), then everything learns: on a few labels the head first
+  fits features the fine-tuning then adapts, instead of random head gradients reshaping them.
 * ``layer_decay``: layer-wise learning-rate decay through fairseq's ``composite`` optimizer
   (``p.optim_overrides``): head x1, layer k of L x ``decay**(L - k)``, front end x ``decay**(L+1)``.
 """
@@ -76,6 +79,12 @@ class BeatsClassifierConfig(BeatsBackboneConfig):
         metadata={"help": "apply the optimizer's weight decay to biases, norm weights and other 1-D parameters too "
                   "(false: they get none, as in BEiT/data2vec fine-tuning; needs optimizer._name=beats_composite "
                   "with dynamic_groups=true)"},
+    )
+    freeze_encoder_updates: int = field(
+        default=0,
+        metadata={"help": "the encoder (front end and layers) stays frozen for the first N updates: only the head "
+                  "learns, then everything (linear probing, then fine-tuning); N >= max_update: the head alone "
+                  "(frozen updates skip the encoder's backward pass); 0: never frozen"},
     )
     # augmentation (training mode only)
     specaug_time_ratio: float = field(
@@ -218,6 +227,11 @@ class BeatsClassifierModel(BaseFairseqModel):
                                                          cfg.mixup_prob, rng)
         return source, padding_mask, target
 
+    @property
+    def encoder_frozen(self) -> bool:
+        """Training within the first ``freeze_encoder_updates`` updates: the encoder gets no gradient."""
+        return self.training and self.num_updates < self.cfg.freeze_encoder_updates
+
     def encode(self, source, padding_mask=None, rng=None):
         """(encoder output ``(B, N, C)``, patch padding mask); SpecAugment in training mode."""
         cfg, transform = self.cfg, None
@@ -225,8 +239,9 @@ class BeatsClassifierModel(BaseFairseqModel):
             def transform(fbank, frame_mask):
                 return augment.spec_augment(fbank, cfg.specaug_time_ratio, cfg.specaug_freq_ratio,
                                             cfg.specaug_num_masks, frame_mask, rng)
-        front = self.backbone.frontend(source, padding_mask, fbank_transform=transform)
-        x, _ = self.backbone.encode(front.embeddings, front.padding_mask)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
+            front = self.backbone.frontend(source, padding_mask, fbank_transform=transform)
+            x, _ = self.backbone.encode(front.embeddings, front.padding_mask)
         return x, front.padding_mask
 
     def patch_logits(self, source, padding_mask=None, rng=None):

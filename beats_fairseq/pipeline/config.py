@@ -14,18 +14,22 @@ TRAINING_KINDS = ("pretrain", "tokenizer", "finetune")
 # Recipe name per scale and role (the yaml in the role's examples/ folder). "supervised_tokenizer" is
 # the iter3+ tokenizer, distilled from a fine-tuned classifier (paper: peak LR 5e-4, logits).
 # "continue" is the pre-training of a run started from an existing model (--init-from: examples/beats_continue).
+# "budget_finetune" is the evaluation fine-tuning on a label budget of n clips per class (--label-budgets n);
+# the whole labelled split (all) and the supervised teacher use "finetune".
 RECIPES = {
     "tiny": {"pretrain": "tiny", "continue": "tiny", "tokenizer": "tiny", "supervised_tokenizer": "tiny",
-             "finetune": "tiny"},
+             "finetune": "tiny", "budget_finetune": "tiny"},
     "small": {"pretrain": "small", "continue": "small", "tokenizer": "small", "supervised_tokenizer": "small",
-              "finetune": "small"},
+              "finetune": "small", "budget_finetune": "small_few_labels"},
     "base": {"pretrain": "pretrain_as2m", "continue": "iter3", "tokenizer": "tokenizer_as2m",
-             "supervised_tokenizer": "tokenizer_as2m_supervised_teacher", "finetune": "as2m"},
+             "supervised_tokenizer": "tokenizer_as2m_supervised_teacher", "finetune": "as2m",
+             "budget_finetune": "as20k"},
 }
-RECIPE_ROLES = ("pretrain", "continue", "tokenizer", "supervised_tokenizer", "finetune")
+RECIPE_ROLES = ("pretrain", "continue", "tokenizer", "supervised_tokenizer", "finetune", "budget_finetune")
 # The examples/ folder of each role ("pretrain": beats_iter1, beats_iter2, ... by iteration).
 ROLE_FOLDERS = {"continue": "beats_continue", "tokenizer": "beats_tokenizer",
-                "supervised_tokenizer": "beats_tokenizer", "finetune": "beats_finetune"}
+                "supervised_tokenizer": "beats_tokenizer", "finetune": "beats_finetune",
+                "budget_finetune": "beats_finetune"}
 # Update counts of the tiny scale: the loop finishes in minutes on 2 CPU cores.
 TINY_UPDATES = {"pretrain": 100, "tokenizer": 60, "finetune": 60}
 EVAL_MODES = ("probe", "finetune")

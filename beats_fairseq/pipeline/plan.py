@@ -214,7 +214,8 @@ def evaluation_stages(config: PipelineConfig, encoders: List[Stage]) -> List[Sta
                 init = "random init" if source is None else name
                 tail.append(Stage(
                     stage, "finetune", f"fine-tune {init}{on}, seed {seed}, score on {split}", run_dir / stage,
-                    config_dir="beats_finetune", role="finetune", encoder=name, score_split=split, budget=budget,
+                    config_dir="beats_finetune", role="finetune" if subset is None else "budget_finetune",
+                    encoder=name, score_split=split, budget=budget,
                     pretrain=source or encoders[0], depends=([] if source is None else [source]) + needs,
                     settings={"task.data": config.data_dir, "common.seed": seed, **train,
                               "model.pretrained_path": None if source is None else str(source.checkpoint)}))
