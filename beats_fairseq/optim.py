@@ -52,6 +52,12 @@ def check_schedules(cfg) -> None:
 class BeatsCompositeOptimizer(FairseqCompositeOptimizer):
     def __init__(self, cfg: BeatsCompositeOptimizerConfig, params):
         check_schedules(cfg)
+        params = list(params)
+        if len(params) == 1 and not hasattr(params[0], "optim_overrides"):
+            raise ValueError(
+                "optimizer beats_composite got one flattened parameter: fairseq's fp16 training flattened the "
+                "per-layer parameter groups; set common.fp16_no_flatten_grads=true (the beats_finetune recipes do)"
+            )
         self.optimizers, self.lr_schedulers, self.lr_scheduler = {}, {}, None
         super().__init__(cfg, params)
         for group, optimizer in self.optimizers.items():

@@ -7,8 +7,10 @@ Steps (each recorded as pass / FAIL / skipped with its numbers; a failing step d
    (``tests/oracle_checks.py``, the checks of ``tests/test_parity.py``), TF32 off.
 2. ``bf16_features``: features under bf16 autocast against fp32, tolerance stated below.
 3. ``attention``: which SDPA backend runs with the float bias mask (each backend tried alone,
-   timed forward + backward), and flex_attention (``attention_backend: flex``) against SDPA:
-   outputs and gradients (CUDA; forward only on CPU, where torch has no flex backward).
+   timed forward + backward); then a 2-layer encoder through every attention path (SDPA's
+   default, each SDPA kernel forced, flex_attention) against SDPA's MATH kernel in float64:
+   outputs and every parameter's gradient, in fp32 and under bf16 autocast (CUDA; on CPU flex
+   has no backward, so its forward alone).
 4. ``training``: ``fairseq-hydra-train`` on the demo corpus for iter1, tokenizer, iter2 and
    fine-tuning, under ``common.bf16`` and (CUDA) ``common.fp16``, plus iter1 under ``common.amp``:
    the run ends, losses are finite and fall, the codebook keeps codes in use.
@@ -22,7 +24,9 @@ Writes ``gpu_check_<device>.json`` and the benchmark JSONs (``gpu_pretrain_step_
 """
 
 import argparse
+import concurrent.futures
 import contextlib
+import copy
 import datetime
 import gc
 import io
@@ -47,7 +51,8 @@ import torch  # noqa: E402
 
 BF16_FEATURE_TOL = 0.05  # max |bf16 - fp32| / max |fp32| of the features; and per-patch cosine >= 0.99
 BF16_MIN_COSINE = 0.99
-FLEX_TOL = 1e-4  # fp32 flex vs SDPA: output and gradient differences relative to the largest value
+FLEX_TOL = 1e-4  # fp32 kernels vs SDPA's MATH kernel: output and gradient differences relative to the largest value
+FP32_TOL = 1e-3  # MATH in fp32 vs float64 (2 BEATs-base layers; 1.8e-4 measured on an H200, 3e-7 on CPU)
 
 
 def build_parser():
@@ -62,6 +67,8 @@ def build_parser():
     p.add_argument("--steps", nargs="+", default=["parity_fp32", "bf16_features", "attention", "training", "throughput"],
                    help="steps to run (default: all)")
     p.add_argument("--updates", type=int, default=None, help="updates per training run (default 200; tiny: 4)")
+    p.add_argument("--precisions", nargs="+", default=None, choices=["bf16", "fp16", "amp"],
+                   help="training step: the precisions run (default: bf16, and on CUDA fp16 and amp)")
     p.add_argument("--train-batch", type=int, default=256,
                    help="clips per pre-training/fine-tuning update in the throughput step, halved until it fits")
     p.add_argument("--infer-batch", type=int, default=512, help="clips per inference batch in the throughput step")
@@ -128,7 +135,11 @@ def attention(args, device):
     default_ops = kernel_names(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask),
                                device)
 
-    # flex (score_mod) against SDPA (float mask) in a whole encoder with padding and true positions
+    # the whole encoder (padding, true positions) through each attention path, in fp32 (TF32 off)
+    # against SDPA's MATH kernel in float64: outputs and the gradient of every parameter (a kernel
+    # that drops the float mask's gradient shows as a relative difference near 1 on the
+    # relative-bias parameters), judged against what MATH itself gives in fp32; then the same
+    # under bf16 autocast, judged against what MATH gives in bf16
     cfg = BeatsBackboneConfig(**(dict(encoder_layers=2, encoder_embed_dim=dim, encoder_ffn_embed_dim=2 * dim,
                                      encoder_attention_heads=heads, conv_pos=16) if args.tiny else
                                 dict(encoder_layers=2)), dropout=0.0, attention_dropout=0.0)
@@ -138,31 +149,76 @@ def attention(args, device):
     padding = torch.zeros(batch, length, dtype=torch.bool, device=device)
     padding[-1, length * 3 // 4:] = True
     positions = torch.sort(torch.randperm(2 * length, device=device)[:length]).values.expand(batch, length)
-    # numerics in fp32 (TF32 off), gradients where flex has a backward (CUDA); timing in bf16 on CUDA
     torch.backends.cuda.matmul.allow_tf32 = False
-    results, grad = {}, device.type == "cuda"
-    for name in ("sdpa", "flex"):
-        encoder.set_attention_backend(name)
-        encoder.zero_grad(set_to_none=True)
-        with contextlib.nullcontext() if grad else torch.no_grad():
-            out, _ = encoder(x, padding, positions=positions, full_length=2 * length)
-        if grad:
-            out.pow(2).mean().backward()
-        grads = {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
-        seconds = timed(lambda: run_encoder(encoder, x, padding, positions, length, dtype, grad), device)
-        results[name] = (out.detach(), grads, seconds)
+    grad = device.type == "cuda"  # torch has no flex backward on CPU
+    paths = {"sdpa_math": ("sdpa", [SDPBackend.MATH]), "sdpa_default": ("sdpa", None)}
+    if device.type == "cuda":
+        paths.update(sdpa_efficient=("sdpa", [SDPBackend.EFFICIENT_ATTENTION]),
+                     sdpa_cudnn=("sdpa", [SDPBackend.CUDNN_ATTENTION]))
+    paths["flex"] = ("flex", None)
+
+    projection = torch.randn(batch, length, dim, device=device, dtype=torch.float64)
+
+    def run_path(backend, kernels, autocast_dtype, model=encoder, inputs=x):
+        model.set_attention_backend(backend)
+        model.zero_grad(set_to_none=True)
+        with sdpa_kernel(kernels) if kernels else contextlib.nullcontext(), \
+                torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None), \
+                (contextlib.nullcontext() if grad or backend == "sdpa" else torch.no_grad()):
+            out, _ = model(inputs, padding, positions=positions, full_length=2 * length)
+        if out.requires_grad:  # a fixed random projection of the output, as the oracle's gradient check
+            (out.double() * projection).sum().backward()
+        return out.detach().double(), {n: p.grad.double().clone() for n, p in model.named_parameters()
+                                       if p.grad is not None}
+
+    paths_report, ok = {}, True
+    # the reference: MATH in float64
+    ref_out, ref_grads = run_path("sdpa", [SDPBackend.MATH], None, copy.deepcopy(encoder).double(), x.double())
+    # a parameter's gradient difference relative to its largest value, but to no less than 1e-3 of the
+    # largest gradient of the model: at initialisation the gate's gradients are ~1e-10 (its bias is
+    # near zero), pure rounding noise that would otherwise read as a large relative difference
+    scale = 1e-3 * max(float(g.abs().max()) for g in ref_grads.values()) if ref_grads else 0.0
+
+    def compare(out, grads, ref_out, ref_grads):
+        rel = {n: float((grads[n] - g).abs().max() / max(float(g.abs().max()), scale, 1e-30)) if n in grads else 1.0
+               for n, g in ref_grads.items()} if grads else {}
+        worst = sorted(rel.items(), key=lambda item: -item[1])[:4]
+        return {"output_rel_diff": float((out - ref_out).abs().max() / ref_out.abs().max()),
+                "gradient_rel_diff": max(rel.values(), default=None), "worst_gradients": dict(worst)}
+
+    half_dtype = torch.bfloat16 if device.type == "cuda" else None
+    for name, (backend, kernels) in paths.items():
+        try:
+            out, grads = run_path(backend, kernels, None)
+            entry = {"fp32": compare(out, grads, ref_out, ref_grads)}
+            fp32 = entry["fp32"]
+            if name == "sdpa_math":  # float32 against float64: rounding only
+                fp32["ok"] = fp32["output_rel_diff"] <= FP32_TOL and fp32["gradient_rel_diff"] <= FP32_TOL
+            else:  # another kernel: no further from float64 than MATH in float32 is (+ FLEX_TOL)
+                math32 = paths_report["sdpa_math"]["fp32"]
+                fp32["ok"] = (fp32["output_rel_diff"] <= math32["output_rel_diff"] + FLEX_TOL
+                              and (not grads or fp32["gradient_rel_diff"] <= math32["gradient_rel_diff"] + FLEX_TOL))
+            ok &= fp32["ok"]
+            if half_dtype is not None:
+                entry["bf16"] = compare(*run_path(backend, kernels, half_dtype), ref_out, ref_grads)
+            entry["ms"] = round(1e3 * timed(lambda: run_encoder(encoder, x, padding, positions, length, dtype,
+                                                                grad or backend == "sdpa"), device), 2)
+        except Exception as error:  # noqa: BLE001 - a kernel that cannot run this shape is recorded, not fatal
+            entry = {"runs": False, "error": f"{type(error).__name__}: {error}".splitlines()[0][:200]}
+            ok &= kernels is not None  # the default SDPA and flex must run
+        paths_report[name] = entry
+    if half_dtype is not None and "bf16" in paths_report["sdpa_math"]:
+        # bf16 noise floor: what MATH itself gives in bf16; a path far beyond it lost something
+        floor = paths_report["sdpa_math"]["bf16"]["gradient_rel_diff"]
+        for name, entry in paths_report.items():
+            if "bf16" in entry:
+                entry["bf16"]["ok"] = entry["bf16"]["gradient_rel_diff"] <= max(4 * floor, 0.05)
+                ok &= entry["bf16"]["ok"] or paths[name][1] is not None  # forced kernels: reported
     encoder.set_attention_backend("sdpa")
-    (out_s, g_s, t_s), (out_f, g_f, t_f) = results["sdpa"], results["flex"]
-    out_diff = float((out_f - out_s).abs().max() / out_s.abs().max())
-    grad_diff = max((float((g_f[n] - g).abs().max() / g.abs().max().clamp_min(1e-12)) for n, g in g_s.items()),
-                    default=0.0)
-    ok = out_diff <= FLEX_TOL and grad_diff <= FLEX_TOL and (not grad or set(g_f) == set(g_s))
     return ok, {"sdpa_float_mask_backends": backends, "sdpa_default_kernels": default_ops,
-                "flex_vs_sdpa": {"output_rel_diff": out_diff, "gradient_rel_diff": grad_diff,
-                                 "gradients_compared": grad, "tolerance": FLEX_TOL, "numerics_dtype": "float32",
-                                 "timing_dtype": str(dtype), "timing": "forward + backward" if grad else "forward",
-                                 "encoder_ms": {"sdpa": round(1e3 * t_s, 2), "flex": round(1e3 * t_f, 2)},
-                                 "shape": [batch, length, dim], "layers": cfg.encoder_layers}}
+                "encoder_paths": paths_report, "reference": "sdpa with the MATH kernel in float64",
+                "tolerance_fp32": FLEX_TOL, "gradients_compared": grad, "timing_dtype": str(dtype),
+                "shape": [batch, length, dim], "layers": cfg.encoder_layers}
 
 
 def run_encoder(encoder, x, padding, positions, length, dtype, grad):
@@ -210,35 +266,41 @@ def training(args, device):
     from beats_fairseq.data.demo import generate_corpus
 
     updates = args.updates or (4 if args.tiny else 200)
-    precisions = ["bf16"] + (["fp16", "amp"] if device.type == "cuda" else [])
+    precisions = args.precisions or ["bf16"] + (["fp16", "amp"] if device.type == "cuda" else [])
     logs = Path(args.logs) if args.logs else Path(args.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    runs, ok = {}, True
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "demo_data"
         with contextlib.redirect_stdout(io.StringIO()):
             generate_corpus(str(data), num_train=48 if args.tiny else 240, num_valid=16 if args.tiny else 60,
                             num_test=0, seconds=1.0 if args.tiny else 3.0, seed=0)
-        for precision in precisions:
-            kinds = ("iter1",) if precision == "amp" else KINDS
-            ckpt = {}
-            for kind in kinds:
+
+        def chain(precision):
+            """iter1 -> tokenizer -> iter2 and iter1 -> fine-tuning under one precision (amp: iter1 alone)."""
+            runs, ckpt = {}, {}
+            for kind in ("iter1",) if precision == "amp" else KINDS:
                 name = f"{kind}_{precision}"
                 needs = {"tokenizer": "iter1", "iter2": "tokenizer", "finetune": "iter1"}.get(kind)
                 if needs and needs not in ckpt:
                     runs[name] = {"status": "skipped", "why": f"{needs}_{precision} did not finish"}
-                    ok = False
                     continue
                 save = Path(tmp) / name
                 extra = {"tokenizer": [f"model.teacher_path={ckpt.get('iter1')}"],
                          "iter2": [f"model.tokenizer_path={ckpt.get('tokenizer')}"],
                          "finetune": [f"model.pretrained_path={ckpt.get('iter1')}"]}.get(kind, [])
-                run = train_run(kind, precision, data, save, updates, extra, logs / f"{name}.log", device)
-                runs[name] = run
-                ok &= run["status"] == "pass"
+                runs[name] = train_run(kind, precision, data, save, updates, extra, logs / f"{name}.log", device)
+                print(f"[gpu_check]   {name}: {runs[name]['status']} ({runs[name]['seconds']:.0f} s)", flush=True)
                 if (save / "checkpoint_last.pt").is_file():
                     ckpt[kind] = save / "checkpoint_last.pt"
-    return ok, {"updates_per_run": updates, "runs": runs}
+            return runs
+
+        # the precisions' chains are independent: on a GPU they share it side by side (small models)
+        workers = len(precisions) if device.type == "cuda" else 1
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            chains = list(pool.map(chain, precisions))
+    runs = {name: run for runs_of_one in chains for name, run in runs_of_one.items()}
+    ok = all(run["status"] == "pass" for run in runs.values())
+    return ok, {"updates_per_run": updates, "parallel_chains": workers, "runs": runs}
 
 
 def train_run(kind, precision, data, save, updates, extra, log_path, device):
@@ -308,10 +370,12 @@ def throughput(args, device):
                 "--variants", *train_variants, "--num-masks", "4", *tiny, *flags, "--out", str(path),
                 "--label", f"gpu_check {name}"] + ([] if name == "sdpa" else ["--no-profile"])
         summary[f"train_{name}"] = guarded(lambda: pretrain_step.main(argv), path, train_summary)
+        print(f"[gpu_check]   train_{name}: {throughput_line(summary[f'train_{name}'])}", flush=True)
         path = out / f"gpu_encoder_mfu_{device.type}_{name}.json"
         argv = ["--device", device.type, "--dtype", dtype, "--batch", infer_batch, "--json", str(path),
                 "--no-history", "--no-breakdown", *tiny, *flags, "--label", f"gpu_check {name}"]
         summary[f"inference_{name}"] = guarded(lambda: encoder_mfu.main(argv), path, inference_summary)
+        print(f"[gpu_check]   inference_{name}: {throughput_line(summary[f'inference_{name}'])}", flush=True)
         ok &= all(summary[k].get("status") == "pass" for k in (f"train_{name}", f"inference_{name}"))
         free(device)
     return ok, summary
@@ -388,9 +452,10 @@ def main(argv=None) -> int:
         report["steps"][name] = {"status": status, "seconds": round(time.time() - start, 1), **details}
         print(f"[gpu_check] {name}: {status} ({time.time() - start:.0f} s)", flush=True)
         free(device)
-    report["seconds"] = round(time.time() - start_all, 1)
-    path = Path(args.out) / f"gpu_check_{device.type}.json"
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        report["seconds"] = round(time.time() - start_all, 1)
+        # written after every step: a check stopped by a time limit keeps the steps that finished
+        path = Path(args.out) / f"gpu_check_{device.type}.json"
+        path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print_table(report)
     print(f"results: {path}")
     return 0 if all(s["status"] == "pass" for s in report["steps"].values()) else 1
@@ -408,6 +473,9 @@ def print_table(report):
                 if r.get("code_usage"):
                     what += f", code usage {r['code_usage'][-1]:.2f}"
                 lines.append((f"  {run}", r["status"], what + ("; " + "; ".join(r["problems"]) if "problems" in r else "")))
+        if name == "attention":
+            for path, r in step.get("encoder_paths", {}).items():
+                lines.append((f"  {path}", "ran" if r.get("runs", True) else "no", attention_line(r)))
         if name == "throughput":
             for key, r in step.items():
                 if isinstance(r, dict) and "status" in r:
@@ -429,12 +497,22 @@ def describe(name, step):
         return f"max diff {step['max_abs_diff_over_max_abs']:.4f} of max, min cosine {step['min_patch_cosine']:.4f}"
     if name == "attention":
         runs = [k for k, v in step["sdpa_float_mask_backends"].items() if v["runs"]]
-        flex = step["flex_vs_sdpa"]
-        return (f"float mask runs on {', '.join(runs)}; flex vs sdpa: out {flex['output_rel_diff']:.1e}, grad "
-                f"{flex['gradient_rel_diff']:.1e}, {flex['encoder_ms']['flex']:.1f} vs {flex['encoder_ms']['sdpa']:.1f} ms")
+        return f"float mask runs on {', '.join(runs)}; encoder paths against float64 MATH below"
     if name == "training":
         return f"{step['updates_per_run']} updates per run"
     return ""
+
+
+def attention_line(r):
+    if not r.get("runs", True):
+        return r["error"][:150]
+
+    def one(tag, c):
+        grad = "" if c["gradient_rel_diff"] is None else f", grad {c['gradient_rel_diff']:.1e}"
+        worst = next(iter(c["worst_gradients"]), None)
+        return f"{tag} out {c['output_rel_diff']:.1e}{grad}" + (f" (worst {worst})" if worst and grad else "")
+
+    return "; ".join(one(tag, r[tag]) for tag in ("fp32", "bf16") if tag in r) + f"; {r['ms']:.1f} ms"
 
 
 def throughput_line(r):

@@ -70,17 +70,18 @@ def threads():
 
 
 def beat(threads, store, rank, seconds, interval=0.05):
-    """Rank ``rank``'s heartbeat for ``seconds``, in a thread."""
+    """Rank ``rank``'s heartbeat for ``seconds``, in a thread; returns when it stops beating (monotonic)."""
     done = threading.Event()
+    end = time.monotonic() + seconds
 
     def run():
-        end = time.monotonic() + seconds
         while time.monotonic() < end and not done.wait(interval):
             store.add(f"beats_alive/{rank}", 1)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     threads.append(lambda: (done.set(), thread.join()))
+    return end
 
 
 def watch(threads, store, rank, world, timeout):
@@ -99,10 +100,9 @@ def wait_for(condition, seconds):
 def test_rank_zero_names_the_rank_that_went_silent_and_publishes_it(threads):
     store = torch.distributed.HashStore()
     timeout = 0.6
-    beat(threads, store, 1, 1.0)
+    silent_from = beat(threads, store, 1, 1.0)
     beat(threads, store, 2, 10.0)
     watch0 = watch(threads, store, 0, 3, timeout)
-    silent_from = time.monotonic() + 1.0
     assert wait_for(lambda: watch0.verdicts, 5)
     at, why = watch0.verdicts[0]
     assert why.startswith("rank 1 sent no heartbeat for") and store.get("beats_lost") == b"1"

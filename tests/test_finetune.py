@@ -446,3 +446,29 @@ def test_recipes_use_known_keys(name):
     assert cfg.dataset.required_batch_size_multiple == 1 and cfg.common.all_gather_list_size >= 1 << 20
     metric = "mAP" if cfg.task.multilabel else "accuracy"
     assert cfg.checkpoint.best_checkpoint_metric == metric and cfg.checkpoint.maximize_best_checkpoint_metric
+
+
+def test_fp16_training_keeps_the_per_layer_groups_and_flattening_is_a_clear_error():
+    """fairseq's fp16 flattens all parameters into one unless ``fp16_no_flatten_grads``: the recipes set it."""
+    from fairseq.dataclass.configs import CommonConfig, DistributedTrainingConfig
+    from fairseq.optim import build_optimizer as fairseq_build_optimizer
+    from fairseq.optim.fp16_optimizer import FP16Optimizer
+
+    recipe = OmegaConf.load(REPO_EXAMPLES / "small.yaml")
+    assert recipe.common.fp16_no_flatten_grads is True
+    root = OmegaConf.create({  # what fairseq's Trainer builds under common.fp16 with the recipe's values
+        "common": OmegaConf.merge(OmegaConf.structured(CommonConfig),
+                                  {"fp16": True, "fp16_no_flatten_grads": recipe.common.fp16_no_flatten_grads}),
+        "distributed_training": OmegaConf.structured(DistributedTrainingConfig),
+        "optimization": {"lr": [1e-3], "max_update": 100, "update_freq": [1]},
+        "optimizer": OmegaConf.to_container(recipe.optimizer)})
+    params = list(tiny_classifier(layer_decay=0.5).half().parameters())
+    optimizer = FP16Optimizer.build_optimizer(root, params)
+    optimizer.fp32_optimizer.lr_scheduler.step_update(20)  # end of the warm-up
+    lrs = sorted({round(g["lr"] / 1e-3, 6) for g in optimizer.fp32_optimizer.param_groups})
+    assert len(lrs) == 4 and lrs[0] < lrs[-1]  # the layer-wise LRs survive (2 layers: 4 groups)
+
+    # what fp16 with flattening hands the optimizer (fairseq builds it on CUDA only): one fp32 parameter
+    flat = torch.nn.Parameter(torch.cat([p.data.float().view(-1) for p in params]))
+    with pytest.raises(ValueError, match=r"common.fp16_no_flatten_grads=true"):
+        fairseq_build_optimizer(root.optimizer, [flat])

@@ -23,7 +23,8 @@ def test_gpu_check_cpu_smoke_mode(oracle, tmp_path):
     assert set(steps) == {"parity_fp32", "bf16_features", "attention", "training", "throughput"}
     assert all(step["status"] == "pass" for step in steps.values())
     assert steps["parity_fp32"]["gradients"]["gradients"] <= 1
-    assert steps["attention"]["flex_vs_sdpa"]["output_rel_diff"] < 1e-4
+    paths = steps["attention"]["encoder_paths"]
+    assert paths["flex"]["fp32"]["output_rel_diff"] < 1e-4 and paths["sdpa_default"]["fp32"]["gradient_rel_diff"] < 1e-4
     assert set(steps["training"]["runs"]) == {"iter1_bf16", "tokenizer_bf16", "iter2_bf16", "finetune_bf16"}
     assert all(len(run["losses"]) >= 2 for run in steps["training"]["runs"].values())
     variants = steps["throughput"]["train_sdpa"]["variants"]

@@ -195,6 +195,26 @@ def test_positional_convolution_in_bf16_and_under_autocast_matches_float32(kerne
         assert (out.float() - ref).abs().max() <= 0.02 * ref.abs().max()
 
 
+@pytest.mark.parametrize("kernel", [16, 15, 128])
+def test_fft_positional_convolution_equals_conv1d_in_values_and_gradients(kernel):
+    """The CUDA path of the positional conv (``fft_grouped_conv1d``) is the same function as ``F.conv1d``."""
+    from beats_fairseq.modules.encoder import fft_grouped_conv1d
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 150, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(64, 4, kernel, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(64, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 64, 150 + 1 - kernel % 2, dtype=torch.float64)
+    results = []
+    for conv in (lambda *a: torch.nn.functional.conv1d(*a, padding=kernel // 2, groups=16),
+                 lambda *a: fft_grouped_conv1d(*a, kernel // 2, 16)):
+        out = conv(x, weight, bias)
+        results.append([out, *torch.autograd.grad(out, (x, weight, bias), upstream)])
+    for ref, fft in zip(*results):  # the FFT runs in float32: float32 rounding of the float64 result
+        assert fft.shape == ref.shape and (fft - ref).abs().max() <= 1e-5 * ref.abs().max()
+    assert results[1][0].dtype == torch.float64  # returns the input's dtype
+
+
 def test_amp_train_step_runs_the_forward_under_autocast(tmp_path):
     """``common.amp``: the task's train step autocasts (bf16 on CPU), backward is the optimizer's."""
     from fairseq.optim import FairseqOptimizer

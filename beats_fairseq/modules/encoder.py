@@ -71,6 +71,30 @@ def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int, 
     return buckets + torch.where(is_small, distance, large)
 
 
+def fft_grouped_conv1d(x, weight, bias, padding: int, groups: int):
+    """``F.conv1d(x, weight, bias, padding=padding, groups=groups)`` computed in the frequency domain.
+
+    x ``(B, C, L)``, weight ``(O, C / groups, K)``. Both are zero-padded to a power of two
+    ``>= L + K - 1`` and transformed in float32; per group and frequency the channels mix by one
+    complex matrix product; the inverse transform is cut to the convolution's output. On a GPU this
+    is several times faster than cuDNN's grouped kernels for the positional convolution's long
+    kernel (128 taps, 16 groups: ``benchmarks/pos_conv.py``), and under bf16 autocast it is also
+    more accurate, being computed in float32. Returns x's dtype.
+    """
+    batch, channels, length = x.shape
+    out_channels, per_group, kernel = weight.shape
+    out_length = length + 2 * padding - kernel + 1
+    n = 1 << (length + kernel - 2).bit_length()  # the smallest power of two >= length + kernel - 1
+    with torch.autocast(x.device.type, enabled=False):
+        spectrum = torch.fft.rfft(x.float(), n=n).view(batch, groups, per_group, -1)
+        # the convolution layers compute a cross-correlation: transform the reversed kernel
+        kernel_spectrum = torch.fft.rfft(weight.float().flip(-1), n=n).view(groups, out_channels // groups, per_group, -1)
+        mixed = torch.einsum("bgif,goif->bgof", spectrum, kernel_spectrum).reshape(batch, out_channels, -1)
+        start = kernel - 1 - padding
+        out = torch.fft.irfft(mixed, n=n)[..., start:start + out_length] + bias.float()[:, None]
+    return out.to(x.dtype)
+
+
 class WeightNormConv1d(nn.Module):
     """Grouped Conv1d with weight normalisation over dim 2 (``weight_g (1, 1, K)``, ``weight_v``).
 
@@ -91,11 +115,15 @@ class WeightNormConv1d(nn.Module):
     def forward(self, x):
         """x ``(B, C, L)`` -> ``(B, C, L + 1 - kernel_size % 2)``.
 
+        On CUDA the convolution runs in the frequency domain (:func:`fft_grouped_conv1d`).
+
         On CPU the convolution runs as a 1 x K conv2d in channels-last layout: oneDNN's NHWC
         grouped kernel is much faster than the NCW one here, and the encoder's ``(B, L, C)``
         activations already are channels-last, so neither the input nor the output (whose
         memory is ``(B, L, C)``) is copied.
         """
+        if x.device.type == "cuda":
+            return fft_grouped_conv1d(x, self.normalised_weight(), self.bias, self.padding, self.groups)
         if x.device.type != "cpu":
             return F.conv1d(x, self.normalised_weight(), self.bias, padding=self.padding, groups=self.groups)
         if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
