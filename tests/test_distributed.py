@@ -383,8 +383,10 @@ def test_tokenizer_training_two_processes_equal_one(demo_data, teacher, tmp_path
 @pytest.mark.slow
 def test_finetuning_two_processes_equal_one_and_gather_map(demo_data, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    log1 = train(FINETUNE, "tiny", *finetune_args(demo_data, one, 6))
-    log2 = train(FINETUNE, "tiny", *finetune_args(demo_data, two, 3), nproc=2)
+    # the first 2 updates on a frozen encoder: parameters without gradients under DDP
+    frozen = ["model.freeze_encoder_updates=2", "distributed_training.find_unused_parameters=true"]
+    log1 = train(FINETUNE, "tiny", *finetune_args(demo_data, one, 6), *frozen)
+    log2 = train(FINETUNE, "tiny", *finetune_args(demo_data, two, 3), *frozen, nproc=2)
     assert_same_state(checkpoint(one)["model"], checkpoint(two)["model"])
     v1, v2 = parse_metrics(log1, "valid_multi"), parse_metrics(log2, "valid_multi")
     assert_same_metrics(v1, v2, VALID_KEYS["finetune"])

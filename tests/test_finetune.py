@@ -204,6 +204,26 @@ def test_frozen_encoder_updates_train_the_head_alone_then_everything():
         assert torch.equal(model(source)[0], frozen)
 
 
+def test_frozen_encoder_under_ddp_needs_the_unused_parameter_search(tmp_path):
+    """Without ``find_unused_parameters`` DDP would stop at the second update; the task says why first."""
+    import torch.distributed as dist
+    from fairseq.distributed import ModuleProxyWrapper
+    from torch.nn.parallel import DistributedDataParallel
+
+    from beats_fairseq.tasks.beats_audio_classification import check_frozen_encoder_under_ddp
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        frozen = tiny_classifier(freeze_encoder_updates=2)
+        with pytest.raises(ValueError, match=r"distributed_training.find_unused_parameters=true"):
+            check_frozen_encoder_under_ddp(ModuleProxyWrapper(DistributedDataParallel(frozen)))
+        check_frozen_encoder_under_ddp(ModuleProxyWrapper(DistributedDataParallel(frozen, find_unused_parameters=True)))
+        check_frozen_encoder_under_ddp(ModuleProxyWrapper(DistributedDataParallel(tiny_classifier())))  # never frozen
+        check_frozen_encoder_under_ddp(frozen)  # one process
+    finally:
+        dist.destroy_process_group()
+
+
 def test_augmentations_run_only_in_training():
     torch.manual_seed(0)
     model = tiny_classifier(specaug_time_ratio=0.3, specaug_freq_ratio=0.3, mixup_alpha=0.8, roll=True,

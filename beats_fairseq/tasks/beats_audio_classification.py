@@ -55,6 +55,21 @@ class BeatsAudioClassificationConfig(BeatsAudioTaskConfig):
     )
 
 
+def check_frozen_encoder_under_ddp(model) -> None:
+    """Frozen-encoder updates leave the encoder without gradients: torch's DistributedDataParallel
+    then stops at the next update unless it looks for unused parameters. Say so before it does."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ddp, inner = None, model
+    while hasattr(inner, "module"):  # fairseq: ModuleProxyWrapper(DistributedDataParallel(model))
+        ddp = inner if isinstance(inner, DistributedDataParallel) else ddp
+        inner = inner.module
+    frozen = getattr(getattr(inner, "cfg", None), "freeze_encoder_updates", 0)
+    if ddp is not None and frozen and not ddp.find_unused_parameters:
+        raise ValueError(f"model.freeze_encoder_updates={frozen} with several processes needs "
+                         "distributed_training.find_unused_parameters=true (the frozen encoder gets no gradients)")
+
+
 def _in_data(data: str, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(data, path)
 
@@ -123,3 +138,7 @@ class BeatsAudioClassificationTask(BeatsAudioTask):
 
     def attach(self, model, start) -> None:
         load_start(model, start)
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        check_frozen_encoder_under_ddp(model)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad=ignore_grad, **kwargs)

@@ -16,7 +16,8 @@
 #                 as many updates (examples/beats_iter1/small.yaml, shortened to 200).
 # Every encoder is fine-tuned on the target with LABEL_BUDGETS clips per class, over LOOP_SEEDS loop
 # seeds (each loop its own continuation, scratch pre-training, budget subsets and fine-tuning seeds).
-# Environment: LOOP_SEEDS (3), EVAL_SEEDS (1 per loop), LABEL_BUDGETS (10,all), UPDATES (200), SCALE (small).
+# Environment: LOOP_SEEDS (3), EVAL_SEEDS (1 per loop), LABEL_BUDGETS (10,all), UPDATES (200), SCALE (small),
+# FINETUNE (the scale's fine-tuning recipe: small, tiny or as2m; every budget is fine-tuned with it).
 # Results: OUT/domain_adaptation.md and .json (domain_table.py), and each run's report in OUT/<run>/.
 set -euo pipefail
 SOURCE=${1:-../shared/devdata/words}
@@ -27,9 +28,11 @@ EVAL_SEEDS=${EVAL_SEEDS:-1}
 LABEL_BUDGETS=${LABEL_BUDGETS:-10,all}
 UPDATES=${UPDATES:-200}
 SCALE=${SCALE:-small}
+case $SCALE in base) FINETUNE=${FINETUNE:-as2m} ;; *) FINETUNE=${FINETUNE:-$SCALE} ;; esac
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WARMUP=$(( UPDATES / 10 ))
-EVAL=(--eval finetune --eval-seeds "$EVAL_SEEDS" --label-budgets "$LABEL_BUDGETS" --loop-seeds "$LOOP_SEEDS")
+EVAL=(--eval finetune --eval-seeds "$EVAL_SEEDS" --label-budgets "$LABEL_BUDGETS" --loop-seeds "$LOOP_SEEDS"
+      --finetune-config "$FINETUNE" --budget-finetune-config "$FINETUNE")
 SCHEDULE=(optimization.max_update="$UPDATES" lr_scheduler.warmup_updates="$WARMUP"
           checkpoint.save_interval_updates="$UPDATES" dataset.validate_interval_updates="$UPDATES")
 
