@@ -51,7 +51,7 @@ import torch  # noqa: E402
 
 BF16_FEATURE_TOL = 0.05  # max |bf16 - fp32| / max |fp32| of the features; and per-patch cosine >= 0.99
 BF16_MIN_COSINE = 0.99
-FLEX_TOL = 1e-4  # fp32 kernels vs SDPA's MATH kernel: output and gradient differences relative to the largest value
+KERNEL_TOL = 1e-4  # fp32 kernels vs SDPA's MATH kernel: output and gradient differences relative to the largest value
 FP32_TOL = 1e-3  # MATH in fp32 vs float64 (2 BEATs-base layers; 1.8e-4 measured on an H200, 3e-7 on CPU)
 
 
@@ -194,10 +194,10 @@ def attention(args, device):
             fp32 = entry["fp32"]
             if name == "sdpa_math":  # float32 against float64: rounding only
                 fp32["ok"] = fp32["output_rel_diff"] <= FP32_TOL and fp32["gradient_rel_diff"] <= FP32_TOL
-            else:  # another kernel: no further from float64 than MATH in float32 is (+ FLEX_TOL)
+            else:  # another kernel: no further from float64 than MATH in float32 is (+ KERNEL_TOL)
                 math32 = paths_report["sdpa_math"]["fp32"]
-                fp32["ok"] = (fp32["output_rel_diff"] <= math32["output_rel_diff"] + FLEX_TOL
-                              and (not grads or fp32["gradient_rel_diff"] <= math32["gradient_rel_diff"] + FLEX_TOL))
+                fp32["ok"] = (fp32["output_rel_diff"] <= math32["output_rel_diff"] + KERNEL_TOL
+                              and (not grads or fp32["gradient_rel_diff"] <= math32["gradient_rel_diff"] + KERNEL_TOL))
             ok &= fp32["ok"]
             if half_dtype is not None:
                 entry["bf16"] = compare(*run_path(backend, kernels, half_dtype), ref_out, ref_grads)
@@ -217,7 +217,7 @@ def attention(args, device):
     encoder.set_attention_backend("sdpa")
     return ok, {"sdpa_float_mask_backends": backends, "sdpa_default_kernels": default_ops,
                 "encoder_paths": paths_report, "reference": "sdpa with the MATH kernel in float64",
-                "tolerance_fp32": FLEX_TOL, "gradients_compared": grad, "timing_dtype": str(dtype),
+                "tolerance_fp32": KERNEL_TOL, "gradients_compared": grad, "timing_dtype": str(dtype),
                 "shape": [batch, length, dim], "layers": cfg.encoder_layers}
 
 

@@ -12,7 +12,7 @@ This script times the same convolution as
 * ``fft``: ``fft_grouped_conv1d``, the convolution as a product in the frequency domain (float32
   FFTs, per group a batched complex matrix product; what the encoder runs on CUDA);
 
-each with ``torch.backends.cudnn.benchmark`` off and on, and checks every output against a float32
+each with ``torch.backends.cudnn.benchmark`` off and on, and checks every output against a float64
 ``F.conv1d``. ``--profile`` adds the 15 most expensive GPU kernels of one BEATs-base fine-tuning
 forward + backward (``--profile-batch`` clips of 10 s).
 

@@ -140,5 +140,7 @@ class BeatsAudioClassificationTask(BeatsAudioTask):
         load_start(model, start)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
-        check_frozen_encoder_under_ddp(model)
+        if not getattr(self, "_ddp_checked", False):  # the wrapping is fixed for the whole run: once
+            check_frozen_encoder_under_ddp(model)
+            self._ddp_checked = True
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad=ignore_grad, **kwargs)
