@@ -171,3 +171,14 @@ def test_finetune_vs_official_tiny_run_writes_json(tmp_path):
         assert 0 < row["forward_seconds_median"] < row["seconds_median"] and row["mfu"] > 0
         assert len(row["profile"]["ops"]) == 4 and 0 < sum(op["share"] for op in row["profile"]["ops"]) <= 1
     assert len(data["history"]) == 1
+
+
+def test_fp32_gap_on_cpu_finds_float32_rounding_only(tmp_path):
+    """``benchmarks/fp32_gap.py``: on CPU every primitive and every encoder module is within float32
+    rounding of float64 (a lower-precision kernel would show as >= 1e-4)."""
+    module = load_script("fp32_gap")
+    report = module.main(["--device", "cpu", "--batch", "2", "--length", "40", "--out", str(tmp_path / "gap.json")])
+    assert json.loads((tmp_path / "gap.json").read_text())["modules"] == report["modules"]
+    assert {"matmul", "sdpa_math", "rfft_irfft"} <= set(report["primitives"])
+    assert any(name.startswith("layers.1.fc1") for name in report["modules"])
+    assert max(report["primitives"].values()) < 1e-5 and max(report["modules"].values()) < 1e-5

@@ -75,7 +75,7 @@ def fft_grouped_conv1d(x, weight, bias, padding: int, groups: int):
     """``F.conv1d(x, weight, bias, padding=padding, groups=groups)`` computed in the frequency domain.
 
     x ``(B, C, L)``, weight ``(O, C / groups, K)``. Both are zero-padded to a power of two
-    ``>= L + K - 1`` and transformed in float32; per group and frequency the channels mix by one
+    ``>= L + K - 1`` and transformed in float32 (float64 inputs stay float64); per group and frequency the channels mix by one
     complex matrix product; the inverse transform is cut to the convolution's output. On a GPU this
     is several times faster than cuDNN's grouped kernels for the positional convolution's long
     kernel (128 taps, 16 groups: ``benchmarks/pos_conv.py``), and under bf16 autocast it is also
@@ -85,13 +85,14 @@ def fft_grouped_conv1d(x, weight, bias, padding: int, groups: int):
     out_channels, per_group, kernel = weight.shape
     out_length = length + 2 * padding - kernel + 1
     n = 1 << (length + kernel - 2).bit_length()  # the smallest power of two >= length + kernel - 1
+    dtype = torch.promote_types(x.dtype, torch.float32)
     with torch.autocast(x.device.type, enabled=False):
-        spectrum = torch.fft.rfft(x.float(), n=n).view(batch, groups, per_group, -1)
+        spectrum = torch.fft.rfft(x.to(dtype), n=n).view(batch, groups, per_group, -1)
         # the convolution layers compute a cross-correlation: transform the reversed kernel
-        kernel_spectrum = torch.fft.rfft(weight.float().flip(-1), n=n).view(groups, out_channels // groups, per_group, -1)
+        kernel_spectrum = torch.fft.rfft(weight.to(dtype).flip(-1), n=n).view(groups, out_channels // groups, per_group, -1)
         mixed = torch.einsum("bgif,goif->bgof", spectrum, kernel_spectrum).reshape(batch, out_channels, -1)
         start = kernel - 1 - padding
-        out = torch.fft.irfft(mixed, n=n)[..., start:start + out_length] + bias.float()[:, None]
+        out = torch.fft.irfft(mixed, n=n)[..., start:start + out_length] + bias.to(dtype)[:, None]
     return out.to(x.dtype)
 
 
