@@ -25,7 +25,8 @@ def rel(a, b):
 
 def primitives(device, batch, length):
     g = torch.Generator(device="cpu").manual_seed(0)
-    a, b = torch.randn(4096, 768, generator=g, dtype=torch.float64), torch.randn(768, 768, generator=g, dtype=torch.float64)
+    a = torch.randn(4096, 768, generator=g, dtype=torch.float64)
+    b = torch.randn(768, 768, generator=g, dtype=torch.float64)
     q, k, v = (torch.randn(max(batch // 4, 1), 12, length, 64, generator=g, dtype=torch.float64) for _ in range(3))
     mask = torch.randn(max(batch // 4, 1), 12, length, length, generator=g, dtype=torch.float64)
     x = torch.randn(batch, length, 768, generator=g, dtype=torch.float64)
@@ -70,7 +71,7 @@ def modules(device, batch, length):
 
     for tag, model in (("32", enc32), ("64", enc64)):
         for name, m in model.named_modules():
-            m.register_forward_hook(lambda m, i, o, name=name, tag=tag: hook((tag, name))(m, i, o))
+            m.register_forward_hook(hook((tag, name)))
     with torch.no_grad():
         enc32(x, padding)
         enc64(x.double(), padding)

@@ -75,8 +75,9 @@ def fft_grouped_conv1d(x, weight, bias, padding: int, groups: int):
     """``F.conv1d(x, weight, bias, padding=padding, groups=groups)`` computed in the frequency domain.
 
     x ``(B, C, L)``, weight ``(O, C / groups, K)``. Both are zero-padded to a power of two
-    ``>= L + K - 1`` and transformed in float32 (float64 inputs stay float64); per group and frequency the channels mix by one
-    complex matrix product; the inverse transform is cut to the convolution's output. On a GPU this
+    ``>= L + K - 1`` and transformed in float32 (float64 inputs stay float64); per group and
+    frequency the channels mix by one complex matrix product; the inverse transform is cut to the
+    convolution's output. On a GPU this
     is several times faster than cuDNN's grouped kernels for the positional convolution's long
     kernel (128 taps, 16 groups: ``benchmarks/pos_conv.py``), and under bf16 autocast it is also
     more accurate, being computed in float32. Returns x's dtype.
