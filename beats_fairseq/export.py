@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .loading import model_kind
 from .modules.encoder import WeightNormConv1d
 from .modules.fbank import FRAME_LENGTH, FRAME_SHIFT, SAMPLE_RATE
-from .modules.pooling import clip_logits
+from .modules.pooling import head_logits
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class OnnxModel(nn.Module):
         last, layers = backbone.encode(front.embeddings, layer=None if heads else self.layer)
         features = last if self.layer is None else layers[self.layer]
         if self.kind == "classifier":
-            logits = clip_logits(self.head(last), None, self.head_pooling, self.bands)
+            logits = head_logits(self.head, last, None, self.head_pooling, self.bands)
             probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
             return features, probs
         if self.kind == "tokenizer":

@@ -100,14 +100,11 @@ def pool(x: torch.Tensor, mask: Optional[torch.Tensor], pooling: str, bands: int
     """``(B, N, C)`` patch features (time-major, ``bands`` patches per time step) -> the clip feature over
     the valid patches: ``mean`` ``(B, C)``; ``mean+std`` ``(B, 2C)``; ``bands`` ``(B, 2 * bands * C)``, the
     mean and the std over time of every frequency band (all bands' means, then all bands' stds)."""
-    from .modules.pooling import band_grid
+    from .modules.pooling import time_stats
 
-    x, keep = band_grid(x.float(), mask, bands if pooling == "bands" else 1)  # (B, T, bands or 1, C)
-    count = keep.sum(dim=1).clamp_min(1.0)
-    mean = (x * keep).sum(dim=1) / count
+    mean, std = time_stats(x.float(), mask, bands if pooling == "bands" else 1)  # (B, bands or 1, C) each
     if pooling == "mean":
         return mean.flatten(1)
-    std = ((((x - mean.unsqueeze(1)) ** 2) * keep).sum(dim=1) / count).sqrt()
     return torch.cat([mean.flatten(1), std.flatten(1)], dim=-1)
 
 

@@ -363,9 +363,11 @@ def test_official_finetuned_probabilities(oracle):
 
 
 # --------------------------------------------------------------------------- band head
-def test_band_head_is_a_linear_head_on_the_per_band_means_over_time_and_skips_padding():
+def band_head_outputs(head_pooling):
+    """(model in eval mode, clip logits, encoder output, patch padding mask, per-clip list of the valid time
+    steps of every band ``[(T_b, C)] * bands``) for two clips, the second padded from 9000 samples."""
     torch.manual_seed(0)
-    model = tiny_classifier(head_pooling="bands", multilabel=False).eval()
+    model = tiny_classifier(head_pooling=head_pooling, multilabel=False).eval()
     bands = model.backbone.frequency_bands
     source = torch.randn(2, 16000)
     padding = torch.zeros(2, 16000, dtype=torch.bool)
@@ -373,11 +375,19 @@ def test_band_head_is_a_linear_head_on_the_per_band_means_over_time_and_skips_pa
     with torch.no_grad():
         logits, patch_mask = model(source, padding)
         x, _ = model.encode(source, padding)
-    weight = model.head.weight.detach().permute(1, 0, 2).reshape(3, -1)  # (classes, bands * dim)
     assert patch_mask[1].any() and not patch_mask[0].any()
+    steps = []
     for clip in range(2):
         grid, valid = x[clip].reshape(-1, bands, x.size(-1)), (~patch_mask[clip]).reshape(-1, bands)
-        band_means = torch.stack([grid[valid[:, b], b].mean(0) for b in range(bands)]).flatten()
+        steps.append([grid[valid[:, b], b] for b in range(bands)])
+    return model, (source, padding), logits, x, patch_mask, steps
+
+
+def test_band_head_is_a_linear_head_on_the_per_band_means_over_time_and_skips_padding():
+    model, (source, padding), logits, _, _, steps = band_head_outputs("bands")
+    weight = model.head.weight.detach().permute(1, 0, 2).reshape(3, -1)  # (classes, bands * dim)
+    for clip in range(2):
+        band_means = torch.stack([s.mean(0) for s in steps[clip]]).flatten()
         torch.testing.assert_close(logits[clip], weight @ band_means + model.head.bias.detach(), rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # other weights for one band only: other logits
         model.head.weight[3].normal_()
@@ -398,9 +408,53 @@ def test_band_head_export_graph_gives_the_models_probabilities():
 def test_band_head_has_no_official_layout_and_mean_is_the_official_head():
     with pytest.raises(ValueError, match="head_pooling=bands has no official layout"):
         tiny_classifier(head_pooling="bands").to_official()
+    with pytest.raises(ValueError, match="head_pooling=band_stats has no official layout"):
+        tiny_classifier(head_pooling="band_stats").to_official()
     assert set(tiny_classifier().to_official()["model"]) >= {"predictor.weight", "predictor.bias"}
-    with pytest.raises(ValueError, match="model.head_pooling='max': choose one of mean, bands"):
+    with pytest.raises(ValueError, match="model.head_pooling='max': choose one of mean, bands, band_stats"):
         tiny_classifier(head_pooling="max")
+
+
+def test_band_stats_head_reads_each_bands_mean_and_std_over_time_as_the_probe_does():
+    from beats_fairseq.probe import pool
+
+    model, (source, padding), logits, x, patch_mask, steps = band_head_outputs("band_stats")
+    for clip in range(2):  # by hand: the valid time steps of every band, mean and population std
+        feature = torch.cat([torch.stack([s.mean(0) for s in steps[clip]]).flatten(),
+                             torch.stack([s.std(0, unbiased=False) for s in steps[clip]]).flatten()])
+        expected = model.head.weight.detach() @ feature + model.head.bias.detach()
+        torch.testing.assert_close(logits[clip], expected, rtol=1e-5, atol=1e-5)
+    # the head's clip feature is the probes' bands feature
+    feature = pool(x, patch_mask, "bands", model.backbone.frequency_bands)
+    torch.testing.assert_close(logits, feature @ model.head.weight.detach().T + model.head.bias.detach())
+    with torch.no_grad():  # the std half matters: other weights on it, other logits
+        model.head.weight[:, model.head.weight.size(1) // 2:].normal_()
+        assert not torch.allclose(model(source, padding)[0], logits, atol=1e-3)
+
+
+def test_band_stats_head_trains_exports_and_has_no_patch_logits():
+    from beats_fairseq.export import OnnxModel
+    from beats_fairseq.tokenizers.teacher import Teacher
+
+    torch.manual_seed(0)
+    model = tiny_classifier(head_pooling="band_stats", multilabel=False).train()
+    source, target = torch.randn(2, 16000), torch.tensor([0, 2])
+    padding = torch.zeros(2, 16000, dtype=torch.bool)
+    padding[1, 15000:] = True
+    logits, _, _ = model(source, padding, target=target)
+    torch.nn.functional.cross_entropy(logits, target).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert grads["head.weight"].abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        _, probs = OnnxModel(model)(source)
+        torch.testing.assert_close(probs, model.extract_features(source)[0])
+    with pytest.raises(ValueError, match="band_stats has no per-patch logits"):
+        model.patch_logits(source)
+    assert Teacher(model).target == "features"
+    with pytest.raises(ValueError, match="with a band_stats head"):
+        Teacher(model, target="logits")
 
 
 # --------------------------------------------------------------------------- task, optimizer, recipes

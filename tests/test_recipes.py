@@ -145,4 +145,4 @@ def test_few_label_recipe_is_the_small_recipe_but_its_head_and_frozen_start():
                   for name in ("small", "small_few_labels"))
     differ = {k for k in set(small) | set(few) if small.get(k, "<absent>") != few.get(k, "<absent>")}
     assert differ == {"checkpoint.save_dir", "model.head_pooling", "model.freeze_encoder_updates"}
-    assert few["model.head_pooling"] == "bands" and 0 < few["model.freeze_encoder_updates"] <= few["optimization.max_update"]
+    assert few["model.head_pooling"] == "band_stats" and 0 < few["model.freeze_encoder_updates"] <= few["optimization.max_update"]

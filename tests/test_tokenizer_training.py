@@ -61,7 +61,7 @@ def test_teachers_features_and_logits(oracle):
         load_teacher(str(oracle.dir / "tokenizer_small.pt"))
     encoder = load_teacher(str(oracle.dir / "beats_small_finetuned.pt"), target="features")  # its encoder output
     assert encoder.target == "features" and encoder.dim == 64
-    with pytest.raises(ValueError, match="patch_logits"):
+    with pytest.raises(ValueError, match="needs a model with per-patch logits"):
         load_teacher(str(oracle.dir / "beats_small.pt"), target="logits")
 
 

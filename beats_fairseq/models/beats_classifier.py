@@ -7,7 +7,10 @@ the mean-pooled output (paper section 3.3.3) and is exactly what the official fi
 ``head_pooling: bands`` gives each of the 8 frequency bands of patches its own weights
 (:class:`BandHead`): the clip logits are then a linear head on the per-band means over time,
 concatenated (``modules/pooling.py``), so the head keeps where in the spectrum a feature is, which
-the mean over all patches discards. Such a head has no official layout.
+the mean over all patches discards. ``head_pooling: band_stats`` reads the mean and the standard
+deviation over time of every band (the clip feature of the probes' ``bands`` pooling): a linear layer
+on ``2 * bands * C`` values, so the head also sees how each feature varies in time. It has no
+per-patch logits. Neither head has an official layout.
 
 Fine-tuning (task ``beats_audio_classification``):
 
@@ -38,7 +41,7 @@ from .. import augment
 from ..checkpoint import backbone_from_official, backbone_to_official, load_strict, rename
 from ..modules.backbone import BeatsBackbone, BeatsBackboneConfig, backbone_cfg_from_official, backbone_cfg_to_official
 from ..modules.dropout import Dropout
-from ..modules.pooling import band_grid, clip_logits
+from ..modules.pooling import band_grid, head_logits
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +56,10 @@ class BeatsClassifierConfig(BeatsBackboneConfig):
     predictor_dropout: float = field(default=0.0, metadata={"help": "dropout on the encoder output before the head"})
     head_pooling: str = field(
         default="mean",
-        metadata={"help": "what the head reads: mean (of all patches, the official head) or bands (the mean over time "
-                  "of each frequency band of patches, each band with its own weights; no official layout)"},
+        metadata={"help": "what the head reads: mean (of all patches, the official head), bands (the mean over time "
+                  "of each frequency band of patches, each band with its own weights) or band_stats (the mean and "
+                  "the std over time of each band, the probes' bands feature); bands and band_stats have no "
+                  "official layout"},
     )
     # initialisation and class map (written by the task)
     pretrained_path: Optional[str] = field(
@@ -102,7 +107,7 @@ class BeatsClassifierConfig(BeatsBackboneConfig):
     roll: bool = field(default=False, metadata={"help": "roll augmentation: rotate waveforms by a random offset"})
 
 
-HEAD_POOLINGS = ("mean", "bands")
+HEAD_POOLINGS = ("mean", "bands", "band_stats")
 
 
 class BandHead(nn.Module):
@@ -167,6 +172,8 @@ class BeatsClassifierModel(BaseFairseqModel):
             raise ValueError(f"model.head_pooling={cfg.head_pooling!r}: choose one of {', '.join(HEAD_POOLINGS)}")
         if cfg.head_pooling == "bands":
             self.head = BandHead(cfg.encoder_embed_dim, cfg.num_classes, self.backbone.frequency_bands)
+        elif cfg.head_pooling == "band_stats":
+            self.head = nn.Linear(2 * self.backbone.frequency_bands * cfg.encoder_embed_dim, cfg.num_classes)
         else:
             self.head = nn.Linear(cfg.encoder_embed_dim, cfg.num_classes)
         self.num_updates = 0
@@ -244,8 +251,18 @@ class BeatsClassifierModel(BaseFairseqModel):
             x, _ = self.backbone.encode(front.embeddings, front.padding_mask)
         return x, front.padding_mask
 
+    @property
+    def has_patch_logits(self) -> bool:
+        """Whether the head scores every patch (``mean``, ``bands``); a ``band_stats`` head scores the clip's band
+        statistics only."""
+        return self.cfg.head_pooling != "band_stats"
+
     def patch_logits(self, source, padding_mask=None, rng=None):
         """(per-patch logits ``(B, N, classes)``, patch padding mask or None)."""
+        if not self.has_patch_logits:
+            raise ValueError("a classifier with model.head_pooling=band_stats has no per-patch logits: its head reads "
+                             "each band's mean and std over time (distil its features instead: "
+                             "model.teacher_target=features)")
         x, padding_mask = self.encode(source, padding_mask, rng)
         return self.head(self.predictor_dropout(x)), padding_mask
 
@@ -261,8 +278,9 @@ class BeatsClassifierModel(BaseFairseqModel):
         if self.training:
             rng = self.augment_random(source, clip_ids)
             source, padding_mask, target = self.augment_waveform(source, padding_mask, target, rng)
-        logits, patch_mask = self.patch_logits(source, padding_mask, rng)
-        logits = clip_logits(logits, patch_mask, self.cfg.head_pooling, self.backbone.frequency_bands)
+        x, patch_mask = self.encode(source, padding_mask, rng)
+        logits = head_logits(self.head, self.predictor_dropout(x), patch_mask, self.cfg.head_pooling,
+                             self.backbone.frequency_bands)
         if target is None:
             return logits, patch_mask
         return logits, patch_mask, target

@@ -1,5 +1,5 @@
 """Pooling of patch sequences into clip values: over all patches (the official head), or by frequency
-band (the probes' ``bands`` clip feature, the classifier's band head).
+band (the probes' ``bands`` clip feature, the classifier's ``bands`` and ``band_stats`` heads).
 
 The encoder's patches are a time-major grid: patch ``n = t * bands + b`` holds time step ``t`` of
 frequency band ``b`` (``BeatsBackbone.frequency_bands`` bands: 128 mel bins / patch size). Pooling
@@ -28,6 +28,15 @@ def band_mean(x: torch.Tensor, padding_mask: Optional[torch.Tensor], bands: int)
     return (grid * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
 
 
+def time_stats(x: torch.Tensor, padding_mask: Optional[torch.Tensor], bands: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(B, N, C)`` patches -> (mean, std), each ``(B, bands, C)``: over the valid time steps of every band
+    (``bands = 1``: over all valid patches). The std is the population one (divided by the count)."""
+    grid, keep = band_grid(x, padding_mask, bands)
+    mean = band_mean(x, padding_mask, bands)
+    var = band_mean(((grid - mean.unsqueeze(1)) ** 2).flatten(1, 2), padding_mask, bands)
+    return mean, var.clamp_min(1e-12).sqrt()
+
+
 def masked_mean(x: torch.Tensor, padding_mask) -> torch.Tensor:
     """Mean over dim 1 of ``x (B, N, D)`` ignoring padded positions (official rule)."""
     if padding_mask is None or not padding_mask.any():
@@ -42,3 +51,14 @@ def clip_logits(patch_logits: torch.Tensor, padding_mask, head_pooling: str, ban
     if head_pooling == "bands":
         return band_mean(patch_logits, padding_mask, bands).sum(dim=1)
     return masked_mean(patch_logits, padding_mask)
+
+
+def head_logits(head, x: torch.Tensor, padding_mask, head_pooling: str, bands: int) -> torch.Tensor:
+    """Clip logits ``(B, classes)`` of a classifier ``head`` on encoder output ``x (B, N, C)``: per-patch
+    logits pooled by :func:`clip_logits` (``mean``, ``bands``), or, for ``band_stats``, the head applied
+    to the clip feature of every band's mean and std over time, concatenated (``(B, 2 * bands * C)``,
+    all bands' means then all bands' stds: the probes' ``bands`` feature)."""
+    if head_pooling == "band_stats":
+        mean, std = time_stats(x, padding_mask, bands)
+        return head(torch.cat([mean.flatten(1), std.flatten(1)], dim=-1))
+    return clip_logits(head(x), padding_mask, head_pooling, bands)

@@ -9,7 +9,8 @@ A teacher maps a waveform batch to per-patch targets ``(B, N, D)``:
   ``patch_logits(source, padding_mask)`` (``beats_classifier``, official fine-tuned
   checkpoints; the iter3+ supervised teacher).
 
-``auto`` picks ``logits`` for models with ``patch_logits`` and ``features`` otherwise. The
+``auto`` picks ``logits`` for models with per-patch logits and ``features`` otherwise (a classifier
+with a ``band_stats`` head has none). The
 teacher is loaded with :func:`beats_fairseq.loading.load_teacher`, frozen (no gradients, eval
 mode for good) and kept outside the student's modules, so it is never saved in tokenizer
 checkpoints and never seen by the optimizer or DDP; it follows the input's device lazily.
@@ -55,13 +56,16 @@ class Teacher:
             raise ValueError(f"teacher target must be one of {TEACHER_TARGETS}, got {target!r}")
         if getattr(model, "is_tokenizer", False):
             raise ValueError(f"teacher {source!r} is a tokenizer; use a pre-trained or fine-tuned BEATs checkpoint")
+        patch_logits = getattr(model, "has_patch_logits", False)
         if target == "auto":
-            target = "logits" if hasattr(model, "patch_logits") else "features"
-        needed = "patch_logits" if target == "logits" else "backbone"
-        if not hasattr(model, needed):
+            target = "logits" if patch_logits else "features"
+        needed = "per-patch logits" if target == "logits" else "a backbone"
+        if not (patch_logits if target == "logits" else hasattr(model, "backbone")):
+            head = getattr(getattr(model, "cfg", None), "head_pooling", None)
             raise ValueError(
-                f"{source}: teacher target {target!r} needs a model with {needed!r}, "
-                f"got {type(model).__name__}; use a pre-trained (features) or fine-tuned classifier (logits) checkpoint"
+                f"{source}: teacher target {target!r} needs a model with {needed}, got {type(model).__name__}"
+                + (f" with a {head} head" if head else "")
+                + "; use a pre-trained (features) or fine-tuned classifier with a mean or bands head (logits) checkpoint"
             )
         if layer >= 0:
             layers = len(model.backbone.encoder.layers) if hasattr(model, "backbone") else 0
