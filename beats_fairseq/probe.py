@@ -140,23 +140,12 @@ def clip_features(backbone, manifest_path: str, device="cpu", batch_size: int = 
 # ---------------------------------------------------------------------------- classifier
 def fit_and_score(train_x, train: LabelledSplit, eval_x, evaluated: LabelledSplit, C: float = 1.0,
                   max_iter: int = 2000) -> Score:
-    """The metric of ``evaluated`` for a logistic-regression probe trained on ``train_x``."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.preprocessing import StandardScaler
+    """The metric of ``evaluated`` for a logistic-regression probe trained on ``train_x``
+    (:func:`beats_fairseq.linear_probe.fit_linear`)."""
+    from .linear_probe import fit_linear
 
-    scaler = StandardScaler().fit(train_x)
-    train_x, eval_x = scaler.transform(train_x), scaler.transform(eval_x)
-    scores = np.full((len(eval_x), evaluated.num_classes), -1e9)
-    if train.multilabel:
-        y = train.targets().astype(np.int64)
-        present = np.flatnonzero(y.sum(0) > 0)
-        clf = OneVsRestClassifier(LogisticRegression(C=C, max_iter=max_iter)).fit(train_x, y[:, present])
-        scores[:, present] = clf.decision_function(eval_x).reshape(len(eval_x), -1)
-    else:
-        clf = LogisticRegression(C=C, max_iter=max_iter).fit(train_x, train.classes())
-        scores[:, clf.classes_] = clf.predict_proba(eval_x)
-    return score(scores, evaluated)
+    weight, bias = fit_linear(train_x, train.targets(), train.multilabel, C, max_iter)
+    return score(np.asarray(eval_x, dtype=np.float64) @ weight.T + bias, evaluated)
 
 
 def check_valid(probe: str, valid: Optional[LabelledSplit]) -> None:

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "beats_fairseq"
 # Lowest first. A module may import its own component and the components of lower layers.
 LAYERS = [
     ("constants", "errors", "import_hook"),
-    ("seeding", "metrics", "plots", "tables", "recipes", "checkpoint", "distributed", "safe_checkpoints", "optim",
+    ("seeding", "metrics", "linear_probe", "plots", "tables", "recipes", "checkpoint", "distributed", "safe_checkpoints", "optim",
      "modules"),
     ("preemption", "rank_watch", "run_lock"),
     ("augment", "data", "tokenizers", "criterions", "features", "fairseq_patches"),

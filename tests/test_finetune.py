@@ -458,6 +458,78 @@ def test_band_stats_head_trains_exports_and_has_no_patch_logits():
 
 
 # --------------------------------------------------------------------------- task, optimizer, recipes
+def test_fit_linear_gives_the_probes_logits_on_raw_features():
+    """The folded map equals sklearn's standardised model: softmax = predict_proba (multinomial), the class-1
+    logit of a binary model, and zero weights for a class without a training clip."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from beats_fairseq.linear_probe import fit_linear
+
+    rng = np.random.RandomState(0)
+    x = 5.0 + 3.0 * rng.randn(60, 6)
+    y = rng.randint(0, 3, 60)
+    x[:, 0] += 4 * y  # learnable
+    weight, bias = fit_linear(x, np.eye(4)[y], multilabel=False)
+    scaler = StandardScaler().fit(x)
+    reference = LogisticRegression(max_iter=2000).fit(scaler.transform(x), y)
+    logits = x @ weight.T + bias
+    probs = np.exp(logits[:, :3] - logits[:, :3].max(1, keepdims=True))
+    np.testing.assert_allclose(probs / probs.sum(1, keepdims=True), reference.predict_proba(scaler.transform(x)),
+                               atol=1e-6)
+    assert not weight[3].any() and bias[3] < bias[:3].min()  # class 3: no training clip
+    binary = y % 2
+    weight, bias = fit_linear(x, np.eye(2)[binary], multilabel=False)
+    reference = LogisticRegression(max_iter=2000).fit(scaler.transform(x), binary)
+    np.testing.assert_allclose((x @ weight.T + bias) @ [-1.0, 1.0], reference.decision_function(scaler.transform(x)),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="exactly one class per clip"):
+        fit_linear(x, np.ones((60, 2)), multilabel=False)
+
+
+def probe_initialised(demo_data, head_pooling):
+    task = build_task(demo_data, multilabel=False, max_sample_size=48000)
+    model = task.build_model(model_cfg(multilabel=False, encoder_layers=2, head_pooling=head_pooling,
+                                       head_init="probe"))
+    task.load_dataset("train")
+    return task, model
+
+
+@pytest.mark.parametrize("head_pooling", ["band_stats", "mean"])
+def test_head_init_probe_starts_the_head_as_the_linear_probe_of_a_fresh_run(demo_data, head_pooling):
+    from beats_fairseq.evaluation import read_split
+    from beats_fairseq.linear_probe import fit_linear
+    from beats_fairseq.probe import clip_features
+
+    torch.manual_seed(0)
+    task, model = probe_initialised(demo_data, head_pooling=head_pooling)
+    before = model.head.weight.detach().clone()
+    task.begin_epoch(1, model)  # a fresh run: before update 1
+    assert model.training and not torch.equal(model.head.weight, before)
+    manifest = str(demo_data / "train.tsv")
+    split = read_split(manifest, str(demo_data / "train.lbl"), 6, False)
+    features = clip_features(model.backbone.eval(), manifest, pooling="bands" if head_pooling == "band_stats" else "mean")
+    weight, bias = fit_linear(features, split.targets(), multilabel=False)  # the probe, as beats-probe computes it
+    ds = task.datasets["train"]
+    batch = ds.collater([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        logits, _ = model.eval()(**batch["net_input"])
+    expected = torch.as_tensor(features[batch["id"].numpy()] @ weight.T + bias, dtype=torch.float32)
+    torch.testing.assert_close(logits, expected, atol=2e-3, rtol=1e-3)
+    assert (logits.argmax(-1) == batch["target"]).float().mean() > 0.45  # the probe fits its training clips (chance 1/6)
+    head = model.head.weight.detach().clone()
+    model.set_num_updates(8)
+    task.begin_epoch(2, model)  # a later epoch, or a resumed run: the head is the checkpoint's
+    assert torch.equal(model.head.weight, head)
+
+
+def test_head_init_probe_needs_a_head_of_a_clip_feature():
+    with pytest.raises(ValueError, match="head_init=probe needs model.head_pooling band_stats or mean"):
+        tiny_classifier(head_pooling="bands", head_init="probe")
+    with pytest.raises(ValueError, match="model.head_init='linear': choose one of random, probe"):
+        tiny_classifier(head_init="linear")
+
+
 def test_evaluation_batches_keep_every_clip(tmp_path):
     make_data(tmp_path, ["0"] * 60, split="valid")
     task = build_task(tmp_path)

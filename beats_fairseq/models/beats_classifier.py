@@ -22,6 +22,8 @@ Fine-tuning (task ``beats_audio_classification``):
 * ``class_names``/``class_mids``: the class map, stored in the config (``model.class_names``).
 * Augmentations, in training mode only: roll and mixup on the waveform, SpecAugment on the
   normalised fbank, by the per-clip rule of ``beats_fairseq/seeding.py`` (``augment.py``).
+* ``head_init: probe``: the head starts as the linear probe of the encoder's features of the training
+  clips, fit before the first update (``tasks/head_from_probe.py``).
 * ``freeze_encoder_updates``: the first N updates train the head alone on a frozen encoder (no
   gradient, no backward pass through it), then everything learns: on a few labels the head first
   fits features the fine-tuning then adapts, instead of random head gradients reshaping them.
@@ -60,6 +62,12 @@ class BeatsClassifierConfig(BeatsBackboneConfig):
                   "of each frequency band of patches, each band with its own weights) or band_stats (the mean and "
                   "the std over time of each band, the probes' bands feature); bands and band_stats have no "
                   "official layout"},
+    )
+    head_init: str = field(
+        default="random",
+        metadata={"help": "how the head starts: random, or probe: before the first update of a fresh run, the "
+                  "logistic-regression probe of the encoder's features of the training clips (linear probing, then "
+                  "fine-tuning; head_pooling band_stats or mean; beats_fairseq/tasks/head_from_probe.py)"},
     )
     # initialisation and class map (written by the task)
     pretrained_path: Optional[str] = field(
@@ -108,6 +116,8 @@ class BeatsClassifierConfig(BeatsBackboneConfig):
 
 
 HEAD_POOLINGS = ("mean", "bands", "band_stats")
+HEAD_INITS = ("random", "probe")
+PROBE_HEADS = ("band_stats", "mean")  # heads of one clip feature (modules/pooling.head_input): head_init=probe
 
 
 class BandHead(nn.Module):
@@ -170,6 +180,13 @@ class BeatsClassifierModel(BaseFairseqModel):
         self.predictor_dropout = Dropout(cfg.predictor_dropout)
         if cfg.head_pooling not in HEAD_POOLINGS:
             raise ValueError(f"model.head_pooling={cfg.head_pooling!r}: choose one of {', '.join(HEAD_POOLINGS)}")
+        head_init = getattr(cfg, "head_init", "random")
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"model.head_init={head_init!r}: choose one of {', '.join(HEAD_INITS)}")
+        if head_init == "probe" and cfg.head_pooling not in PROBE_HEADS:
+            raise ValueError(f"model.head_init=probe needs model.head_pooling band_stats or mean, not "
+                             f"{cfg.head_pooling!r}: the probe is a linear map of a clip feature, and a bands head "
+                             "scores every patch")
         if cfg.head_pooling == "bands":
             self.head = BandHead(cfg.encoder_embed_dim, cfg.num_classes, self.backbone.frequency_bands)
         elif cfg.head_pooling == "band_stats":

@@ -53,12 +53,22 @@ def clip_logits(patch_logits: torch.Tensor, padding_mask, head_pooling: str, ban
     return masked_mean(patch_logits, padding_mask)
 
 
+def head_input(x: torch.Tensor, padding_mask, head_pooling: str, bands: int) -> torch.Tensor:
+    """The clip feature a linear head of a clip reads: every band's mean and std over time, concatenated
+    (``band_stats``: ``(B, 2 * bands * C)``, all bands' means then all bands' stds, the probes' ``bands``
+    feature), or the mean over all valid patches (``mean``: ``(B, C)``)."""
+    if head_pooling == "band_stats":
+        mean, std = time_stats(x, padding_mask, bands)
+        return torch.cat([mean.flatten(1), std.flatten(1)], dim=-1)
+    if head_pooling == "mean":
+        return masked_mean(x, padding_mask)
+    raise ValueError(f"a {head_pooling!r} head reads every patch, not one clip feature")
+
+
 def head_logits(head, x: torch.Tensor, padding_mask, head_pooling: str, bands: int) -> torch.Tensor:
     """Clip logits ``(B, classes)`` of a classifier ``head`` on encoder output ``x (B, N, C)``: per-patch
     logits pooled by :func:`clip_logits` (``mean``, ``bands``), or, for ``band_stats``, the head applied
-    to the clip feature of every band's mean and std over time, concatenated (``(B, 2 * bands * C)``,
-    all bands' means then all bands' stds: the probes' ``bands`` feature)."""
+    to :func:`head_input`."""
     if head_pooling == "band_stats":
-        mean, std = time_stats(x, padding_mask, bands)
-        return head(torch.cat([mean.flatten(1), std.flatten(1)], dim=-1))
+        return head(head_input(x, padding_mask, head_pooling, bands))
     return clip_logits(head(x), padding_mask, head_pooling, bands)

@@ -139,6 +139,22 @@ class BeatsAudioClassificationTask(BeatsAudioTask):
     def attach(self, model, start) -> None:
         load_start(model, start)
 
+    def begin_epoch(self, epoch, model):
+        super().begin_epoch(epoch, model)
+        if getattr(model.cfg, "head_init", "random") == "probe" and model.num_updates == 0:
+            self.init_head_from_probe(model)
+
+    def init_head_from_probe(self, model) -> None:
+        """``model.head_init=probe`` before the first update of a fresh run (``tasks/head_from_probe.py``),
+        on the clips the training split keeps, each read from its start."""
+        from .head_from_probe import init_head_from_probe
+
+        training = [s for s, d in self.datasets.items() if is_training_split(s) and hasattr(d, "label_path")]
+        if len(training) != 1:
+            raise ValueError(f"model.head_init=probe fits the head on one training split; loaded: {training}")
+        init_head_from_probe(model, self.build_labelled_dataset(training[0], model.cfg.num_classes, crop="start",
+                                                                shuffle=False))
+
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
         if not getattr(self, "_ddp_checked", False):  # the wrapping is fixed for the whole run: once
             check_frozen_encoder_under_ddp(model)
