@@ -144,8 +144,7 @@ def fit_and_score(train_x, train: LabelledSplit, eval_x, evaluated: LabelledSpli
     (:func:`beats_fairseq.linear_probe.fit_linear`)."""
     from .linear_probe import fit_linear
 
-    weight, bias = fit_linear(train_x, train.targets(), train.multilabel, C, max_iter)
-    return score(np.asarray(eval_x, dtype=np.float64) @ weight.T + bias, evaluated)
+    return score(fit_linear(train_x, train.targets(), train.multilabel, C, max_iter).logits(eval_x), evaluated)
 
 
 def check_valid(probe: str, valid: Optional[LabelledSplit]) -> None:

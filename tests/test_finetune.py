@@ -470,16 +470,18 @@ def test_fit_linear_gives_the_probes_logits_on_raw_features():
     x = 5.0 + 3.0 * rng.randn(60, 6)
     y = rng.randint(0, 3, 60)
     x[:, 0] += 4 * y  # learnable
-    weight, bias = fit_linear(x, np.eye(4)[y], multilabel=False)
+    probe = fit_linear(x, np.eye(4)[y], multilabel=False)
+    weight, bias = probe.folded()
     scaler = StandardScaler().fit(x)
     reference = LogisticRegression(max_iter=2000).fit(scaler.transform(x), y)
     logits = x @ weight.T + bias
     probs = np.exp(logits[:, :3] - logits[:, :3].max(1, keepdims=True))
     np.testing.assert_allclose(probs / probs.sum(1, keepdims=True), reference.predict_proba(scaler.transform(x)),
                                atol=1e-6)
+    np.testing.assert_allclose(probe.logits(x)[:, :3], logits[:, :3], atol=1e-8)  # standardised = folded
     assert not weight[3].any() and bias[3] < bias[:3].min()  # class 3: no training clip
     binary = y % 2
-    weight, bias = fit_linear(x, np.eye(2)[binary], multilabel=False)
+    weight, bias = fit_linear(x, np.eye(2)[binary], multilabel=False).folded()
     reference = LogisticRegression(max_iter=2000).fit(scaler.transform(x), binary)
     np.testing.assert_allclose((x @ weight.T + bias) @ [-1.0, 1.0], reference.decision_function(scaler.transform(x)),
                                atol=1e-6)
@@ -509,7 +511,7 @@ def test_head_init_probe_starts_the_head_as_the_linear_probe_of_a_fresh_run(demo
     manifest = str(demo_data / "train.tsv")
     split = read_split(manifest, str(demo_data / "train.lbl"), 6, False)
     features = clip_features(model.backbone.eval(), manifest, pooling="bands" if head_pooling == "band_stats" else "mean")
-    weight, bias = fit_linear(features, split.targets(), multilabel=False)  # the probe, as beats-probe computes it
+    weight, bias = fit_linear(features, split.targets(), multilabel=False).folded()  # the probe, as beats-probe computes it
     ds = task.datasets["train"]
     batch = ds.collater([ds[i] for i in range(len(ds))])
     with torch.no_grad():

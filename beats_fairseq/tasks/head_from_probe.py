@@ -68,7 +68,7 @@ def init_head_from_probe(model, dataset, batch_size: int = 8) -> float:
     without random crops) and write it into ``model.head``; returns its training accuracy or mAP."""
     start = time.time()
     x, targets = clip_inputs(model, dataset, batch_size)
-    weight, bias = fit_linear(x, targets, dataset.multilabel)
+    weight, bias = fit_linear(x, targets, dataset.multilabel).folded()
     parameter = model.head.weight
     with torch.no_grad():
         parameter.copy_(torch.as_tensor(weight, dtype=parameter.dtype))
