@@ -66,10 +66,11 @@ def test_pool_budgets_and_loop_seeds_plan_into_seed_folders(pool_data, tmp_path)
     # --scale small: a budget fine-tunes with the few-label recipe, all labels and the teacher with small.yaml
     small = {s.name: s for s in prepare(dataclasses.replace(config, scale="small", loop_seeds=1,
                                                             out=str(tmp_path / "small")))}
-    heads = {name: (small[name].config.model.head_pooling, small[name].config.model.freeze_encoder_updates)
+    heads = {name: (small[name].config.model.head_pooling, small[name].config.model.head_init,
+                    small[name].config.model.freeze_encoder_updates)
              for name in ("eval_iter1_2perclass_seed1", "eval_iter1_seed1", "finetune_iter2")}
-    assert heads == {"eval_iter1_2perclass_seed1": ("band_stats", 150), "eval_iter1_seed1": ("mean", 0),
-                     "finetune_iter2": ("mean", 0)}
+    assert heads == {"eval_iter1_2perclass_seed1": ("band_stats", "probe", 150), "eval_iter1_seed1": ("mean", "random", 0),
+                     "finetune_iter2": ("mean", "random", 0)}
     chosen = prepare(dataclasses.replace(config, scale="small", loop_seeds=1, out=str(tmp_path / "chosen"),
                                          recipes={"budget_finetune": "small"}))
     assert {s.config.model.head_pooling for s in chosen if s.kind == "finetune"} == {"mean"}

@@ -137,12 +137,12 @@ def test_continue_recipe_derives_its_schedule_from_the_paper_recipe():
     assert {k: cont[k] for k in same} == {k: scratch[k] for k in same}
 
 
-def test_few_label_recipe_is_the_small_recipe_but_its_head_and_frozen_start():
+def test_few_label_recipe_is_the_small_recipe_but_its_head_its_start_and_frozen_start():
     """examples/beats_finetune/small_few_labels.yaml (the pipeline's label budgets at --scale small) differs
     from small.yaml only where docs/small_scale.md measured it."""
     folder = REPO / "examples" / "beats_finetune"
     small, few = (_flat(OmegaConf.to_container(OmegaConf.load(folder / f"{name}.yaml")))
                   for name in ("small", "small_few_labels"))
     differ = {k for k in set(small) | set(few) if small.get(k, "<absent>") != few.get(k, "<absent>")}
-    assert differ == {"checkpoint.save_dir", "model.head_pooling", "model.freeze_encoder_updates"}
-    assert few["model.head_pooling"] == "band_stats" and 0 < few["model.freeze_encoder_updates"] <= few["optimization.max_update"]
+    assert differ == {"checkpoint.save_dir", "model.head_pooling", "model.head_init", "model.freeze_encoder_updates"}
+    assert few["model.head_pooling"] == "band_stats" and few["model.head_init"] == "probe" and 0 < few["model.freeze_encoder_updates"] <= few["optimization.max_update"]
