@@ -487,6 +487,11 @@ def test_fit_linear_gives_the_probes_logits_on_raw_features():
                                atol=1e-6)
     with pytest.raises(ValueError, match="exactly one class per clip"):
         fit_linear(x, np.ones((60, 2)), multilabel=False)
+    multi = np.eye(4)[y] + np.eye(4)[(y + 1) % 3]  # two classes per clip, class 3 never
+    probe = fit_linear(x, multi, multilabel=True)
+    weight, bias = probe.folded()
+    np.testing.assert_allclose((x @ weight.T + bias)[:, :3], probe.logits(x)[:, :3], atol=1e-8)
+    assert not weight[3].any() and probe.logits(x)[:, 3].max() == -1e9
 
 
 def probe_initialised(demo_data, head_pooling):
