@@ -100,12 +100,11 @@ def pool(x: torch.Tensor, mask: Optional[torch.Tensor], pooling: str, bands: int
     """``(B, N, C)`` patch features (time-major, ``bands`` patches per time step) -> the clip feature over
     the valid patches: ``mean`` ``(B, C)``; ``mean+std`` ``(B, 2C)``; ``bands`` ``(B, 2 * bands * C)``, the
     mean and the std over time of every frequency band (all bands' means, then all bands' stds)."""
-    from .modules.pooling import time_stats
+    from .modules.pooling import masked_mean, stats_feature
 
-    mean, std = time_stats(x.float(), mask, bands if pooling == "bands" else 1)  # (B, bands or 1, C) each
     if pooling == "mean":
-        return mean.flatten(1)
-    return torch.cat([mean.flatten(1), std.flatten(1)], dim=-1)
+        return masked_mean(x.float(), mask)
+    return stats_feature(x.float(), mask, bands if pooling == "bands" else 1)
 
 
 @torch.no_grad()

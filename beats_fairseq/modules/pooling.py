@@ -53,13 +53,18 @@ def clip_logits(patch_logits: torch.Tensor, padding_mask, head_pooling: str, ban
     return masked_mean(patch_logits, padding_mask)
 
 
+def stats_feature(x: torch.Tensor, padding_mask: Optional[torch.Tensor], bands: int) -> torch.Tensor:
+    """``(B, 2 * bands * C)``: every band's mean over time, then every band's std (:func:`time_stats`)."""
+    mean, std = time_stats(x, padding_mask, bands)
+    return torch.cat([mean.flatten(1), std.flatten(1)], dim=-1)
+
+
 def head_input(x: torch.Tensor, padding_mask, head_pooling: str, bands: int) -> torch.Tensor:
     """The clip feature a linear head of a clip reads: every band's mean and std over time, concatenated
     (``band_stats``: ``(B, 2 * bands * C)``, all bands' means then all bands' stds, the probes' ``bands``
     feature), or the mean over all valid patches (``mean``: ``(B, C)``)."""
     if head_pooling == "band_stats":
-        mean, std = time_stats(x, padding_mask, bands)
-        return torch.cat([mean.flatten(1), std.flatten(1)], dim=-1)
+        return stats_feature(x, padding_mask, bands)
     if head_pooling == "mean":
         return masked_mean(x, padding_mask)
     raise ValueError(f"a {head_pooling!r} head reads every patch, not one clip feature")
