@@ -12,12 +12,12 @@ from beats_fairseq.modules.encoder import MultiheadAttention
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_keep_mask_drops_p_and_scales_the_rest(p):
     torch.manual_seed(0)
-    mask = keep_mask((1001, 999), p, "cpu")  # odd count: the last random word is used by half
-    q = round(p * 2**15) / 2**15
+    mask = keep_mask((1001, 999), p, "cpu")  # count not a multiple of 4: the last random word is used in part
+    q = round(p * 2**16) / 2**16
     dropped = mask == 0
-    # 1e6 draws: the share is within 5 standard deviations of q, in each half-word position too
+    # 1e6 draws: the share is within 5 standard deviations of q, in each 16-bit position of the words too
     tol = 5 * (q * (1 - q) / mask.numel()) ** 0.5
-    for part in (dropped, dropped.flatten()[0::2], dropped.flatten()[1::2]):
+    for part in (dropped, *(dropped.flatten()[i::4] for i in range(4))):
         assert abs(part.float().mean().item() - q) < 2 * tol
     assert torch.allclose(mask[~dropped], torch.tensor(1 / (1 - q)))
 
@@ -31,7 +31,7 @@ def test_dropout_follows_the_torch_seed_and_keeps_its_mask_for_backward():
     assert not torch.equal(dropout(x, 0.2), y)
     y.backward(torch.ones_like(y))
     torch.testing.assert_close(x.grad, y.detach() / x.detach())  # d(x * mask)/dx = mask
-    assert x.grad.unique().tolist() == pytest.approx([0.0, 2**15 / (2**15 - round(0.2 * 2**15))])
+    assert x.grad.unique().tolist() == pytest.approx([0.0, 2**16 / (2**16 - round(0.2 * 2**16))])
     assert dropout(x, 0.2, training=False) is x
     assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
     module = Dropout(0.3).eval()
@@ -40,18 +40,37 @@ def test_dropout_follows_the_torch_seed_and_keeps_its_mask_for_backward():
         Dropout(1.5)
 
 
-@pytest.mark.parametrize("mask_shape", [(2, 3, 9, 9), (1, 3, 9, 9), None])
-def test_attention_with_dropout_is_sdpa(mask_shape):
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 9, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    mask = None if mask_shape is None else torch.randn(mask_shape, dtype=torch.float64, requires_grad=True)
-    inputs = (q, k, v) if mask is None else (q, k, v, mask)
-    ours = attention_with_dropout(q, k, v, mask, 0.0)
-    torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+def strided_qkv(batch=2, heads=3, length=9, width=4):
+    """q, k, v ``(B, H, L, D)`` as the encoder passes them: head-split views of one ``(B, L, 3 H D)`` tensor."""
+    x = torch.randn(batch, length, 3 * heads * width, dtype=torch.float64)
+    parts = x.split(heads * width, -1)
+    return [t.view(batch, length, heads, width).transpose(1, 2).detach().requires_grad_() for t in parts]
 
-    def with_dropout(*args):
+
+@pytest.mark.parametrize("bias_batch", [1, 2, None])
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_attention_with_dropout_is_sdpa_with_the_gated_bias(bias_batch, gated, padded):
+    if gated and bias_batch is None:
+        pytest.skip("a gate needs a bias")
+    torch.manual_seed(0)
+    q, k, v = strided_qkv()
+    bias = None if bias_batch is None else torch.randn(bias_batch, 3, 9, 9, dtype=torch.float64, requires_grad=True)
+    gate = torch.rand(2, 3, 9, 1, dtype=torch.float64, requires_grad=True) if gated else None
+    pad = None
+    if padded:
+        pad = torch.zeros(2, 1, 1, 9, dtype=torch.float64)
+        pad[1, ..., -2:] = float("-inf")  # the last two keys of the second clip are padding
+    mask = None if bias is None else (bias * gate if gated else bias)
+    if pad is not None:
+        mask = pad if mask is None else mask + pad
+    torch.testing.assert_close(attention_with_dropout(q, k, v, 0.0, bias, gate, pad),
+                               F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+    def with_dropout(q, k, v, bias=None, gate=None):
         torch.manual_seed(5)  # the same mask at every call
-        return attention_with_dropout(*args[:3], args[3] if len(args) > 3 else None, 0.3)
+        return attention_with_dropout(q, k, v, 0.3, bias, gate, pad)
+    inputs = [t for t in (q, k, v, bias, gate) if t is not None]
     assert torch.autograd.gradcheck(with_dropout, inputs)
     # the dropout is on the attention probabilities: rows of the kept weights times v
     torch.manual_seed(5)
@@ -59,6 +78,22 @@ def test_attention_with_dropout_is_sdpa(mask_shape):
     probs = torch.softmax(scores, -1).reshape(6, 9, 9)
     expected = (probs * keep_mask(probs.shape, 0.3, "cpu").double()).view(2, 3, 9, 9) @ v
     torch.testing.assert_close(with_dropout(*inputs), expected)
+
+
+def test_attention_with_dropout_runs_in_float32_under_autocast():
+    q, k, v = (t.detach().float().requires_grad_() for t in strided_qkv())
+    bias, gate = torch.randn(1, 3, 9, 9), torch.rand(2, 3, 9, 1)
+    torch.manual_seed(5)
+    expected = attention_with_dropout(q, k, v, 0.3, bias, gate)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(5)
+        out = attention_with_dropout(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.3, bias, gate)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, atol=0.05, rtol=0.05)  # only the inputs were rounded to bf16
+    out.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    with pytest.raises(ValueError, match="a gate needs a bias"):
+        attention_with_dropout(q, k, v, 0.3, None, gate)
 
 
 def test_attention_dropout_acts_in_training_only():

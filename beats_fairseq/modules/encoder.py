@@ -194,6 +194,24 @@ class MultiheadAttention(nn.Module):
         gate_a, gate_b = torch.sigmoid(logits).permute(0, 2, 1, 3).unsqueeze(-1).unbind(-2)
         return gate_a * (gate_b * self.grep_a - 1.0) + 2.0
 
+    @staticmethod
+    def _float_mask(bias, gate, pad, workspace: Optional[dict]):
+        """SDPA's float mask ``gate * bias + pad`` (or the parts given), written into the buffer kept
+        in ``workspace`` when one is given (no-grad forwards), else a fresh tensor."""
+        if bias is None:
+            return pad
+        if gate is None:
+            return bias if pad is None else bias + pad
+        out = None
+        if workspace is not None:
+            full = (gate.shape[0], gate.shape[1], gate.shape[2], bias.shape[-1])
+            out = workspace.get("attn_mask")
+            if out is None or out.shape != full or out.dtype != gate.dtype or out.device != gate.device:
+                out = workspace["attn_mask"] = gate.new_empty(full)
+        if pad is None:
+            return torch.mul(gate, bias, out=out) if out is not None else gate * bias
+        return torch.addcmul(pad, gate, bias, out=out) if out is not None else torch.addcmul(pad, gate, bias)
+
     def forward(self, x, key_padding_mask=None, position_bias=None, workspace: Optional[dict] = None):
         """x ``(B, L, C)``; key_padding_mask ``(B, L)`` bool; position_bias ``(B|1, H, L, L)``.
 
@@ -211,28 +229,14 @@ class MultiheadAttention(nn.Module):
         if key_padding_mask is not None:
             pad = torch.zeros(batch, 1, 1, length, dtype=q.dtype, device=q.device)
             pad.masked_fill_(key_padding_mask[:, None, None, :], float("-inf"))
-        mask = pad
-        if position_bias is not None:
-            bias = position_bias.to(q.dtype)
-            if self.gru_rel_pos:
-                gate = self._gate(q)
-                out = None
-                if workspace is not None:
-                    full = (batch, self.num_heads, length, length)
-                    out = workspace.get("attn_mask")
-                    if out is None or out.shape != full or out.dtype != q.dtype or out.device != q.device:
-                        out = workspace["attn_mask"] = q.new_empty(full)
-                if pad is None:
-                    mask = torch.mul(gate, bias, out=out) if out is not None else gate * bias
-                else:
-                    mask = torch.addcmul(pad, gate, bias, out=out) if out is not None else torch.addcmul(pad, gate, bias)
-            else:
-                mask = bias if pad is None else bias + pad
+        bias = None if position_bias is None else position_bias.to(q.dtype)
+        gate = self._gate(q) if bias is not None and self.gru_rel_pos else None
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.training and self.dropout > 0 and q.device.type == "cpu":
-            out = attention_with_dropout(q, k, v, mask, self.dropout)  # CPU SDPA has no fused dropout
+            # CPU SDPA has no fused dropout: one node, in place, with cheap masks (dropout.py)
+            out = attention_with_dropout(q, k, v, self.dropout, bias, gate, pad)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._float_mask(bias, gate, pad, workspace),
                                                  dropout_p=self.dropout if self.training else 0.0)
         # SDPA's CPU and CUDA kernels return a (B, L, H, D/H) layout: this reshape is then free
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, channels))
