@@ -625,3 +625,25 @@ def test_fp16_training_keeps_the_per_layer_groups_and_flattening_is_a_clear_erro
     flat = torch.nn.Parameter(torch.cat([p.data.float().view(-1) for p in params]))
     with pytest.raises(ValueError, match=r"common.fp16_no_flatten_grads=true"):
         fairseq_build_optimizer(root.optimizer, [flat])
+
+
+def test_head_init_probe_with_bfloat16_weights(demo_data):
+    """Under ``common.bf16`` the model's weights are bfloat16: the probe is fit on the features of an
+    autocast encoder and written into the bfloat16 head, which then classifies as the float32 one does."""
+    import copy
+
+    torch.manual_seed(0)
+    task, model = probe_initialised(demo_data, head_pooling="band_stats")
+    reference = copy.deepcopy(model)
+    task.begin_epoch(1, reference)
+    model = model.bfloat16()
+    task.begin_epoch(1, model)
+    assert model.head.weight.dtype == torch.bfloat16 and model.training
+    ds = task.datasets["train"]
+    batch = ds.collater([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        expected, _ = reference.eval()(**batch["net_input"])
+        logits, _ = model.eval()(batch["net_input"]["source"].bfloat16(), batch["net_input"]["padding_mask"])
+    predictions = logits.float().argmax(-1)
+    assert (predictions == batch["target"]).float().mean() > 0.45  # chance 1/6
+    assert (predictions == expected.argmax(-1)).float().mean() > 0.8
