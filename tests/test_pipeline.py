@@ -1,6 +1,7 @@
 """beats-pipeline: planning and config composition (Hydra's), TensorBoard metrics, resume, summary and the probe;
 the command and the library (``beats_fairseq.pipeline``)."""
 
+import html
 import json
 
 import numpy as np
@@ -397,6 +398,9 @@ def test_supervised_teacher_pipeline_runs_iter3_plus_end_to_end(tmp_path, demo_d
     finetune = summary["stages"][3]
     assert finetune["score_name"] == "accuracy" and 0 <= finetune["score"] <= 1
     assert summary["stages"][4]["score_name"] == "cosine" and summary["stages"][4]["code_usage"] > 0
+    # the report says that its iter3 is the paper's iter3+
+    note = "iter3 is the paper's iter3+: its tokenizer (tokenizer_iter2) is distilled from iter2 fine-tuned"
+    assert note in (run / "summary.md").read_text() and html.escape(note) in (run / "report.html").read_text()
 
     # the last tokenizer and the iter3 encoder load back and work together
     tokenizer = beats_fairseq.load(str(ckpt["tokenizer_iter2"]))

@@ -52,10 +52,20 @@ def _tables(summary: dict, config: PipelineConfig):
     return out
 
 
+def naming_note(config: PipelineConfig) -> str:
+    """What the report's encoder names mean where they differ from the paper's ("" where they don't)."""
+    if config.supervised_teacher and config.iterations >= 3:
+        return ("iter3 is the paper's iter3+: its tokenizer (tokenizer_iter2) is distilled from iter2 fine-tuned "
+                "on the labelled train split (finetune_iter2).")
+    return ""
+
+
 def markdown(summary: dict, config: PipelineConfig, title: str) -> str:
     text = [f"# {title}", ""]
     if summary.get("evaluation"):
         text += [headline(summary["evaluation"]), ""]
+    if naming_note(config):
+        text += [naming_note(config), ""]
     for name, table in _tables(summary, config):
         text += [f"{name}:", "", table.markdown(), ""]
     text += [f"Command: `{summary['command']}`"]
@@ -68,6 +78,8 @@ def page(summary: dict, config: PipelineConfig, title: str, png: Path) -> str:
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if summary.get("evaluation"):
         parts.append(f"<p class=\"headline\">{html.escape(headline(summary['evaluation']))}</p>")
+    if naming_note(config):
+        parts.append(f"<p>{html.escape(naming_note(config))}</p>")
     tables = _tables(summary, config)
     first = sum(1 for name, _ in tables if name.startswith(("Evaluation", "Paired")))  # the picture after these
     for k, (name, table) in enumerate(tables):
