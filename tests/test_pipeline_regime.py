@@ -74,6 +74,16 @@ def test_pool_budgets_and_loop_seeds_plan_into_seed_folders(pool_data, tmp_path)
     chosen = prepare(dataclasses.replace(config, scale="small", loop_seeds=1, out=str(tmp_path / "chosen"),
                                          recipes={"budget_finetune": "small"}))
     assert {s.config.model.head_pooling for s in chosen if s.kind == "finetune"} == {"mean"}
+    # budget_finetune: reaches the fine-tunings on a label budget only; finetune: every fine-tuning
+    narrowed = {s.name: s for s in prepare(dataclasses.replace(
+        config, scale="small", loop_seeds=1, out=str(tmp_path / "narrowed"),
+        overrides=["budget_finetune:model.head_init=random", "finetune:optimization.max_update=120"]))}
+    assert narrowed["eval_iter1_2perclass_seed1"].config.model.head_init == "random"
+    assert all(narrowed[name].config.optimization.max_update == 120 for name in heads)
+    assert [narrowed[name].config.model.freeze_encoder_updates for name in heads] == [150, 0, 0]
+    with pytest.raises(PipelineError, match="their prefix no stage of this run"):  # no budget: no budget stage
+        prepare(dataclasses.replace(config, scale="small", loop_seeds=1, label_budgets=["all"],
+                                    out=str(tmp_path / "none"), overrides=["budget_finetune:model.head_init=random"]))
 
     with pytest.raises(PipelineError, match="plan each loop"):
         plan(config)

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "resumes: finished stages are skipped, an interrupted one continues from its checkpoint.",
         epilog="Overrides use Hydra's grammar, with the meaning fairseq-hydra-train gives them: key=value (every stage "
                "whose recipe has the key), +key=value (add), ++key=value (add or set), ~key (delete); "
-               "pretrain:, tokenizer: or finetune: in front restricts one to a kind of stage. Example: "
+               "pretrain:, tokenizer: or finetune: in front restricts one to a kind of stage, budget_finetune: to "
+               "the fine-tunings on a label budget. Example: "
                "beats-pipeline --data demo_data --out runs/pipeline_tiny pretrain:optimization.max_update=200",
     )
     parser.add_argument("--data", required=True, help=_help("data"))

@@ -7,7 +7,8 @@ with these overrides, in this order:
 1. at ``--scale tiny``, the tiny update counts of the stage's kind (``++key=value``);
 2. the run's overrides (``PipelineConfig.overrides``), in Hydra's grammar and with its meaning
    (``key=value``, ``+key=value``, ``++key=value``, ``~key``). ``pretrain:``, ``tokenizer:`` or
-   ``finetune:`` in front restricts one to a kind of stage. A plain ``key=value`` or ``~key``
+   ``finetune:`` in front restricts one to a kind of stage, ``budget_finetune:`` to the evaluation
+   fine-tunings on a label budget (``--label-budgets N``). A plain ``key=value`` or ``~key``
    without that prefix goes to every stage whose recipe has the key (and is an error when no
    recipe has it); with the prefix, a missing key is Hydra's error. ``hydra.*`` overrides go to
    the stage's ``fairseq-hydra-train`` command line.
@@ -33,6 +34,9 @@ from ..recipes import recipe_dir
 from .config import TINY_UPDATES, TRAINING_KINDS, PipelineConfig, PipelineError
 from .plan import RANDOM, Stage
 
+# override prefixes that name a stage role narrower than its kind: role -> kind
+ROLE_PREFIXES = {"budget_finetune": "finetune"}
+PREFIXES = "pretrain:, tokenizer:, finetune: or budget_finetune:"
 # the options that set some of the keys a stage owns
 OPTIONS = {"dataset.train_subset": "--pretrain-split, --label-budgets", "common.seed": "--loop-seeds, --eval-seeds"}
 _HYDRA = threading.Lock()  # Hydra's global state: one composition at a time
@@ -42,6 +46,7 @@ _HYDRA = threading.Lock()  # Hydra's global state: one composition at a time
 class StageOverride:
     item: str  # as given, prefix included
     kind: Optional[str]  # "pretrain", "tokenizer" or "finetune"; None: every kind
+    role: Optional[str]  # "budget_finetune" (ROLE_PREFIXES); None: every stage of the kind
     text: str  # the Hydra override, prefix removed
     key: str
     anywhere: bool  # add, force-add: for every stage of the kind; change, delete: where the recipe has the key
@@ -57,17 +62,18 @@ def parse_overrides(items: List[str]) -> List[StageOverride]:
     for item in items:
         lead = item[: len(item) - len(item.lstrip("+~"))]
         head, sep, rest = item[len(lead):].partition(":")
-        kind = head if sep and head in TRAINING_KINDS else None
-        text = lead + rest if kind else item
+        prefix = head if sep and (head in TRAINING_KINDS or head in ROLE_PREFIXES) else None
+        kind = ROLE_PREFIXES.get(prefix, prefix)
+        text = lead + rest if prefix else item
         try:
             parsed = parser.parse_override(text)
         except HydraException as exc:
-            raise PipelineError(f"override {item!r}: {exc} (Hydra's override grammar, optionally after pretrain:, "
-                                "tokenizer: or finetune:)") from None
+            raise PipelineError(f"override {item!r}: {exc} (Hydra's override grammar, optionally after "
+                                f"{PREFIXES})") from None
         if parsed.is_sweep_override():
             raise PipelineError(f"override {item!r}: a sweep; give one value per key")
-        out.append(StageOverride(item, kind, text, parsed.key_or_group, parsed.is_add() or parsed.is_force_add(),
-                                 parsed.is_hydra_override()))
+        out.append(StageOverride(item, kind, prefix if prefix in ROLE_PREFIXES else None, text, parsed.key_or_group,
+                                 parsed.is_add() or parsed.is_force_add(), parsed.is_hydra_override()))
     return out
 
 
@@ -121,17 +127,21 @@ class Composer:
 
     def _recipe(self, stage: Stage, path: Path) -> Tuple[DictConfig, List[StageOverride]]:
         """The recipe with the tiny settings and the run's overrides, and the overrides it took."""
-        cache = (str(path), stage.kind, self.config.scale)
+        cache = (str(path), stage.kind, stage.role, self.config.scale)
         if cache not in self._composed:
             settings = tiny_settings(stage.kind) if self.config.scale == "tiny" else {}
             first = [f"++{key}={value}" for key, value in settings.items()]
-            mine = [o for o in self.overrides if o.kind in (None, stage.kind) and not o.hydra]
+            mine = [o for o in self.overrides if self._reaches(o, stage) and not o.hydra]
             if any(o.kind is None and not o.anywhere for o in mine):
                 base = self._compose(stage, path, first)
                 mine = [o for o in mine if o.kind or o.anywhere or _has(base, o.key)]
             cfg = self._compose(stage, path, first + [o.text for o in mine])
             self._composed[cache] = cfg, mine
         return self._composed[cache]
+
+    @staticmethod
+    def _reaches(override: StageOverride, stage: Stage) -> bool:
+        return override.kind in (None, stage.kind) and override.role in (None, stage.role)
 
     @staticmethod
     def _compose(stage: Stage, path: Path, overrides: List[str]) -> DictConfig:
@@ -194,7 +204,7 @@ class Composer:
                 with open_dict(cfg):
                     cfg.hydra = hydra
             stage.config = cfg
-            launch = [o for o in self.overrides if o.hydra and o.kind in (None, stage.kind)]
+            launch = [o for o in self.overrides if o.hydra and self._reaches(o, stage)]
             stage.hydra_overrides = [o.text for o in launch]
             self.used.update(o.item for o in launch)
         return stage.config
@@ -206,6 +216,6 @@ class Composer:
                 self.compose(stage)
         unused = [o.item for o in self.overrides if o.item not in self.used]
         if unused:
-            raise PipelineError(f"override(s) {unused} match no key of any stage's recipe (prefix with + to add a "
-                                "key, or with pretrain:, tokenizer: or finetune: to name the kind of stage)")
+            raise PipelineError(f"override(s) {unused} match no key of any stage's recipe, or their prefix no stage "
+                                f"of this run (prefix with + to add a key, or with {PREFIXES} to name the stages)")
 

@@ -109,7 +109,8 @@ class PipelineConfig:
                                     default_factory=dict)
     overrides: List[str] = _help("Hydra overrides for the stages: key=value for every stage whose recipe has the "
                                  "key, pretrain:key=value, tokenizer:key=value, finetune:key=value for one kind of "
-                                 "stage; any override fairseq-hydra-train accepts (+key, ++key, ~key)",
+                                 "stage, budget_finetune:key=value for the fine-tunings on a label budget; any "
+                                 "override fairseq-hydra-train accepts (+key, ++key, ~key)",
                                  default_factory=list)
     jobs: Optional[int] = _help("evaluation fine-tunings run this many at once, each with OMP_NUM_THREADS = CPU cores "
                                 "// jobs unless OMP_NUM_THREADS is set (None: 2 without a GPU on a machine with 2 or "
