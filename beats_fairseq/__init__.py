@@ -38,7 +38,7 @@ def __dir__():
 
 def _register() -> None:
     """Put the package's tasks, models, criterions and optimizer into fairseq's registries."""
-    from . import criterions, models, optim, tasks  # noqa: F401
+    from . import criterions, fused_adam, models, optim, tasks  # noqa: F401
 
 
 when_imported("fairseq", _register, __name__)

@@ -168,6 +168,14 @@ class Timer:
         return self.clock()
 
 
+def recipe_optimizer(params) -> torch.optim.Optimizer:
+    """The optimizer of the paper-scale recipes as a torch optimizer: ``beats_adam`` (fairseq's adam,
+    fused) with their betas (0.9, 0.98), eps 1e-6 and weight decay 0.01."""
+    from beats_fairseq.fused_adam import FusedStepAdam
+
+    return FusedStepAdam(params, lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+
+
 def autocast_context(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
 

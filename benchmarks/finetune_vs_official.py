@@ -9,9 +9,13 @@ Their eval-mode probabilities are compared first, as a check that the two are th
 
 One step is what fine-tuning does per batch in train mode (dropout 0.1, attention dropout 0.1):
 forward from the waveform (fbank, patch embedding, encoder, mean-pooled head), binary
-cross-entropy against random multi-hot targets, backward and an AdamW step. The official model
+cross-entropy against random multi-hot targets, backward and an optimizer step. The official model
 returns probabilities, so its loss is ``binary_cross_entropy`` on them; ours is the same loss on
 the logits (``binary_cross_entropy_with_logits``), as the ``beats_classification`` criterion does.
+Each side steps the optimizer its users get: this project's fine-tuning recipes' ``beats_adam``
+(fairseq's adam, fused), and ``torch.optim.AdamW`` with its defaults for the official code, which
+ships no training code (``--same-optimizer`` gives it ``beats_adam`` too). The optimizer step's
+time is reported on its own.
 Timings are interleaved: each repeat runs one model twice in a row and times the second, then the
 other, then one square matmul (the in-run peak for MFU). FLOPs per step are counted once, on this
 project's model (``flops.py``: FlopCounterMode with the grouped-convolution correction); both
@@ -46,7 +50,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from beats_fairseq.models.beats_classifier import BeatsClassifierConfig, BeatsClassifierModel  # noqa: E402
-from encoder_mfu import TINY, Timer, cpu_model, git_commit, load_average, matmul_gflops, write_json  # noqa: E402
+from encoder_mfu import (TINY, Timer, cpu_model, git_commit, load_average, matmul_gflops,  # noqa: E402
+                         recipe_optimizer, write_json)
 from flops import count_flops  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -67,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--matmul-size", type=int, default=None,
                    help="side of the square matmul used as the peak (default 3072 on CPU, 8192 on CUDA)")
+    p.add_argument("--same-optimizer", action="store_true",
+                   help="the official model steps beats_adam too (default: torch.optim.AdamW, the one its users write)")
     p.add_argument("--profile", action="store_true", help="one more step of each under torch.profiler: op shares")
     p.add_argument("--profile-rows", type=int, default=15, help="ops listed per profile (default: 15)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (and MFU)")
@@ -124,9 +131,9 @@ def same_model_check(ours, theirs, source) -> float:
     return float((mine - official).abs().max())
 
 
-def step_fn(model, official: bool, source, target, timer, forward_times):
-    """One training step (forward, BCE, backward, AdamW) of ``model``; appends its forward time."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+def step_fn(model, official: bool, optimizer, source, target, timer, forward_times, optimizer_times):
+    """One training step (forward, BCE, backward, optimizer step) of ``model``; appends the times of
+    its forward and of its optimizer step."""
     model.train()
 
     def step():
@@ -140,7 +147,9 @@ def step_fn(model, official: bool, source, target, timer, forward_times):
         forward_times.append(timer.now() - start)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        start = timer.now()
         optimizer.step()
+        optimizer_times.append(timer.now() - start)
     return step
 
 
@@ -184,16 +193,20 @@ def main(argv=None) -> int:
     print(f"eval-mode probabilities, largest difference: {difference:.2e}", flush=True)
 
     names = ("this_project", "official")
-    forwards = {name: [] for name in names}
-    steps = {"this_project": step_fn(ours, False, source, target, timer, forwards["this_project"]),
-             "official": step_fn(theirs, True, source, target, timer, forwards["official"])}
+    forwards, optimizer_times = {name: [] for name in names}, {name: [] for name in names}
+    optimizers = {"this_project": recipe_optimizer(ours.parameters()),
+                  "official": (recipe_optimizer(theirs.parameters()) if args.same_optimizer
+                               else torch.optim.AdamW(theirs.parameters(), lr=1e-5))}
+    steps = {name: step_fn(model, name == "official", optimizers[name], source, target, timer, forwards[name],
+                           optimizer_times[name])
+             for name, model in (("this_project", ours), ("official", theirs))}
     flops = None if args.no_flops else count_flops(steps["this_project"])
     for name in names:
         for _ in range(args.warmup):
             steps[name]()
         forwards[name].clear()
     times = {name: [] for name in names}
-    step_forwards = {name: [] for name in names}
+    step_forwards, step_optimizers = {name: [] for name in names}, {name: [] for name in names}
     peaks = []
     matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 3072)
     load_before = load_average()
@@ -204,6 +217,7 @@ def main(argv=None) -> int:
             steps[name]()
             times[name].append(timer.now() - start)
             step_forwards[name].append(forwards[name][-1])
+            step_optimizers[name].append(optimizer_times[name][-1])
         peaks.append(matmul_gflops(matmul_size, device, torch.float32, timer, 10 if device.type == "cuda" else 1))
         print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{n} {times[n][-1]:.3f} s" for n in names)
               + f"; matmul {peaks[-1]:.0f} GFLOP/s", flush=True)
@@ -215,6 +229,8 @@ def main(argv=None) -> int:
         median = statistics.median(times[name])
         row = {"code": name, "seconds_median": round(median, 5), "seconds_all": [round(t, 5) for t in times[name]],
                "forward_seconds_median": round(statistics.median(step_forwards[name]), 5),
+               "optimizer": type(optimizers[name]).__name__,
+               "optimizer_seconds_median": round(statistics.median(step_optimizers[name]), 5),
                "clips_per_second": round(args.batch / median, 3)}
         if flops is not None:
             row["mfu"] = round(flops["gflop"] / median / peak, 4)
@@ -241,11 +257,12 @@ def main(argv=None) -> int:
 
 
 def print_table(result: dict) -> None:
-    print(f"\n{'code':14s} {'s/step':>8s} {'forward s':>10s} {'clips/s':>8s} {'MFU':>6s}")
+    print(f"\n{'code':14s} {'s/step':>8s} {'forward s':>10s} {'optimizer s':>12s} {'clips/s':>8s} {'MFU':>6s}"
+          "  optimizer")
     for row in result["results"]:
         mfu = f"{100 * row['mfu']:5.1f}%" if "mfu" in row else f"{'-':>6s}"
         print(f"{row['code']:14s} {row['seconds_median']:8.3f} {row['forward_seconds_median']:10.3f} "
-              f"{row['clips_per_second']:8.2f} {mfu}")
+              f"{row['optimizer_seconds_median']:12.3f} {row['clips_per_second']:8.2f} {mfu}  {row['optimizer']}")
     if result["gflop_per_step"]:
         print(f"{result['gflop_per_step']:.1f} GFLOP per step; matmul peak {result['matmul_gflops']:.1f} GFLOP/s")
     print(f"this project is {result['official_over_this_project']:.2f}x as fast as the official code per step")
@@ -260,7 +277,8 @@ def write_results(out: Path, result: dict) -> None:
     entry = ({k: result[k] for k in ("date", "commit", "label", "device_name", "threads", "matmul_gflops",
                                      "official_over_this_project")}
              | {"seconds_median": {r["code"]: r["seconds_median"] for r in result["results"]},
-                "mfu": {r["code"]: r.get("mfu") for r in result["results"]}})
+                "mfu": {r["code"]: r.get("mfu") for r in result["results"]},
+                "optimizer": {r["code"]: r["optimizer"] for r in result["results"]}})
     write_json(out, result, entry=entry)
     print(f"results: {out}")
 

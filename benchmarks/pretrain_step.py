@@ -4,7 +4,8 @@ K masked views) and fine-tuning, with a profile of where an update's time goes.
 
 A pre-training update is what ``beats_pretraining`` + ``beats_mam`` do per batch: ``BeatsModel``
 forward (fbank, labels, 75 % masking, encoder on the visible patches, label predictor),
-cross-entropy on the masked patches, backward and an AdamW step. Variants:
+cross-entropy on the masked patches, backward and an optimizer step (``beats_adam``, the paper-scale
+recipes' optimizer). Variants:
 
 * ``iter1``: labels from the random-projection tokenizer;
 * ``iter2_on_the_fly``: a frozen trained tokenizer (BEATs-base size, random weights: speed does
@@ -13,7 +14,7 @@ cross-entropy on the masked patches, backward and an AdamW step. Variants:
 * ``tokenizer_labels``: the tokenizer's ``extract_labels`` alone;
 * ``iter1_masks``: iter1 with ``model.num_masks = --num-masks`` views per clip;
 * ``finetune``: a ``beats_classifier`` step (fbank, encoder on all patches, mean-pooled linear
-  head over 527 classes, BCE, backward, AdamW).
+  head over 527 classes, BCE, backward, ``beats_adam``).
 
 FLOPs per update are counted once per variant with ``FlopCounterMode``, the grouped positional
 convolution's backward corrected (``flops.py``). MFU = FLOPs / median seconds / the matrix-multiply
@@ -51,7 +52,8 @@ from beats_fairseq.models.beats import BeatsConfig, BeatsModel  # noqa: E402
 from beats_fairseq.models.beats_classifier import BeatsClassifierConfig, BeatsClassifierModel  # noqa: E402
 from beats_fairseq.models.beats_tokenizer import BeatsTokenizerConfig, BeatsTokenizerModel  # noqa: E402
 from beats_fairseq.tokenizers import FrozenTokenizer  # noqa: E402
-from encoder_mfu import TINY, Timer, autocast_context, cpu_model, git_commit, load_average, matmul_gflops, write_json  # noqa: E402
+from encoder_mfu import (TINY, Timer, autocast_context, cpu_model, git_commit, load_average,  # noqa: E402
+                         matmul_gflops, recipe_optimizer, write_json)
 from flops import count_flops  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -194,7 +196,7 @@ def finetune_model(args, device) -> BeatsClassifierModel:
 
 
 def pretrain_update(model, source, clip_ids, dtype, sections, target_fn=None):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    optimizer = recipe_optimizer([p for p in model.parameters() if p.requires_grad])
 
     def update():
         with sections("update"):
@@ -213,7 +215,7 @@ def pretrain_update(model, source, clip_ids, dtype, sections, target_fn=None):
 
 
 def finetune_update(model, source, clip_ids, dtype, sections):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = recipe_optimizer(model.parameters())
     generator = torch.Generator().manual_seed(0)
     target = (torch.rand(source.size(0), FINETUNE_CLASSES, generator=generator) < 0.02).float().to(source.device)
 

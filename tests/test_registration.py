@@ -36,7 +36,7 @@ def test_registered_names_start_with_beats_and_shadow_nothing():
         "task": ["beats_audio_classification", "beats_pretraining", "beats_tokenizer_training"],
         "model": ["beats", "beats_classifier", "beats_encoder", "beats_tokenizer"],
         "criterion": ["beats_classification", "beats_mam", "beats_tokenizer_distillation"],
-        "optimizer": ["beats_composite"],
+        "optimizer": ["beats_adam", "beats_composite"],
         "lr_scheduler": [],
     }
     assert all(names == [] for names in result["replaced"].values())

@@ -323,15 +323,19 @@ def test_tokenizer_resume_over_epochs_is_exact(epoch_data, teacher, tmp_path):
 
 
 @pytest.mark.slow
-def test_finetuning_resume_over_epochs_is_exact(epoch_data, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "beats_adam"])
+def test_finetuning_resume_over_epochs_is_exact(epoch_data, optimizer, tmp_path):
     """mixup, SpecAugment and roll draw the same randomness in the resumed runs: stopped by a
-    signal at a random update, then killed at the end of epoch 2."""
-    args = override(finetune_args(epoch_data, tmp_path / "ref", 8, augment=True), *EPOCHS)
+    signal at a random update, then killed at the end of epoch 2. With the tiny recipe's optimizer
+    (fairseq's adam) and with the paper-scale recipes' (beats_adam)."""
+    args = override(finetune_args(epoch_data, tmp_path / "ref", 8, augment=True), *EPOCHS,
+                    f"optimizer.groups.default.optimizer._name={optimizer}")
     ref_log = train(FINETUNE, "tiny", *args)
     logs = interrupted_runs(FINETUNE, args, tmp_path / "resumed", [random_stop("finetuning", 1, 5), ("kill", 6)],
                             workers=2)
     check_resumed_equals_reference(tmp_path / "ref", ref_log, tmp_path / "resumed", logs, "valid_multi",
                                    VALID_KEYS["finetune"])
+    assert checkpoint(tmp_path / "resumed")["cfg"]["optimizer"]["groups"]["default"]["optimizer"]["_name"] == optimizer
     # the best metric is stored as a plain float (numpy scalars break weights-only loading)
     best = checkpoint(tmp_path / "resumed")["extra_state"]["best"]
     assert type(best) is float and 0.0 < best <= 1.0
