@@ -34,8 +34,8 @@ def test_pool_budgets_and_loop_seeds_plan_into_seed_folders(pool_data, tmp_path)
                             loop_seeds=2)
     stages = prepare(config)
     by = {(s.dir.relative_to(run).parts[0], s.name): s for s in stages}
-    assert len(by) == len(stages) == 2 * (6 + 1 + 3 + 4 * 2 * 2)  # per loop: training, tokenizers, subset + 2 fbank,
-    # fine-tunings
+    assert len(by) == len(stages) == 2 * (6 + 1 + 2 * 2 + 1 + 4 * 2 * 2)  # per loop: training, tokenizers, a subset
+    # and its fbank baseline per evaluation seed, the fbank baseline on all, fine-tunings
     for k in (1, 2):
         loop = f"seed{k}"
         for name in ("iter1", "tokenizer_iter1", "iter2", "tokenizer_iter2", "iter3"):
@@ -43,16 +43,19 @@ def test_pool_budgets_and_loop_seeds_plan_into_seed_folders(pool_data, tmp_path)
             assert (cfg.dataset.train_subset, cfg.dataset.valid_subset, cfg.common.seed) == ("pool", "valid", k)
         teacher = by[loop, "finetune_iter2"].config
         assert (teacher.dataset.train_subset, teacher.common.seed) == ("train", k)  # the labelled split
-        subset = run / loop / "budgets" / "train_2"
-        assert by[loop, "subset_2perclass"].output == subset.with_suffix(".tsv")
-        assert by[loop, "subset_2perclass"].settings["seed"] == k
-        assert by[loop, "fbank_2perclass"].depends == [by[loop, "subset_2perclass"]] and not by[loop, "fbank"].depends
-        seeds = (2 * k - 1, 2 * k)  # the fine-tuning seeds of loop k
+        assert not by[loop, "fbank"].depends
+        seeds = (2 * k - 1, 2 * k)  # the fine-tuning seeds of loop k: one subset each, shared by every encoder
+        for seed in seeds:
+            subset = by[loop, f"subset_2perclass_seed{seed}"]
+            assert subset.output == run / loop / "budgets" / f"train_2_seed{seed}.tsv" and subset.settings["seed"] == seed
+            assert by[loop, f"fbank_2perclass_seed{seed}"].depends == [subset]
         for encoder in ("random", "iter1", "iter2", "iter3"):
             for seed in seeds:
                 full, few = by[loop, f"eval_{encoder}_seed{seed}"], by[loop, f"eval_{encoder}_2perclass_seed{seed}"]
+                subset = run / loop / "budgets" / f"train_2_seed{seed}"
                 assert full.config.dataset.train_subset == "train" and full.config.common.seed == seed
                 assert few.config.dataset.train_subset == str(subset) and few.config.common.seed == seed
+                assert [d.name for d in few.depends if d.kind == "subset"] == [f"subset_2perclass_seed{seed}"]
                 assert few.config.dataset.valid_subset == "valid" and few.budget == "2" and full.budget == "all"
                 assert (few.role, full.role) == ("budget_finetune", "finetune")
     iter2 = by["seed1", "eval_iter2_2perclass_seed1"]
@@ -115,13 +118,14 @@ def test_budget_subsets_are_stratified_seeded_nested_and_used_by_the_fbank_basel
     from beats_fairseq.pipeline.compose import Composer
     from beats_fairseq.pipeline.steps import Context, run_step
 
-    config = PipelineConfig(data=str(pool_data), out=str(tmp_path / "run"), label_budgets=["3"])
+    config = PipelineConfig(data=str(pool_data), out=str(tmp_path / "run"), label_budgets=["3"], eval_seeds=2)
     stages = {s.name: s for s in plan(config)}
-    assert [s for s in stages if not s.startswith(("iter", "tokenizer"))] == ["subset_3perclass", "fbank_3perclass",
-                                                                             "probe_3perclass"]
+    assert [s for s in stages if not s.startswith(("iter", "tokenizer"))] == [
+        "subset_3perclass_seed1", "fbank_3perclass_seed1", "subset_3perclass_seed2", "fbank_3perclass_seed2",
+        "probe_3perclass_seed1", "probe_3perclass_seed2"]  # --eval probe: one probe per subset
     ctx = Context(config, Composer(config), "cpu", lambda text: None)
-    result = run_step(stages["subset_3perclass"], ctx)["metrics"]["subset"]
-    written = tmp_path / "run" / "budgets" / "train_3.tsv"
+    result = run_step(stages["subset_3perclass_seed1"], ctx)["metrics"]["subset"]
+    written = tmp_path / "run" / "budgets" / "train_3_seed1.tsv"
     assert result["clips"] == 18 and result["classes"] == 6 and written.is_file()
     manifest, full = read_manifest(written), read_manifest(pool_data / "train.tsv")
     lines = (pool_data / "train.lbl").read_text().splitlines()
@@ -130,10 +134,12 @@ def test_budget_subsets_are_stratified_seeded_nested_and_used_by_the_fbank_basel
     positions = [full.paths.index(p) for p in manifest.paths]
     assert [lines[p] for p in positions] == chosen  # the labels of the chosen clips
     first = written.read_bytes()
-    run_step(stages["subset_3perclass"], ctx)
-    assert written.read_bytes() == first  # deterministic given the loop seed
-    fbank = run_step(stages["fbank_3perclass"], ctx)["metrics"]["fbank"]
-    assert fbank["train_clips"] == 18 and fbank["train_split"] == "train_3" and 0 <= fbank["value"] <= 1
+    run_step(stages["subset_3perclass_seed1"], ctx)
+    assert written.read_bytes() == first  # deterministic given the seed
+    run_step(stages["subset_3perclass_seed2"], ctx)
+    assert written.with_name("train_3_seed2.tsv").read_bytes() != first  # another draw for the other seed
+    fbank = run_step(stages["fbank_3perclass_seed1"], ctx)["metrics"]["fbank"]
+    assert fbank["train_clips"] == 18 and fbank["train_split"] == "train_3_seed1" and 0 <= fbank["value"] <= 1
 
 
 def test_paired_differences_and_their_t_interval():
@@ -219,7 +225,7 @@ def test_pool_budgets_and_two_loop_seeds_run_end_to_end(pool_data, tmp_path, cap
     for k in (1, 2):
         given_finished_iter1_and_tokenizer(run / f"seed{k}")
     args = ["--data", pool_data, "--out", run, "--pretrain-split", "pool", "--label-budgets", "2,all",
-            "--loop-seeds", "2", "--probes", "linear", "optimization.max_update=4"]
+            "--loop-seeds", "2", "--eval-seeds", "2", "--probes", "linear", "optimization.max_update=4"]
     code = pipeline.main([str(a) for a in args])
     out = capsys.readouterr().out
     assert code == 0, out[-4000:]
@@ -229,20 +235,23 @@ def test_pool_budgets_and_two_loop_seeds_run_end_to_end(pool_data, tmp_path, cap
         assert OmegaConf.load(run / f"seed{k}" / "iter2" / "stage.yaml").common.seed == k
         loop = json.loads((run / f"seed{k}" / "summary.json").read_text())
         assert loop["evaluation"]["budgets"]["2"]["rows"]["fbank"]["runs"]
-        probe2 = json.loads((run / f"seed{k}" / "probe_2perclass" / "probe.json").read_text())
-        assert {r["train_clips"] for r in probe2} == {12}  # 2 clips of each of the 6 classes
-        assert {r["probe"] for r in probe2} == {"linear"}  # --probes linear
-    assert (run / "seed1" / "budgets" / "train_2.tsv").read_text() != (run / "seed2" / "budgets" / "train_2.tsv").read_text()
+        for seed in (2 * k - 1, 2 * k):  # --eval-seeds 2: two subsets per loop
+            probe2 = json.loads((run / f"seed{k}" / f"probe_2perclass_seed{seed}" / "probe.json").read_text())
+            assert {r["train_clips"] for r in probe2} == {12}  # 2 clips of each of the 6 classes
+            assert {r["probe"] for r in probe2} == {"linear"}  # --probes linear
+    drawn = [(run / f"seed{(s + 1) // 2}" / "budgets" / f"train_2_seed{s}.tsv").read_text() for s in (1, 2, 3, 4)]
+    assert len(set(drawn)) == 4  # every subset its own draw
     summary = json.loads((run / "summary.json").read_text())
     block = summary["evaluation"]
     assert block["loops"] == 2 and list(block["budgets"]) == ["2", "all"]
     assert list(block["rows"]) == ["random", "fbank", "iter1", "iter2"]
-    assert all(len(row["runs"]) == 2 for row in block["budgets"]["2"]["rows"].values())  # one per loop
+    assert all(len(row["runs"]) == 4 for row in block["budgets"]["2"]["rows"].values())  # one per subset
+    assert all(len(row["runs"]) == 2 for row in block["budgets"]["all"]["rows"].values())  # one per loop
     pair = block["paired"]["2"]["iter2-iter1"]
     assert len(pair["runs"]) == 2 and pair["low"] <= pair["mean"] <= pair["high"]
     assert_picture(run / "report.png", min_width=800, min_height=400)
     code = pipeline.main([str(a) for a in args])  # finished: nothing runs again
-    assert code == 0 and capsys.readouterr().out.count("skipped") == 2 * 9
+    assert code == 0 and capsys.readouterr().out.count("skipped") == 2 * 12
 
 
 @pytest.mark.slow
@@ -251,11 +260,11 @@ def test_a_budget_fine_tuning_trains_on_its_subset_and_validates_on_valid(pool_d
 
     config = PipelineConfig(data=str(pool_data), out=str(tmp_path / "run"), eval="finetune", eval_seeds=1,
                             label_budgets=["2"], overrides=["finetune:optimization.max_update=4"])
-    stages = [s for s in plan(config) if s.name in ("subset_2perclass", "eval_random_2perclass_seed1")]
+    stages = [s for s in plan(config) if s.name in ("subset_2perclass_seed1", "eval_random_2perclass_seed1")]
     summary = Runner(config, stages, say=lambda text: None).run()
     stage = stages[1]
     log = stage.log_path.read_text()
-    assert f"{tmp_path / 'run' / 'budgets' / 'train_2'}: 12 clips, 6 classes" in log and "valid: 36 clips" in log
+    assert f"{tmp_path / 'run' / 'budgets' / 'train_2_seed1'}: 12 clips, 6 classes" in log and "valid: 36 clips" in log
     score = json.loads(stage.output.read_text())
     assert score["encoder"] == "random" and score["split"] == "test" and 0 <= score["value"] <= 1
     assert summary["evaluation"]["budgets"]["2"]["rows"]["random"]["runs"] == [score["value"]]

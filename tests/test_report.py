@@ -112,21 +112,23 @@ def test_probes_beside_fine_tuning_are_reported_apart_from_it_and_combine_over_l
     config, stages, state = fake_run(run, demo_data, eval="finetune", eval_seeds=2, probes=["linear"],
                                      label_budgets=["2", "all"])
     names = [s.name for s in stages]
-    assert names[-2:] == ["probe_2perclass", "probe"] and names.count("probe") == 1  # after all the fine-tunings
-    assert [s.title for s in stages[-2:]] == ["linear probes on test, 2 per class", "linear probes on test"]
+    assert names[-3:] == ["probe_2perclass_seed1", "probe_2perclass_seed2", "probe"]  # after all the fine-tunings
+    assert [s.title for s in stages[-3:]] == ["linear probes on test, 2 per class (seed 1)",
+                                              "linear probes on test, 2 per class (seed 2)", "linear probes on test"]
     summary = write_summary(config, stages, state, "cmd", say=lambda text: None)
     block = summary["evaluation"]
     assert block["how"].startswith("fine-tuned") and block["rows"]["iter1"]["runs"] != [0.5]  # fine-tuning scores
     assert all(len(r["runs"]) == 2 for name, r in block["rows"].items() if name != "fbank")
-    for budget in ("2", "all"):
+    assert block["budgets"]["2"]["rows"]["fbank"]["runs"] == [0.33, 0.33]  # one per subset
+    for budget, subsets in (("2", 2), ("all", 1)):
         probes = block["budgets"][budget]["probes"]
         assert list(probes) == ["linear"] and list(probes["linear"]) == ["random", "iter1", "iter2"]
-        assert probes["linear"]["iter1"]["runs"] == [0.5]
+        assert probes["linear"]["iter1"]["runs"] == [0.5] * subsets
     md = (run / "summary.md").read_text()
     assert "Probes on frozen features, beside fine-tuning (bands pooling, 2 clips per class):" in md
     assert "| iter1 | 0.500 ± 0.000 |" in md
     both = combine([block, block])
-    assert both["budgets"]["2"]["probes"]["linear"]["iter2"]["runs"] == [0.45, 0.45]
+    assert both["budgets"]["2"]["probes"]["linear"]["iter2"]["runs"] == [0.45] * 4
     # without --probes, --eval finetune runs no probe
     assert "probe" not in [s.name for s in plan(PipelineConfig(data=str(demo_data), out=str(run), eval="finetune"))]
 

@@ -1,12 +1,13 @@
-"""Label budgets: the class-stratified subset of the labelled train split each budget trains on.
+"""Label budgets: the class-stratified subsets of the labelled train split a budget trains on.
 
 A budget of ``n`` clips per class keeps, of every class, ``n`` clips drawn at random (all of them
 when the class has fewer), in manifest order. Multi-label clips count for their first class id.
 The draw of a class depends only on the seed and the class, so the subsets of one seed are
 nested (the 10 clips of a class are among its 20) and the same for every encoder evaluated on
-them. The subset is a manifest beside its labels (``RUN_DIR/budgets/train_10.tsv``, ``.lbl``),
-whose root is the original manifest's audio folder: a fine-tuning reads it with
-``dataset.train_subset=RUN_DIR/budgets/train_10`` (an absolute path, ``task.data`` unchanged).
+them. The pipeline draws one subset per evaluation seed s (``plan.evaluation_stages``). A subset is a
+manifest beside its labels (``RUN_DIR/budgets/train_10_seed1.tsv``, ``.lbl``), whose root is the
+original manifest's audio folder: a fine-tuning reads it with
+``dataset.train_subset=RUN_DIR/budgets/train_10_seed1`` (an absolute path, ``task.data`` unchanged).
 """
 
 from pathlib import Path

@@ -90,12 +90,13 @@ class PipelineConfig:
     label_ext: str = _help("evaluation labels are {split}.{ext} (lbl: single-label, accuracy; mlbl: multi-label, "
                            "mAP)", default="lbl")
     eval_seeds: int = _help("fine-tuning seeds per encoder with --eval finetune (common.seed 1..N; in loop k of "
-                            "--loop-seeds, (k-1)*N+1..k*N)", default=3)
+                            "--loop-seeds, (k-1)*N+1..k*N); on a label budget, the fine-tunings of seed s, the "
+                            "fbank baseline and the probe train on the subset drawn with seed s", default=3)
     label_budgets: List[str] = _help(
-        "labelled clips per class the evaluation fine-tunings, the probe and the fbank baseline are trained on: a "
-        "seeded, class-stratified subset of the labelled train split (the same for every encoder; multi-label "
-        "clips count for their first class), written to RUN_DIR/budgets/; all: the whole split. Validation keeps "
-        "the whole valid split", default_factory=lambda: ["all"])
+        "labelled clips per class the evaluation fine-tunings, the probe and the fbank baseline are trained on: "
+        "seeded, class-stratified subsets of the labelled train split, one per evaluation seed (the same for every "
+        "encoder; multi-label clips count for their first class), written to RUN_DIR/budgets/; all: the whole "
+        "split. Validation keeps the whole valid split", default_factory=lambda: ["all"])
     probe_pooling: str = _help("--eval probe: clip feature pooled over patches: bands (mean and std over time of each "
                                 "frequency band), mean or mean+std (over all patches)", default="bands")
     probe_layer: Optional[int] = _help("--eval probe: encoder layer, 0-based; None: the last", default=None)

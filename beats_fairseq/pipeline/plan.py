@@ -1,16 +1,20 @@
 """Which stages a run has, in which order, and what each one reads: :func:`plan`.
 
     iter1 -> tokenizer_iter1 -> [labels_iter2 ->] iter2 [-> (finetune_iter2 ->) tokenizer_iter2 -> iter3]
-    -> [subset_<n>perclass ->] fbank[_<n>perclass] -> probe[_<n>perclass] | eval_<encoder>[_<n>perclass]_seed<s>
-       for random and every iteration, per label budget
+    -> [subset_<n>perclass_seed<s> ->] fbank[_<n>perclass_seed<s>] -> probe[_<n>perclass_seed<s>]
+       | eval_<encoder>[_<n>perclass]_seed<s> for random and every iteration, per label budget
 
 ``tokenizers``: the labels of every iteration against the classes (:mod:`.diagnostics`), after the
 training stages (``-> tokenizers ->`` before the first subset or fbank stage).
 
 Pre-training and tokenizer stages train on ``pretrain_split`` (``dataset.train_subset``). A label
-budget of n clips per class has a ``subset`` stage that writes the class-stratified subset of the
-labelled train split (``RUN_DIR/budgets/<split>_<n>.tsv`` and its labels, seeded by the loop); its
-fbank baseline, probe and fine-tunings train on it (budget ``all``: the whole split, no suffix).
+budget of n clips per class draws one class-stratified subset of the labelled train split per
+evaluation seed s of the loop (``PipelineConfig.finetune_seeds``): a ``subset`` stage writes it
+(``RUN_DIR/budgets/<split>_<n>_seed<s>.tsv`` and its labels, drawn with seed s), and the fbank baseline,
+the probe and every encoder's fine-tuning of seed s train on it. Every encoder meets the same draws,
+and a loop's result averages over several of them: with few labels, which clips are drawn moves a
+score more than the pre-training seed does. Budget ``all``: the whole split, no suffix, one fbank
+baseline and probe.
 With ``loop_seeds`` > 1 every loop is planned alone from its own config (``PipelineConfig.loops``:
 ``RUN_DIR/seed{k}``, ``common.seed`` k for the training stages).
 
@@ -88,7 +92,7 @@ class Stage:
         if self.kind == "labels":
             return self.dir / "labels"
         if self.kind == "subset":
-            return subset_manifest(self.dir, self.settings["split"], self.budget)
+            return subset_manifest(self.dir, self.settings["split"], self.budget, self.settings["seed"])
         return self.dir / f"{self.kind}.json"
 
     @property
@@ -179,39 +183,43 @@ def budget_suffix(budget: Optional[str]) -> str:
     return "" if budget in (None, ALL) else f"_{budget}perclass"
 
 
-def subset_manifest(folder: Path, split: str, budget: str) -> Path:
-    """Where the subset of ``budget`` clips per class of ``split`` is written (its labels beside it)."""
-    return folder / f"{split}_{budget}.tsv"
+def subset_manifest(folder: Path, split: str, budget: str, seed: int) -> Path:
+    """Where the subset of ``budget`` clips per class of ``split`` drawn with ``seed`` is written (its labels
+    beside it)."""
+    return folder / f"{split}_{budget}_seed{seed}.tsv"
 
 
 def evaluation_stages(config: PipelineConfig, encoders: List[Stage]) -> List[Stage]:
-    """Per label budget, the class-stratified subset and the raw-fbank baseline; then the fine-tuning runs of
-    every encoder (all fine-tunings together, so that they run in parallel), and the probe stages: the
-    evaluation of ``--eval probe``, beside fine-tuning with ``--probes``."""
+    """Per label budget, the class-stratified subsets (one per evaluation seed) and the raw-fbank baseline on
+    each; then the fine-tuning runs of every encoder (all fine-tunings together, so that they run in parallel),
+    and the probe stages: the evaluation of ``--eval probe``, beside fine-tuning with ``--probes``."""
     run_dir, split = config.run_dir, config.eval_split
     head, tail, probes = [], [], []
     for budget in config.budgets():
-        suffix, subset, on = budget_suffix(budget), None, ""
-        if budget != ALL:
-            subset = Stage(f"subset{suffix}", "subset", f"{budget} clips per class of {config.eval_train_split}",
-                           run_dir / "budgets", budget=budget,
-                           settings={"split": config.eval_train_split, "seed": config.loop_seed})
-            head.append(subset)
-            on = f", {budget} per class"
-        needs = [subset] if subset else []
-        head.append(Stage(FBANK + suffix, "fbank", f"raw-fbank baseline on {split}{on}", run_dir / (FBANK + suffix),
-                          budget=budget, depends=list(needs)))
-        if config.eval == "probe" or config.probes:
-            what = "linear probe" if config.eval == "probe" else f"{', '.join(config.probes)} probes"
-            probes.append(Stage("probe" + suffix, "probe", f"{what} on {split}{on}", run_dir / ("probe" + suffix),
-                                budget=budget, depends=list(encoders) + needs))
+        suffix = budget_suffix(budget)
+        subsets: Dict[Optional[int], Optional[Stage]] = {None: None} if budget == ALL else {
+            seed: Stage(f"subset{suffix}_seed{seed}", "subset",
+                        f"{budget} clips per class of {config.eval_train_split}, seed {seed}", run_dir / "budgets",
+                        budget=budget, settings={"split": config.eval_train_split, "seed": seed})
+            for seed in config.finetune_seeds}
+        for seed, subset in subsets.items():
+            tag, needs = ("", []) if subset is None else (f"_seed{seed}", [subset])
+            on = "" if subset is None else f", {budget} per class (seed {seed})"
+            head += needs + [Stage(FBANK + suffix + tag, "fbank", f"raw-fbank baseline on {split}{on}",
+                                   run_dir / (FBANK + suffix + tag), budget=budget, depends=list(needs))]
+            if config.eval == "probe" or config.probes:
+                what = "linear probe" if config.eval == "probe" else f"{', '.join(config.probes)} probes"
+                probes.append(Stage("probe" + suffix + tag, "probe", f"{what} on {split}{on}",
+                                    run_dir / ("probe" + suffix + tag), budget=budget,
+                                    depends=list(encoders) + needs))
         if config.eval == "probe":
             continue
-        train = {} if subset is None else {"dataset.train_subset": str(subset.output.with_suffix(""))}
         for name, source in [(RANDOM, None)] + [(e.name, e) for e in encoders]:
             for seed in config.finetune_seeds:
-                stage = f"eval_{name}{suffix}_seed{seed}"
-                init = "random init" if source is None else name
+                stage, subset = f"eval_{name}{suffix}_seed{seed}", subsets.get(seed)
+                init, needs = "random init" if source is None else name, [] if subset is None else [subset]
+                on = "" if subset is None else f", {budget} per class"
+                train = {} if subset is None else {"dataset.train_subset": str(subset.output.with_suffix(""))}
                 tail.append(Stage(
                     stage, "finetune", f"fine-tune {init}{on}, seed {seed}, score on {split}", run_dir / stage,
                     config_dir="beats_finetune", role="finetune" if subset is None else "budget_finetune",

@@ -145,7 +145,7 @@ def evaluation(config: PipelineConfig, stages: List[Stage], state: State) -> dic
     """The ``evaluation`` block: per label budget, random, fbank and every iteration, one value per run."""
     runs: Dict[str, Dict[str, List[float]]] = {b: {} for b in config.budgets()}
     beside: Dict[str, Dict[str, Dict[str, List[float]]]] = {}  # the probes run beside fine-tuning
-    fbanks: Dict[str, float] = {}
+    fbanks: Dict[str, List[float]] = {}  # one per subset of a budget (one for all)
     metric = None
     for stage in stages:
         metrics = state.stage(stage.name).get("metrics", {})
@@ -162,11 +162,11 @@ def evaluation(config: PipelineConfig, stages: List[Stage], state: State) -> dic
             runs[stage.budget].setdefault(stage.encoder, []).append(metrics["score"]["value"])
             metric = metrics["score"]["metric"]
         elif stage.kind == "fbank" and metrics.get("fbank"):
-            fbanks[stage.budget] = metrics["fbank"]["value"]
+            fbanks.setdefault(stage.budget, []).append(metrics["fbank"]["value"])
             metric = metric or metrics["fbank"]["metric"]
-    for budget, value in fbanks.items():
+    for budget, values in fbanks.items():
         rows = runs[budget]
-        runs[budget] = {**{k: v for k, v in rows.items() if k == RANDOM}, FBANK: [value],
+        runs[budget] = {**{k: v for k, v in rows.items() if k == RANDOM}, FBANK: values,
                         **{k: v for k, v in rows.items() if k != RANDOM}}
     if config.eval == "probe":
         layer = "last layer" if config.probe_layer is None else f"layer {config.probe_layer}"
