@@ -35,7 +35,7 @@ def _tables(summary: dict, config: PipelineConfig):
                 out.append((f"Probes on frozen features, beside fine-tuning ({config.probe_pooling} pooling{on})",
                             probes_table(block, part["probes"])))
         if any(block.get("paired", {}).values()):
-            out.append(("Paired differences (per loop: mean over fine-tuning seeds; mean over loops, 95 % t interval)",
+            out.append(("Paired differences (per loop: mean over its evaluation seeds; mean over loops, 95 % t interval)",
                         paired_table(block["paired"])))
     if summary.get("loops"):
         out.append(("Loops", loops_table(summary["loops"])))
